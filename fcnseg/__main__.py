@@ -1,0 +1,3 @@
+from fcnseg.cli import main
+
+raise SystemExit(main())

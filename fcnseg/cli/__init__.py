@@ -1,0 +1,52 @@
+"""`fcnseg <verb>`: a thin layer over the library. Each verb module exposes
+`register(subparsers)`, which adds its parser and sets `func` to a function taking the
+parsed arguments and returning an exit code. Heavy imports stay inside those functions so
+`fcnseg --help` is quick."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from fcnseg import __version__
+from fcnseg.errors import FcnsegError
+
+# verb modules, in the order `fcnseg --help` lists them
+VERBS = ("train", "eval", "predict", "data", "bench")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fcnseg",
+        description="Semantic segmentation with Fully Convolutional Networks.",
+    )
+    parser.add_argument("--version", action="version", version=f"fcnseg {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="COMMAND")
+    for verb in VERBS:
+        try:
+            module = importlib.import_module(f"fcnseg.cli.{verb}")
+        except ModuleNotFoundError as e:
+            if e.name != f"fcnseg.cli.{verb}":
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except FcnsegError as e:
+        print(f"fcnseg {args.verb}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"fcnseg {args.verb}: interrupted", file=sys.stderr)
+        return 130
