@@ -8,6 +8,7 @@ torch.compile), ``model_config`` (``build_model`` kwargs), ``optimizer``, ``sche
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -42,7 +43,7 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        with _suppress():
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
 
@@ -70,10 +71,3 @@ def model_from_checkpoint(ckpt: dict | str | os.PathLike) -> nn.Module:
     model.load_state_dict(ckpt["model"])
     return model
 
-
-class _suppress:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return True
