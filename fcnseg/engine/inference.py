@@ -1,0 +1,263 @@
+"""The forward pass shared by evaluation, prediction and validation during training.
+
+``segment(model, images, ...)`` takes normalised images of any sizes and returns, per image,
+a score map at a requested output size (the label's size for evaluation, the input's for
+prediction) whose argmax is the prediction. Options:
+
+- **padding**: images of different sizes in one call are padded (bottom/right, zeros = the
+  mean colour after normalisation) into one batch; each logit map is cropped back to its own
+  image before anything else. Padding changes what a large receptive field sees near the
+  border, so a mixed-size batch can differ slightly from one image at a time;
+  images of one size batch exactly.
+- **test-time augmentation** (``TTA``): the image is resized by each scale (bilinear), run
+  plainly and/or mirrored left-right; each output is resized back to the output size and
+  turned into **softmax probabilities**, which are averaged. (Averaging probabilities, not
+  logits, keeps one over-confident scale from dominating; the argmax is what is scored.)
+- **sliding window**: the image (at each scale) is tiled with windows of a fixed size at a
+  stride of 2/3 of the window, tiles are run in batches and their logits averaged where they
+  overlap. For a model whose receptive field fits the window this equals the whole-image
+  forward.
+
+Logits leave the model in the autocast dtype and are cast to float32 before any resize or
+softmax.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fcnseg.engine.precision import Precision, resolve_precision
+from fcnseg.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class TTA:
+    """Test-time augmentation: average over ``scales`` (x) ``flip`` (plain and mirrored)."""
+
+    flip: bool = False
+    scales: tuple[float, ...] = (1.0,)
+
+    @property
+    def trivial(self) -> bool:
+        return not self.flip and self.scales == (1.0,)
+
+    def __str__(self) -> str:
+        parts = ["flip"] if self.flip else []
+        if self.scales != (1.0,) or not parts:
+            parts.append("scales=" + ",".join(f"{s:g}" for s in self.scales))
+        return ",".join(parts)
+
+
+def parse_tta(spec: str | TTA | None) -> TTA | None:
+    """``"flip"``, ``"scales=0.75,1,1.25"``, ``"flip,scales=0.5,1"`` → TTA; ``None``/``""``/
+    ``"none"`` → None. Numbers after ``scales=`` run until the next word."""
+    if spec is None or isinstance(spec, TTA):
+        return spec
+    text = str(spec).strip().lower()
+    if text in ("", "none", "off"):
+        return None
+    flip, scales, in_scales = False, [], False
+    for tok in (t.strip() for t in text.replace(" ", ",").split(",")):
+        if not tok:
+            continue
+        if tok == "flip":
+            flip, in_scales = True, False
+            continue
+        if tok.startswith("scales=") or tok.startswith("scale="):
+            tok, in_scales = tok.split("=", 1)[1], True
+        if not in_scales:
+            raise ConfigError(
+                f"cannot read TTA spec {spec!r} at {tok!r}; "
+                "write e.g. 'flip', 'scales=0.75,1,1.25' or 'flip,scales=0.75,1,1.25' (or 'none')"
+            )
+        try:
+            scale = float(tok)
+        except ValueError:
+            raise ConfigError(
+                f"TTA scale {tok!r} in {spec!r} is not a number; write e.g. 'scales=0.75,1,1.25'"
+            ) from None
+        if not (scale > 0 and math.isfinite(scale)):
+            raise ConfigError(f"TTA scale {tok!r} in {spec!r} must be a positive number")
+        scales.append(scale)
+    if in_scales and not scales:
+        raise ConfigError(f"TTA spec {spec!r} names no scales; write e.g. 'scales=0.75,1,1.25'")
+    return TTA(flip=flip, scales=tuple(scales) if scales else (1.0,))
+
+
+def parse_window(spec: int | str | Sequence[int] | None) -> tuple[int, int] | None:
+    """``512`` / ``"512"`` → (512, 512); ``"512x1024"`` or ``(512, 1024)`` → (h, w); None → None."""
+    if spec is None:
+        return None
+    if isinstance(spec, str):
+        text = spec.strip().lower()
+        if text in ("", "none", "off"):
+            return None
+        parts = text.replace(",", "x").split("x")
+    elif isinstance(spec, int):
+        parts = [spec]
+    else:
+        parts = list(spec)
+    try:
+        size = [int(p) for p in parts]
+    except (TypeError, ValueError):
+        size = []
+    if len(size) == 1:
+        size = size * 2
+    if len(size) != 2 or min(size) < 1:
+        raise ConfigError(
+            f"sliding window {spec!r} is not a size; give one positive integer (512) or HxW (512x1024)"
+        )
+    return size[0], size[1]
+
+
+def _positions(length: int, window: int) -> list[int]:
+    """Window starts covering ``[0, length)`` at a stride of ceil(2/3 window), the last one
+    flush with the end."""
+    if length <= window:
+        return [0]
+    stride = max(1, math.ceil(window * 2 / 3))
+    starts = list(range(0, length - window, stride))
+    starts.append(length - window)
+    return starts
+
+
+def _run(model: nn.Module, x: torch.Tensor, precision: Precision, device: torch.device) -> torch.Tensor:
+    """One forward: ``x`` (N, C, H, W) → float32 logits (N, K, H, W) (resized to H, W if the
+    model returns another size)."""
+    x = x.to(device, non_blocking=True)
+    if precision.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with precision.autocast(device):
+        out = model(x)
+    if isinstance(out, dict):  # tolerate torchvision-style {"out": ...} heads
+        out = out["out"]
+    out = out.float()
+    if out.shape[-2:] != x.shape[-2:]:
+        out = F.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    return out
+
+
+def _run_windows(
+    model: nn.Module,
+    x: torch.Tensor,
+    window: tuple[int, int],
+    precision: Precision,
+    device: torch.device,
+    tiles_per_batch: int,
+) -> torch.Tensor:
+    """Sliding window over one image ``x`` (1, C, H, W) → float32 logits (1, K, H, W)."""
+    _, _, h, w = x.shape
+    th, tw = min(window[0], h), min(window[1], w)
+    boxes = [(y, xx) for y in _positions(h, th) for xx in _positions(w, tw)]
+    if len(boxes) == 1:
+        return _run(model, x, precision, device)
+    total = count = None
+    for i in range(0, len(boxes), tiles_per_batch):
+        chunk = boxes[i : i + tiles_per_batch]
+        tiles = torch.cat([x[:, :, y : y + th, xx : xx + tw] for y, xx in chunk])
+        out = _run(model, tiles, precision, device)
+        if total is None:
+            total = out.new_zeros(1, out.shape[1], h, w)
+            count = out.new_zeros(1, 1, h, w)
+        for (y, xx), o in zip(chunk, out, strict=True):
+            total[0, :, y : y + th, xx : xx + tw] += o
+            count[0, :, y : y + th, xx : xx + tw] += 1
+    return total / count
+
+
+def _logits_at(
+    model: nn.Module,
+    images: Sequence[torch.Tensor],
+    window: tuple[int, int] | None,
+    precision: Precision,
+    device: torch.device,
+    tiles_per_batch: int,
+) -> list[torch.Tensor]:
+    """Logits (K, h_i, w_i) for each image (C, h_i, w_i): one padded batch, or one sliding
+    window run per image."""
+    if window is not None:
+        return [_run_windows(model, im[None], window, precision, device, tiles_per_batch)[0] for im in images]
+    hs = [im.shape[-2] for im in images]
+    ws = [im.shape[-1] for im in images]
+    if len(set(zip(hs, ws, strict=True))) == 1:
+        batch = torch.stack(list(images))
+    else:
+        batch = images[0].new_zeros(len(images), images[0].shape[0], max(hs), max(ws))
+        for b, im in zip(batch, images, strict=True):
+            b[:, : im.shape[-2], : im.shape[-1]] = im
+    out = _run(model, batch, precision, device)
+    return [o[:, :h, :w] for o, h, w in zip(out, hs, ws, strict=True)]
+
+
+def _resize(t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(C, h, w) → (C, *size), bilinear; a no-op at the same size."""
+    if tuple(t.shape[-2:]) == tuple(size):
+        return t
+    return F.interpolate(t[None], size=size, mode="bilinear", align_corners=False)[0]
+
+
+@torch.no_grad()
+def segment(
+    model: nn.Module,
+    images: Sequence[torch.Tensor],
+    *,
+    out_sizes: Sequence[tuple[int, int]] | None = None,
+    device: torch.device | str = "cpu",
+    precision: str | Precision = "fp32",
+    tta: str | TTA | None = None,
+    sliding_window: int | str | Sequence[int] | None = None,
+    probs: bool = False,
+    tiles_per_batch: int = 4,
+) -> list[torch.Tensor]:
+    """Score maps for a list of normalised images.
+
+    ``images``: tensors (C, h_i, w_i) (sizes may differ). ``out_sizes``: the (H_i, W_i) to
+    return each map at (default: the image's own size); maps are resized there with bilinear
+    interpolation. Returns float32 tensors (K, H_i, W_i) on ``device``: logits when neither
+    TTA nor ``probs`` is asked for, otherwise softmax probabilities (averaged over the TTA
+    views). The caller sets ``model.eval()``.
+    """
+    device = torch.device(device)
+    if isinstance(precision, str):
+        precision = resolve_precision(precision, device)
+    tta = parse_tta(tta)
+    window = parse_window(sliding_window)
+    if not len(images):
+        return []
+    images = [im.to(device, non_blocking=True) for im in images]
+    sizes = [tuple(im.shape[-2:]) for im in images]
+    out_sizes = [tuple(int(v) for v in s) for s in out_sizes] if out_sizes is not None else sizes
+    if len(out_sizes) != len(images):
+        raise ValueError(f"{len(images)} images but {len(out_sizes)} output sizes")
+
+    if tta is None or tta.trivial:
+        logits = _logits_at(model, images, window, precision, device, tiles_per_batch)
+        maps = [_resize(lg, s) for lg, s in zip(logits, out_sizes, strict=True)]
+        return [m.softmax(0) for m in maps] if probs else maps
+
+    acc = [None] * len(images)
+    views = 0
+    for scale in tta.scales:
+        if scale == 1.0:
+            scaled = list(images)
+        else:
+            scaled = [
+                _resize(im.float(), (max(1, round(h * scale)), max(1, round(w * scale))))
+                for im, (h, w) in zip(images, sizes, strict=True)
+            ]
+        for flip in (False, True) if tta.flip else (False,):
+            inputs = [im.flip(-1) for im in scaled] if flip else scaled
+            logits = _logits_at(model, inputs, window, precision, device, tiles_per_batch)
+            for i, (lg, s) in enumerate(zip(logits, out_sizes, strict=True)):
+                if flip:
+                    lg = lg.flip(-1)
+                p = _resize(lg, s).softmax(0)
+                acc[i] = p if acc[i] is None else acc[i].add_(p)
+            views += 1
+    return [a.div_(views) for a in acc]
