@@ -101,7 +101,8 @@ def test_show_dataset_png(tmp_path):
         w, h = im.size
         px = np.asarray(im.convert("RGB"))
     assert w == 2 * 2 * 50  # cols * tile_inches * dpi
-    assert 2 * 2 * 50 < h < 2 * 2 * 50 + 60  # rows of tiles plus a legend band
+    # rows: 2 inches wide x median aspect 0.5 + a 0.25-inch title, plus a legend band
+    assert 2 * (1.0 + 0.25) * 50 < h < 2 * (1.0 + 0.25) * 50 + 60
     assert (px.reshape(-1, 3) == [162, 162, 146]).all(axis=1).any()  # ignore drawn
     with pytest.raises(DataError, match="empty"):
         show_dataset(FakeDataset([]), tmp_path / "x.png")

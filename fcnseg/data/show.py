@@ -94,10 +94,12 @@ def show_dataset(
     dpi: int = 100,
 ) -> Path:
     """Write a PNG grid of `n` random samples (seeded) with masks overlaid in the palette,
-    each titled with its index, and a legend of the classes present plus ignore.
+    each titled with its index and size (W x H), and a legend of the classes present plus
+    ignore.
 
-    The image is `cols * tile_inches * dpi` pixels wide (fewer columns if `n` is smaller)
-    and `rows * tile_inches * dpi` pixels tall plus a legend band. Returns the path.
+    The image is `cols * tile_inches * dpi` pixels wide (fewer columns if `n` is smaller);
+    each row is `tile_inches * aspect + 0.25` inches tall, `aspect` being the median H/W of
+    the samples (clipped to 0.5..2), plus a legend band. Returns the path.
     """
     # a Figure on an Agg canvas: no pyplot state, no backend switch in the user's session
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -136,22 +138,28 @@ def show_dataset(
     legend_cols = max(1, min(len(handles), int(cols * tile_inches / 1.6)))
     legend_rows = -(-len(handles) // legend_cols)
     legend_h = 0.3 * legend_rows + 0.3
-    fig_w, fig_h = cols * tile_inches, rows * tile_inches + legend_h
+    # rows as tall as the typical image at the tile width, plus a title line
+    aspect = float(np.clip(np.median([t.shape[0] / t.shape[1] for _, t in tiles]), 0.5, 2.0))
+    title_h = 0.25
+    row_h = tile_inches * aspect + title_h
+    fig_w, fig_h = cols * tile_inches, rows * row_h + legend_h
     fig = Figure(figsize=(fig_w, fig_h), dpi=dpi)
     FigureCanvasAgg(fig)
-    bottom = legend_h / fig_h
+    pad = 0.03  # inches around each image
     for k, (i, tile) in enumerate(tiles):
         r, c = divmod(k, cols)
+        left = c * tile_inches + pad
+        bottom = legend_h + (rows - 1 - r) * row_h + pad
         ax = fig.add_axes(
             (
-                c / cols + 0.01 / cols,
-                bottom + (rows - 1 - r) * (1 - bottom) / rows + 0.01,
-                0.98 / cols,
-                (1 - bottom) / rows - 0.06 / rows,
+                left / fig_w,
+                bottom / fig_h,
+                (tile_inches - 2 * pad) / fig_w,
+                (row_h - title_h - 2 * pad) / fig_h,
             )
         )
         ax.imshow(tile, interpolation="nearest")
-        ax.set_title(f"#{i}  {tile.shape[0]}x{tile.shape[1]}", fontsize=8)
+        ax.set_title(f"#{i}  {tile.shape[1]}x{tile.shape[0]}", fontsize=8, pad=2)
         ax.set_axis_off()
     fig.legend(
         handles=handles,

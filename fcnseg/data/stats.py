@@ -134,10 +134,14 @@ def median_frequency_weights(dataset: Any, *, max_images: int | None = None) -> 
 def format_stats(stats: dict) -> str:
     """A plain-text table: class, pixel %, images containing it, median-frequency weight."""
     sizes = stats["image_sizes"]
+
+    def wxh(hw: list[int]) -> str:
+        return f"{hw[1]}x{hw[0]}"
+
     lines = [
-        f"{stats['num_images']} images; sizes (H x W): most common "
-        f"{sizes['most_common'][0]}x{sizes['most_common'][1]} ({sizes['count']} images), "
-        f"smallest {sizes['min'][0]}x{sizes['min'][1]}, largest {sizes['max'][0]}x{sizes['max'][1]}",
+        f"{stats['num_images']} images; sizes (W x H): most common "
+        f"{wxh(sizes['most_common'])} ({sizes['count']} images), "
+        f"smallest {wxh(sizes['min'])}, largest {wxh(sizes['max'])}",
         f"{stats['labelled_pixels']} labelled pixels, {stats['ignored_pixels']} ignored "
         f"(value {stats['ignore_index']})",
         "",
