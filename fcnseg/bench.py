@@ -1,0 +1,558 @@
+"""Speed, memory and FLOPs benchmark of a segmentation model on synthetic (or real) batches.
+
+``benchmark(...)`` times training steps (forward + cross-entropy + backward + Adam step, with
+the same autocast / channels_last policy as training) and inference batches (eval mode,
+``inference_mode``), counts FLOPs per image with ``torch.utils.flop_counter.FlopCounterMode``
+and measures the machine's matmul peak in the same dtype, so the achieved TFLOP/s can be read
+as a fraction of what the hardware does on its best-case kernel.
+
+Peak memory on CPU is the process resident-set high-water mark (``VmHWM``) over a phase,
+reset at the phase start through ``/proc/self/clear_refs``; it counts everything resident
+in the process (the torch runtime, weights, optimizer state, activations). Run it in a fresh
+process (``fcnseg bench`` does) for a figure that earlier work in the process cannot inflate.
+On CUDA it is ``torch.cuda.max_memory_allocated``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+import resource
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fcnseg.engine.precision import Precision, resolve_device, resolve_precision
+from fcnseg.errors import ConfigError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IGNORE_INDEX = 255
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+def _read_hwm_mb() -> float | None:
+    """The process's peak resident set (VmHWM) in MiB, or None where /proc is missing."""
+    try:
+        text = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    m = re.search(r"VmHWM:\s+(\d+)\s+kB", text)
+    return int(m.group(1)) / 1024 if m else None
+
+
+def _reset_hwm() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0); False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class PeakMemory:
+    """Context manager measuring a phase's peak memory in MiB into ``.mb``.
+
+    CPU: process RSS high-water mark, reset at entry (falls back to ``ru_maxrss``, the
+    whole process lifetime's peak, where the reset is unavailable). CUDA: peak allocated.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.mb: float = float("nan")
+        self.source = ""
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.source = "cuda_max_allocated"
+        elif _reset_hwm() and _read_hwm_mb() is not None:
+            self.source = "rss_hwm"
+        else:
+            self.source = "ru_maxrss"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+        elif self.source == "rss_hwm":
+            self.mb = _read_hwm_mb() or float("nan")
+        else:  # ru_maxrss is in KiB on Linux
+            self.mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ----------------------------------------------------------------------------- FLOPs
+
+
+def count_flops(
+    model: nn.Module,
+    input_shape: tuple[int, int, int, int],
+    *,
+    train: bool = False,
+    num_classes: int | None = None,
+) -> int:
+    """FLOPs of one forward pass (``train=False``) or forward + loss + backward
+    (``train=True``) of ``model`` on a float input of ``input_shape`` ``(N, C, H, W)``.
+
+    Counted by ``FlopCounterMode`` (convolutions, transposed convolutions, matmuls and their
+    backward; a multiply-add counts 2). Element-wise ops are not counted, as is customary.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    param = next(iter(model.parameters()), None)
+    device = param.device if param is not None else torch.device("cpu")
+    x = torch.randn(input_shape, device=device)
+    was_training = model.training
+    counter = FlopCounterMode(display=False)
+    try:
+        if train:
+            model.train()
+            with counter:
+                out = model(x)
+                if num_classes is None:
+                    loss = out.float().mean()
+                else:
+                    target = torch.randint(
+                        0, num_classes, (out.shape[0], *out.shape[2:]), device=device
+                    )
+                    loss = F.cross_entropy(out.float(), target, ignore_index=IGNORE_INDEX)
+                loss.backward()
+            model.zero_grad(set_to_none=True)
+        else:
+            model.eval()
+            with counter, torch.no_grad():
+                model(x)
+    finally:
+        model.train(was_training)
+    return int(counter.get_total_flops())
+
+
+# ----------------------------------------------------------------------------- matmul peak
+
+_PEAK_CACHE: dict[tuple[str, str, int], float] = {}
+
+
+def matmul_peak_tflops(
+    dtype: torch.dtype, device: torch.device | str = "cpu", *, n: int = 4096, reps: int = 3
+) -> float:
+    """Best-of-``reps`` TFLOP/s of an ``n x n`` @ ``n x n`` matmul in ``dtype`` on ``device``:
+    the practical peak that the benchmark's achieved TFLOP/s is compared against."""
+    device = torch.device(device)
+    key = (str(dtype), str(device), n)
+    if key in _PEAK_CACHE:
+        return _PEAK_CACHE[key]
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    torch.mm(a, b)  # first call selects / packs kernels
+    best = math.inf
+    for _ in range(reps):
+        _sync(device)
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    peak = 2 * n**3 / best / 1e12
+    _PEAK_CACHE[key] = peak
+    return peak
+
+
+# ----------------------------------------------------------------------------- steps
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def make_optimizer(params, lr: float, device: torch.device) -> torch.optim.Optimizer:
+    """Adam with the fused kernel (one kernel for all parameters, CPU and CUDA) where the
+    installed torch has it, else the multi-tensor ``foreach`` implementation."""
+    params = [p for p in params if p.requires_grad]
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.Adam(params, lr=lr, foreach=True)
+
+
+def make_train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    precision: Precision,
+    device: torch.device,
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """One optimisation step ``(x (N, C, H, W), target (N, H, W) int64) -> loss (0-d tensor)``.
+
+    No host synchronisation: the loss is returned as a tensor, never ``.item()``-ed.
+    """
+    scaler = torch.amp.GradScaler(device.type) if precision.use_scaler else None
+
+    def step(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        with precision.autocast(device):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        return loss.detach()
+
+    return step
+
+
+def _timed(fn: Callable[[], Any], n: int, device: torch.device) -> float:
+    """Seconds for ``n`` calls of ``fn`` (one sync at each end, none inside)."""
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def _synthetic_batch(
+    batch: int,
+    in_channels: int,
+    size: tuple[int, int],
+    num_classes: int,
+    device: torch.device,
+    channels_last: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, in_channels, *size, generator=g)
+    y = torch.randint(0, num_classes, (batch, *size), generator=g)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return x.to(device, memory_format=fmt), y.to(device)
+
+
+# ----------------------------------------------------------------------------- benchmark
+
+
+def _parse_size(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    if isinstance(size, int):
+        size = (size, size)
+    size = tuple(int(s) for s in size)
+    if len(size) == 1:
+        size = (size[0], size[0])
+    if len(size) != 2 or min(size) < 1:
+        raise ConfigError(f"--size must be H or H W with positive integers, got {size}")
+    return size  # type: ignore[return-value]
+
+
+def _build(
+    model: str | nn.Module,
+    backbone: str,
+    num_classes: int,
+    in_channels: int,
+    model_options: dict[str, Any] | None,
+) -> nn.Module:
+    if isinstance(model, nn.Module):
+        return model
+    from fcnseg.models import build_model
+
+    return build_model(
+        model,
+        backbone=backbone,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        **(model_options or {}),
+    )
+
+
+def _freeze_backbone(net: nn.Module) -> None:
+    backbone = getattr(net, "backbone", None)
+    if backbone is None:
+        raise ConfigError("--freeze-backbone: this model has no .backbone to freeze")
+    backbone.requires_grad_(False)
+
+
+def benchmark(
+    model: str | nn.Module = "fcn8s",
+    *,
+    backbone: str = "vgg16",
+    size: int | tuple[int, int] = 224,
+    batch: int = 8,
+    precision: str = "auto",
+    compile: bool = False,
+    device: str | None = "cpu",
+    num_classes: int = 21,
+    in_channels: int = 3,
+    steps: int = 10,
+    warmup: int = 3,
+    freeze_backbone: bool = False,
+    phases: tuple[str, ...] = ("infer", "train"),
+    flops: bool = True,
+    peak: bool = True,
+    peak_n: int = 4096,
+    model_options: dict[str, Any] | None = None,
+    data: str | None = None,
+    data_root: str | None = None,
+    data_options: dict[str, Any] | None = None,
+    workers: int = 2,
+    lr: float = 1e-4,
+) -> dict[str, Any]:
+    """Benchmark ``model`` (a registry name, built with ``backbone``/``num_classes``, or an
+    ``nn.Module``) on batches ``(batch, in_channels, H, W)``.
+
+    Returns a flat dict: the configuration echoed, ``infer_ms_per_batch``, ``infer_img_s``,
+    ``infer_peak_mem_mb``, ``train_ms_per_step``, ``train_img_s``, ``peak_mem_mb`` (training),
+    ``flops_per_img`` (forward), ``train_flops_per_img`` (forward + backward),
+    ``infer_tflops``, ``train_tflops``, ``peak_tflops`` (matmul in the autocast dtype) and the
+    fractions of peak; with ``data`` also ``loader_img_s`` and ``together_img_s``.
+    Inference runs before training so that training's allocations cannot inflate the
+    inference memory figure.
+    """
+    h, w = _parse_size(size)
+    for name, value, low in (
+        ("batch", batch, 1),
+        ("steps", steps, 1),
+        ("warmup", warmup, 0),
+        ("num-classes", num_classes, 1),
+        ("workers", workers, 0),
+    ):
+        if int(value) < low:
+            raise ConfigError(f"--{name} must be >= {low}, got {value}")
+    unknown = set(phases) - {"infer", "train"}
+    if unknown or not phases:
+        raise ConfigError(f"phases must be a non-empty subset of ('infer', 'train'), got {phases}")
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+
+    net = _build(model, backbone, num_classes, in_channels, model_options)
+    if freeze_backbone:
+        _freeze_backbone(net)
+    fmt = torch.channels_last if prec.channels_last else torch.contiguous_format
+    net = net.to(dev, memory_format=fmt)
+    runner: nn.Module = torch.compile(net) if compile else net
+    x, y = _synthetic_batch(batch, in_channels, (h, w), num_classes, dev, prec.channels_last)
+
+    result: dict[str, Any] = {
+        "model": model if isinstance(model, str) else type(model).__name__,
+        "backbone": backbone if isinstance(model, str) else None,
+        "size": [h, w],
+        "batch": batch,
+        "num_classes": num_classes,
+        "precision": prec.name,
+        "channels_last": prec.channels_last,
+        "device": str(dev),
+        "compile": bool(compile),
+        "freeze_backbone": bool(freeze_backbone),
+        "steps": steps,
+        "warmup": warmup,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "params": sum(p.numel() for p in net.parameters()),
+        "trainable_params": sum(p.numel() for p in net.parameters() if p.requires_grad),
+    }
+    if model_options:
+        result.update({f"model_{k}": v for k, v in model_options.items()})
+
+    if "infer" in phases:
+        runner.eval()
+
+        def infer() -> None:
+            with torch.inference_mode(), prec.autocast(dev):
+                runner(x)
+
+        with PeakMemory(dev) as mem:
+            t0 = time.perf_counter()
+            for _ in range(max(warmup, 1 if compile else 0)):
+                infer()
+            _sync(dev)
+            result["infer_warmup_s"] = time.perf_counter() - t0
+            seconds = _timed(infer, steps, dev)
+        result["infer_ms_per_batch"] = 1000 * seconds / steps
+        result["infer_img_s"] = batch * steps / seconds
+        result["infer_peak_mem_mb"] = mem.mb
+
+    if "train" in phases:
+        runner.train()
+        optimizer = make_optimizer(net.parameters(), lr, dev)
+        step = make_train_step(runner, optimizer, prec, dev)
+        with PeakMemory(dev) as mem:
+            t0 = time.perf_counter()
+            for _ in range(max(warmup, 1)):  # >= 1: creates the optimizer state
+                step(x, y)
+            _sync(dev)
+            result["train_warmup_s"] = time.perf_counter() - t0
+            seconds = _timed(lambda: step(x, y), steps, dev)
+        result["train_ms_per_step"] = 1000 * seconds / steps
+        result["train_img_s"] = batch * steps / seconds
+        result["peak_mem_mb"] = mem.mb
+        result["memory_source"] = mem.source
+        if data is not None:
+            result.update(
+                _bench_data(
+                    data,
+                    data_root,
+                    data_options or {},
+                    net,
+                    step,
+                    (h, w),
+                    batch,
+                    steps,
+                    warmup,
+                    workers,
+                    prec,
+                    dev,
+                    backbone,
+                )
+            )
+            result["input_bound"] = result["loader_img_s"] < result["train_img_s"]
+
+    if flops:
+        net.train()
+        result["flops_per_img"] = count_flops(net, (1, in_channels, h, w))
+        if "train" in phases:
+            result["train_flops_per_img"] = count_flops(
+                net, (1, in_channels, h, w), train=True, num_classes=num_classes
+            )
+    if peak:
+        dtype = prec.dtype or torch.float32
+        result["peak_tflops"] = matmul_peak_tflops(dtype, dev, n=peak_n)
+        result["peak_matmul_n"] = peak_n
+    if flops:
+        if "infer" in phases:
+            result["infer_tflops"] = result["flops_per_img"] * result["infer_img_s"] / 1e12
+        if "train" in phases:
+            result["train_tflops"] = result["train_flops_per_img"] * result["train_img_s"] / 1e12
+        if peak:
+            for phase in phases:
+                result[f"{phase}_frac_of_peak"] = result[f"{phase}_tflops"] / result["peak_tflops"]
+    return result
+
+
+# ----------------------------------------------------------------------------- real data
+
+
+def _bench_data(
+    name: str,
+    root: str | None,
+    options: dict[str, Any],
+    net: nn.Module,
+    step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    size: tuple[int, int],
+    batch: int,
+    steps: int,
+    warmup: int,
+    workers: int,
+    prec: Precision,
+    dev: torch.device,
+    backbone: str,
+) -> dict[str, Any]:
+    """Loader alone vs loader + step on the real training pipeline (train transforms,
+    ``pad_collate``, ``workers`` worker processes)."""
+    from fcnseg.data import build_dataset
+    from fcnseg.data.transforms import pad_collate, train_transforms
+
+    try:
+        from fcnseg.weights import preprocessing
+
+        stats = preprocessing(backbone, "imagenet")
+        mean, std = tuple(stats["mean"]), tuple(stats["std"])
+    except (ImportError, KeyError, AttributeError):
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    crop = size[0] if size[0] == size[1] else size
+    dataset = build_dataset(
+        name,
+        root=root,
+        split="train",
+        transforms=train_transforms(crop, mean=mean, std=std),
+        **options,
+    )
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch,
+        shuffle=True,
+        drop_last=True,
+        num_workers=workers,
+        collate_fn=pad_collate,
+        pin_memory=dev.type == "cuda",
+        persistent_workers=workers > 0,
+    )
+    if len(loader) < 1:
+        raise ConfigError(f"--data {name}: {len(dataset)} images is less than one batch of {batch}")
+    fmt = torch.channels_last if prec.channels_last else torch.contiguous_format
+
+    def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        while True:
+            yield from loader
+
+    it = batches()
+    for _ in range(max(warmup, 1)):  # worker start-up is not throughput
+        next(it)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        next(it)
+    loader_s = time.perf_counter() - t0
+
+    def together() -> None:
+        images, masks = next(it)
+        step(images.to(dev, memory_format=fmt, non_blocking=True), masks.to(dev, non_blocking=True))
+
+    net.train()
+    together_s = _timed(together, steps, dev)
+    return {
+        "data": name,
+        "workers": workers,
+        "dataset_len": len(dataset),
+        "loader_img_s": batch * steps / loader_s,
+        "together_img_s": batch * steps / together_s,
+    }
+
+
+# ----------------------------------------------------------------------------- profile
+
+
+def profile_train_step(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    precision: Precision,
+    device: torch.device,
+    *,
+    steps: int = 3,
+    row_limit: int = 30,
+) -> str:
+    """A ``torch.profiler`` table (self CPU time) of ``steps`` training steps after one warm-up."""
+    from torch.profiler import ProfilerActivity, profile
+
+    optimizer = make_optimizer(model.parameters(), 1e-4, device)
+    step = make_train_step(model, optimizer, precision, device)
+    step(x, y)
+    activities = [ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    with profile(activities=activities, record_shapes=True) as prof:
+        for _ in range(steps):
+            step(x, y)
+        _sync(device)
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages(group_by_input_shape=True).table(sort_by=sort, row_limit=row_limit)
+
+
+def cpu_name() -> str:
+    """The CPU model name from /proc/cpuinfo, with the logical CPU count available."""
+    name = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{name} ({n} CPUs)"
