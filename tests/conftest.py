@@ -4,6 +4,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from datagen import (  # noqa: F401  tiny datasets in each real layout (tests/datagen.py)
+    camvid_root,
+    cityscapes_root,
+    folder_root,
+    pet_root,
+    sbd_root,
+    voc_root,
+)
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

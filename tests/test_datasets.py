@@ -1,0 +1,304 @@
+"""Datasets: registry, each real layout (tiny copies written by tests/datagen.py), the real
+files in ../shared/data when present, decoding of odd image modes, bad-input errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from datagen import make_camvid, make_pet, random_image, truncate, write_gray, write_rgb
+from PIL import Image
+
+from fcnseg.data import DATASETS, build_dataset, list_datasets, register_dataset
+from fcnseg.data.transforms import eval_transforms
+from fcnseg.errors import ConfigError, DataError
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def all_values(ds) -> set[int]:
+    return set(np.unique(np.concatenate([ds.load(i)[1].ravel() for i in range(len(ds))])).tolist())
+
+
+# ------------------------------------------------------------------ registry
+
+
+def test_registry_lists_every_layout():
+    assert {"synthetic", "oxford-pet", "camvid"} <= set(list_datasets())
+    assert set(list_datasets()) == set(DATASETS)
+
+
+def test_unknown_dataset_and_option_are_config_errors():
+    with pytest.raises(ConfigError, match="unknown dataset 'nope'"):
+        build_dataset("nope")
+    with pytest.raises(ConfigError, match="no option 'colour'"):
+        build_dataset("synthetic", colour=3)
+    with pytest.raises(ConfigError, match="no split 'bogus'"):
+        build_dataset("synthetic", split="bogus")
+    with pytest.raises(ConfigError, match="border"):
+        build_dataset("synthetic", border="maybe")
+
+
+def test_register_twice_refused():
+    with pytest.raises(ValueError, match="twice"):
+        register_dataset("synthetic")(type("X", (), {}))
+
+
+def test_missing_and_empty_root_name_path_and_fix(tmp_path):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(DataError, match="nowhere.*does not exist.*fcnseg data download oxford-pet"):
+        build_dataset("oxford-pet", root=missing)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match="empty.*is empty") as e:
+        build_dataset("camvid", root=empty)
+    assert e.value.kind == "empty-root" and e.value.path == empty
+
+
+# ------------------------------------------------------------------ synthetic
+
+
+def test_synthetic_is_deterministic_per_index_and_order_free():
+    a = build_dataset("synthetic", split="train", length=20)
+    b = build_dataset("synthetic", split="train", length=20)
+    for i in (7, 3, 19, 0):  # any order, a fresh instance: same pairs
+        ia, ma = a.load(i)
+        ib, mb = b.load(i)
+        assert np.array_equal(ia, ib) and np.array_equal(ma, mb)
+    assert not np.array_equal(a.load(1)[0], a.load(2)[0])
+    val = build_dataset("synthetic", split="val")
+    assert not np.array_equal(a.load(0)[0], val.load(0)[0])  # splits differ
+    other = build_dataset("synthetic", split="train", seed=1)
+    assert not np.array_equal(a.load(0)[0], other.load(0)[0])
+
+
+def test_synthetic_contract_and_class_balance():
+    ds = build_dataset("synthetic", split="val", size=(96, 112))
+    assert len(ds) == 64 and len(build_dataset("synthetic")) == 512
+    assert ds.classes == ("pet", "background", "border") and ds.num_classes == 3
+    assert ds.palette.shape == (3, 3) and ds.palette.dtype == np.uint8 and ds.ignore_index == 255
+    counts = np.zeros(3)
+    for i in range(16):
+        img, mask = ds.load(i)
+        assert img.shape == (96, 112, 3) and img.dtype == np.uint8
+        assert mask.shape == (96, 112) and mask.dtype == np.uint8
+        assert set(np.unique(mask)) <= {0, 1, 2}
+        counts += np.bincount(mask.ravel(), minlength=3)
+    frac = counts / counts.sum()
+    assert 0.05 < frac[0] < 0.5 and 0.4 < frac[1] < 0.9 and 0.02 < frac[2] < 0.2
+    two = build_dataset("synthetic", border="ignore", length=4)
+    assert two.num_classes == 2 and set(np.unique(two.load(0)[1])) <= {0, 1, 255}
+
+
+def test_synthetic_classes_differ_in_texture_not_mean_colour():
+    """Foreground and background have similar mean colour but very different local
+    high-frequency energy, so the task needs texture, and is learnable."""
+    ds = build_dataset("synthetic", length=32)
+    fg_mean, bg_mean, fg_hf, bg_hf = [], [], [], []
+    for i in range(32):
+        img, mask = ds.load(i)
+        g = img.astype(np.float32).mean(2)
+        hf = np.abs(g[1:-1, 1:-1] * 4 - g[:-2, 1:-1] - g[2:, 1:-1] - g[1:-1, :-2] - g[1:-1, 2:])
+        m = mask[1:-1, 1:-1]
+        fg_mean.append(img[mask == 0].mean(0))
+        bg_mean.append(img[mask == 1].mean(0))
+        fg_hf.append(hf[m == 0].mean())
+        bg_hf.append(hf[m == 1].mean())
+    assert np.abs(np.mean(fg_mean, 0) - np.mean(bg_mean, 0)).max() < 30
+    assert np.mean(fg_hf) > 3 * np.mean(bg_hf)
+    assert (np.array(fg_hf) > 1.5 * np.array(bg_hf)).all()
+
+
+def test_synthetic_with_transforms_gives_tensors():
+    ds = build_dataset("synthetic", length=3, transforms=eval_transforms(mean=MEAN, std=STD))
+    x, y = ds[1]
+    assert x.shape == (3, 128, 128) and x.dtype == torch.float32
+    assert y.shape == (128, 128) and y.dtype == torch.int64
+
+
+# ------------------------------------------------------------------ oxford-pet
+
+
+def test_pet_layout_splits_and_trimap_mapping(pet_root):
+    tv = build_dataset("oxford-pet", root=pet_root, split="trainval")
+    test = build_dataset("oxford-pet", root=pet_root, split="test")
+    train = build_dataset("oxford-pet", root=pet_root, split="train")
+    val = build_dataset("oxford-pet", root=pet_root, split="val", val_fraction=0.2)
+    assert (len(tv), len(test), len(train)) == (10, 3, 9)
+    assert len(val) == 2
+    names = lambda d: {p[0].stem for p in d.samples}  # noqa: E731
+    assert names(train) | names(build_dataset("oxford-pet", root=pet_root, split="val")) == names(
+        tv
+    )
+    assert not names(train) & names(build_dataset("oxford-pet", root=pet_root, split="val"))
+    # seeded carve: deterministic, seed-dependent
+    assert names(val) == names(
+        build_dataset("oxford-pet", root=pet_root, split="val", val_fraction=0.2)
+    )
+    other = [
+        names(build_dataset("oxford-pet", root=pet_root, split="val", val_fraction=0.2, seed=s))
+        for s in range(5)
+    ]
+    assert any(o != names(val) for o in other)
+    img, mask = tv.load(0)
+    raw = np.asarray(Image.open(tv.samples[0][1]))
+    assert np.array_equal(mask, np.choose(raw - 1, [0, 1, 2]))
+    assert tv.classes == ("pet", "background", "border")
+    assert all_values(tv) == {0, 1, 2}
+    ign = build_dataset("oxford-pet", root=pet_root, split="trainval", border="ignore")
+    assert ign.num_classes == 2 and all_values(ign) == {0, 1, 255}
+
+
+def test_pet_real_mini_copy(shared_data):
+    root = shared_data / "oxford-pet-mini"
+    if not root.is_dir():
+        pytest.skip("oxford-pet-mini absent")
+    tv = build_dataset("oxford-pet", root=root, split="trainval")
+    test = build_dataset("oxford-pet", root=root, split="test")
+    assert (len(tv), len(test)) == (20, 6)
+    assert all_values(tv) | all_values(test) == {0, 1, 2}
+    img, mask = tv.load(0)
+    assert img.ndim == 3 and img.shape[2] == 3 and img.shape[:2] == mask.shape
+
+
+# ------------------------------------------------------------------ camvid
+
+
+def test_camvid_lists_with_absolute_segnet_paths(camvid_root):
+    ds = build_dataset("camvid", root=camvid_root, split="train")
+    assert len(ds) == 4 and ds.num_classes == 11 and ds.palette.shape == (11, 3)
+    assert all(p[0].parent == camvid_root / "train" for p in ds.samples)
+    img, mask = ds.load(0)
+    raw = np.asarray(Image.open(ds.samples[0][1]))
+    assert np.array_equal(mask == 255, raw == 11)
+    assert np.array_equal(mask[raw < 11], raw[raw < 11])
+    assert len(build_dataset("camvid", root=camvid_root, split="trainval")) == 6
+    assert len(build_dataset("camvid", root=camvid_root, split="test")) == 2
+
+
+def test_camvid_without_lists_pairs_folders(tmp_path):
+    root = make_camvid(tmp_path / "cv", counts={"train": 3, "val": 1}, lists=False)
+    ds = build_dataset("camvid", root=root, split="train")
+    assert len(ds) == 3 and all(i.name == m.name for i, m in ds.samples)
+    with pytest.raises(DataError, match="split 'test' not found"):
+        build_dataset("camvid", root=root, split="test")
+
+
+def test_camvid_real_copy(shared_data):
+    root = shared_data / "camvid"
+    if not root.is_dir():
+        pytest.skip("camvid absent")
+    train = build_dataset("camvid", root=root, split="train")
+    val = build_dataset("camvid", root=root, split="val")
+    assert (len(train), len(val)) == (367, 101)
+    assert not train.unpaired and not val.unpaired
+    img, mask = val.load(0)
+    assert img.shape == (360, 480, 3) and mask.shape == (360, 480)
+    assert set(np.unique(mask)) <= set(range(11)) | {255}
+
+
+# ------------------------------------------------------------------ bad files
+
+
+def test_missing_mask_left_out_and_recorded(pet_root):
+    (pet_root / "annotations" / "trimaps" / "beagle_1.png").unlink()
+    ds = build_dataset("oxford-pet", root=pet_root, split="trainval")
+    assert len(ds) == 9
+    assert ds.unpaired == [(pet_root / "annotations" / "trimaps" / "beagle_1.png", "missing-mask")]
+
+
+def test_bad_files_raise_data_errors_naming_the_file(pet_root):
+    ds = build_dataset("oxford-pet", root=pet_root, split="trainval")
+    img0, msk0 = ds.samples[0]
+    img1, msk1 = ds.samples[1]
+    img2, msk2 = ds.samples[2]
+    img3, msk3 = ds.samples[3]
+    img0.write_bytes(b"not a jpeg at all")
+    truncate(msk1, 0.6)
+    write_gray(msk2, np.full((36, 44), 7, np.uint8))  # 7 is no trimap value
+    write_gray(msk3, np.full((10, 10), 1, np.uint8))
+    cases = [(0, img0, "unreadable"), (1, msk1, "truncated"), (2, msk2, "bad-values"),
+             (3, msk3, "size-mismatch")]  # fmt: skip
+    for i, path, kind in cases:
+        with pytest.raises(DataError) as e:
+            ds.load(i)
+        assert str(path) in str(e.value) and e.value.kind == kind and "fix:" in str(e.value)
+    with pytest.raises(DataError, match="values outside the classes: 7"):
+        ds.load(2)
+
+
+def test_exclude_drops_listed_files(pet_root):
+    ds = build_dataset("oxford-pet", root=pet_root, split="trainval")
+    bad = [ds.samples[2][1], ds.samples[5][0]]
+    assert ds.exclude(bad) == 2 and len(ds) == 8
+    assert all(p not in bad for s in ds.samples for p in s)
+
+
+# ------------------------------------------------------------------ decoding
+
+
+def _pet_with(tmp_path, writer):
+    """A one-image Pet copy whose image is written by `writer(path)`."""
+    root = make_pet(tmp_path / "p", n_trainval=1, n_test=1)
+    img_path = root / "images" / "beagle_1.jpg"
+    writer(img_path)
+    return build_dataset("oxford-pet", root=root, split="trainval")
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "CMYK", "P", "I;16", "LA"])
+def test_image_modes_become_rgb_uint8(tmp_path, mode):
+    rgb = random_image(np.random.default_rng(0), 36, 44)
+
+    def writer(path):
+        im = Image.fromarray(rgb, "RGB")
+        if mode == "I;16":
+            arr = rgb[:, :, 0].astype(np.uint16) * 257
+            im = Image.fromarray(arr)
+            assert im.mode == "I;16"
+            im.save(path, format="PNG")
+            return
+        im = im.convert(mode)
+        im.save(path, format="TIFF" if mode in ("CMYK", "LA") else "PNG")
+
+    ds = _pet_with(tmp_path, writer)
+    img, mask = ds.load(0)
+    assert img.shape == (36, 44, 3) and img.dtype == np.uint8
+    if mode == "I;16":  # 16-bit scaled from the full range: 257 * v -> v
+        assert np.array_equal(img[:, :, 0], rgb[:, :, 0]) and np.array_equal(
+            img[:, :, 1], rgb[:, :, 0]
+        )
+    if mode == "RGBA":
+        assert np.array_equal(img, rgb)
+
+
+def test_exif_orientation_applied_to_image(tmp_path):
+    """A photo stored sideways with EXIF orientation 6 and a mask drawn on the displayed
+    (upright) photo: both load upright and aligned."""
+    root = make_pet(tmp_path / "p", n_trainval=1, n_test=1, size=(36, 44))
+    upright = random_image(np.random.default_rng(3), 36, 44) // 3
+    upright[:18] = 255  # a bright top half over a dark bottom, to see the orientation
+    stored = np.rot90(upright, k=1)  # rotated 90° CCW; orientation 6 = rotate 90° CW to view
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    write_rgb(root / "images" / "beagle_1.jpg", stored, exif=exif.tobytes(), quality=95)
+    tri = np.full((36, 44), 2, np.uint8)
+    tri[:18] = 1  # pet on the top half of the upright photo
+    write_gray(root / "annotations" / "trimaps" / "beagle_1.png", tri)
+    ds = build_dataset("oxford-pet", root=root, split="trainval")
+    img, mask = ds.load(0)
+    assert img.shape[:2] == mask.shape == (36, 44)
+    bright = img.mean(2) > 200
+    assert bright[:17].mean() > 0.95 and bright[19:].mean() < 0.05
+    assert (mask[bright] == 0).mean() > 0.95
+
+
+def test_sixteen_bit_and_palette_masks_read_as_values(tmp_path):
+    root = make_pet(tmp_path / "p", n_trainval=2, n_test=1)
+    tri = np.random.default_rng(0).integers(1, 4, (36, 44))
+    Image.fromarray(tri.astype(np.uint16)).save(root / "annotations" / "trimaps" / "beagle_1.png")
+    pal = Image.fromarray(tri.astype(np.uint8), "P")
+    pal.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255] + [0] * 756)
+    pal.save(root / "annotations" / "trimaps" / "Abyssinian_2.png")
+    ds = build_dataset("oxford-pet", root=root, split="trainval")
+    for i in range(2):
+        assert np.array_equal(ds.load(i)[1], tri - 1)

@@ -1,0 +1,163 @@
+"""Joint transforms: masks never gain label values, shapes/dtypes, padding, presets,
+pad_collate, per-worker randomness."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fcnseg.data import build_dataset
+from fcnseg.data.transforms import (
+    ColorJitter,
+    Compose,
+    HorizontalFlip,
+    Normalize,
+    RandomCrop,
+    RandomScale,
+    Resize,
+    ToTensor,
+    eval_transforms,
+    pad_collate,
+    train_transforms,
+)
+from fcnseg.errors import ConfigError
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def many_valued_pair(rng, h, w):
+    """A mask with many distinct values in small regions and an unrelated image."""
+    values = rng.choice(np.arange(0, 255), size=40, replace=False).astype(np.uint8)
+    cells = rng.choice(values, size=(h // 3 + 1, w // 3 + 1))
+    mask = np.kron(cells, np.ones((3, 3), np.uint8))[:h, :w]
+    mask[rng.random((h, w)) < 0.05] = 255
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    return image, mask
+
+
+def test_no_transform_invents_label_values():
+    rng = np.random.default_rng(0)
+    ops = [
+        Resize((37, 53)), Resize(91), RandomScale((0.3, 2.5)), RandomScale((0.5, 2), base_size=40),
+        RandomCrop(48), HorizontalFlip(p=1.0), ColorJitter(0.4),
+        train_transforms(40, mean=MEAN, std=STD, scale=(0.25, 3.0)),
+    ]  # fmt: skip
+    for trial in range(60):
+        torch.manual_seed(trial)
+        h, w = int(rng.integers(20, 90)), int(rng.integers(20, 90))
+        image, mask = many_valued_pair(rng, h, w)
+        allowed = set(np.unique(mask).tolist()) | {255}
+        for op in ops:
+            _, out = op(image, mask)
+            got = set(np.unique(np.asarray(out)).tolist())
+            assert got <= allowed, (op, got - allowed)
+
+
+def test_resize_shapes_and_nearest_mask():
+    image = np.zeros((40, 60, 3), np.uint8)
+    mask = np.zeros((40, 60), np.uint8)
+    mask[:, 30:] = 7
+    img, msk = Resize((20, 30))(image, mask)  # shrink
+    assert img.shape == (20, 30, 3) and msk.shape == (20, 30)
+    assert set(np.unique(msk)) == {0, 7} and (msk[:, 15:] == 7).all() and (msk[:, :15] == 0).all()
+    img, msk = Resize((81, 121))(image, mask)  # grow, odd sizes
+    assert img.shape == (81, 121, 3) and set(np.unique(msk)) == {0, 7}
+
+
+def test_random_crop_pads_mask_with_ignore_and_image_with_fill():
+    image = np.full((10, 12, 3), 50, np.uint8)
+    mask = np.ones((10, 12), np.uint8)
+    img, msk = RandomCrop(20, fill=(1, 2, 3))(image, mask)
+    assert img.shape == (20, 20, 3) and msk.shape == (20, 20)
+    assert (msk == 255).sum() == 400 - 120 and (msk == 1).sum() == 120
+    assert ((img == 50).all(2) == (msk == 1)).all()
+    assert (img[msk == 255] == [1, 2, 3]).all()
+
+
+def test_flip_is_joint():
+    image = np.zeros((4, 6, 3), np.uint8)
+    image[:, 0] = 200
+    mask = np.zeros((4, 6), np.uint8)
+    mask[:, 0] = 3
+    img, msk = HorizontalFlip(p=1.0)(image, mask)
+    assert (img[:, -1] == 200).all() and (msk[:, -1] == 3).all() and (msk[:, 0] == 0).all()
+
+
+def test_color_jitter_changes_image_only():
+    rng = np.random.default_rng(1)
+    image, mask = many_valued_pair(rng, 30, 30)
+    img, msk = ColorJitter(0.5)(image, mask)
+    assert img.dtype == np.uint8 and not np.array_equal(img, image)
+    assert np.array_equal(msk, mask)
+
+
+def test_normalize_and_to_tensor():
+    image = np.full((5, 7, 3), 255, np.uint8)
+    mask = np.full((5, 7), 2, np.uint8)
+    img, msk = Compose([Normalize(MEAN, STD), ToTensor()])(image, mask)
+    assert img.shape == (3, 5, 7) and img.dtype == torch.float32
+    assert msk.shape == (5, 7) and msk.dtype == torch.int64
+    expect = (1 - torch.tensor(MEAN)) / torch.tensor(STD)
+    assert torch.allclose(img[:, 0, 0], expect)
+    with pytest.raises(ConfigError):
+        Normalize((0.5, 0.5), STD)
+
+
+def test_train_preset_output():
+    ds = build_dataset("synthetic", length=4, size=(60, 90))
+    t = train_transforms((48, 64), mean=MEAN, std=STD)
+    for i in range(4):
+        x, y = t(*ds.load(i))
+        assert x.shape == (3, 48, 64) and x.dtype == torch.float32
+        assert y.shape == (48, 64) and y.dtype == torch.int64
+        assert set(y.unique().tolist()) <= {0, 1, 2, 255}
+        assert -3 < float(x.min()) and float(x.max()) < 3
+
+
+def test_train_preset_pads_to_normalised_zero():
+    t = train_transforms(64, mean=MEAN, std=STD, scale=None, hflip=False, color_jitter=0)
+    x, y = t(np.full((10, 10, 3), 128, np.uint8), np.zeros((10, 10), np.uint8))
+    pad = y == 255
+    assert pad.sum() == 64 * 64 - 100
+    assert x[:, pad].abs().max() < 0.02  # the mean colour normalises to ~0
+
+
+def test_eval_preset_never_resizes_the_mask():
+    ds = build_dataset("synthetic", length=2, size=(77, 101))
+    image, mask = ds.load(0)
+    x, y = eval_transforms(mean=MEAN, std=STD)(image, mask)
+    assert x.shape == (3, 77, 101) and torch.equal(y, torch.from_numpy(mask).long())
+
+
+def test_seeded_pipelines_reproducible_and_per_process():
+    ds = build_dataset("synthetic", length=2)
+    image, mask = ds.load(0)
+    outs = []
+    for _ in range(2):
+        torch.manual_seed(123)
+        t = train_transforms(64, mean=MEAN, std=STD)
+        outs.append([t(image, mask)[0] for _ in range(3)])
+    assert all(torch.equal(a, b) for a, b in zip(outs[0], outs[1], strict=True))
+    assert not torch.equal(outs[0][0], outs[0][1])  # successive calls differ
+
+
+def test_dataloader_workers_draw_different_augmentations():
+    ds = build_dataset("synthetic", length=4, size=(64, 64))
+    # the same sample in every position: differences can only come from augmentation
+    ds.load = lambda i, _load=ds.load: _load(0)
+    ds.transforms = train_transforms(48, mean=MEAN, std=STD)
+    loader = torch.utils.data.DataLoader(ds, batch_size=1, num_workers=2, collate_fn=pad_collate)
+    batches = [x for x, _ in loader]
+    assert not torch.equal(batches[0], batches[1])  # worker 0 vs worker 1
+
+
+def test_pad_collate_pads_to_max():
+    a = (torch.ones(3, 5, 6), torch.zeros(5, 6, dtype=torch.int64))
+    b = (torch.full((3, 7, 4), 2.0), torch.ones(7, 4, dtype=torch.int64))
+    x, y = pad_collate([a, b])
+    assert x.shape == (2, 3, 7, 6) and y.shape == (2, 7, 6) and y.dtype == torch.int64
+    assert (x[0, :, 5:] == 0).all() and (y[0, 5:] == 255).all() and (y[0, :5] == 0).all()
+    assert (x[1, :, :, 4:] == 0).all() and (y[1, :, 4:] == 255).all() and (y[1, :, :4] == 1).all()
+    same = pad_collate([a, a])
+    assert same[0].shape == (2, 3, 5, 6) and torch.equal(same[0][0], a[0])
