@@ -1,0 +1,85 @@
+"""`fcnseg train`: a thin layer over `fcnseg.engine.train.train`.
+
+Only the flags given on the command line override the config file (`--config`), which
+overrides the TrainConfig defaults."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    from fcnseg.cli.data import add_data_args
+
+    p = subparsers.add_parser(
+        "train",
+        help="train a segmentation model (no arguments: a quick demo on synthetic data)",
+        description="Train an FCN. With no arguments: FCN-8s/ResNet-18 on the built-in synthetic "
+        "dataset, a couple of minutes on a laptop CPU. Flags override --config FILE (YAML with the "
+        "same keys, underscored), which overrides the defaults. Multi-process: "
+        "torchrun --nproc_per_node=K -m fcnseg train ...",
+        argument_default=argparse.SUPPRESS,
+    )
+    add_data_args(p, required=False)
+    p.set_defaults(data=None, data_root=None, data_option=[])
+    g = p.add_argument_group("run")
+    g.add_argument("--config", metavar="FILE", help="YAML config (keys as below, underscored)")
+    g.add_argument("--out", metavar="DIR", help="run directory (default runs/<name or timestamp>)")
+    g.add_argument("--name", help="run name under runs/")
+    g.add_argument("--resume", nargs="?", const="auto", metavar="PATH", help="continue from a checkpoint (default OUT/last.pt)")
+    g.add_argument("--seed", type=int)
+    g.add_argument("--epochs", type=int, metavar="N")
+    g.add_argument("--max-minutes", type=float, metavar="M", help="wall-clock budget, final evaluation included; the lr schedule fits it")
+    g.add_argument("--eval-every", type=int, metavar="N", help="validate every N epochs")
+    g.add_argument("--ckpt-every-steps", type=int, metavar="N", help="also write last.pt every N steps")
+    g.add_argument("--skip-check", action="store_true", help="leave out the files the data check lists instead of stopping")
+    g.add_argument("--train-split", metavar="S")
+    g.add_argument("--val-split", metavar="S")
+    g.add_argument("--workers", type=int, metavar="N", help="data loader processes")
+    g = p.add_argument_group("model")
+    g.add_argument("--model", metavar="NAME", help="fcn32s, fcn16s, fcn8s, seed, ...")
+    g.add_argument("--backbone", metavar="NAME", help="vgg16, vgg16_bn, resnet18, ...")
+    g.add_argument("--weights", metavar="imagenet|PATH", help="pretrained backbone weights")
+    g.add_argument("--init-from", metavar="CKPT", help="copy the tensors whose name and shape match (staged FCN-32s → 16s → 8s)")
+    g.add_argument("--freeze-backbone", action="store_true")
+    g.add_argument("--upsample", metavar="MODE", help="deconv, bilinear, ...")
+    g.add_argument("--align", metavar="MODE", help="same or paper")
+    g.add_argument("--output-stride", type=int, metavar="S")
+    g.add_argument("--aux-loss", type=float, metavar="W", help="weight of an auxiliary stride-16 loss (0: off)")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--batch-size", type=int, metavar="B", help="per process")
+    g.add_argument("--accum-steps", type=int, metavar="N", help="gradient accumulation")
+    g.add_argument("--crop", type=int, nargs="+", metavar="H [W]", help="training crop")
+    g.add_argument("--optimizer", choices=("sgd", "adam", "adamw"))
+    g.add_argument("--lr", type=float, metavar="X")
+    g.add_argument("--momentum", type=float, metavar="M")
+    g.add_argument("--weight-decay", type=float, metavar="WD")
+    g.add_argument("--schedule", choices=("poly", "cosine", "constant"))
+    g.add_argument("--warmup-steps", type=int, metavar="N")
+    g.add_argument("--clip-grad", type=float, metavar="NORM")
+    g.add_argument("--class-weights", choices=("none", "median"))
+    g = p.add_argument_group("hardware")
+    g.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"))
+    g.add_argument("--device", metavar="DEV", help="auto, cpu, cuda, cuda:1")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.set_defaults(func=run)
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict:
+    """The TrainConfig keys given on the command line (nothing else)."""
+    from fcnseg.cli.data import dataset_options
+    from fcnseg.engine.config import FIELDS
+
+    given = {k: v for k, v in vars(args).items() if k in FIELDS and v is not None}
+    for key in ("data_option", "func", "verb"):
+        given.pop(key, None)
+    if getattr(args, "data_option", None):
+        given["data_options"] = dataset_options(args)
+    return given
+
+
+def run(args: argparse.Namespace) -> int:
+    from fcnseg.engine.train import train
+
+    train(overrides_from_args(args), config_file=getattr(args, "config", None))
+    return 0

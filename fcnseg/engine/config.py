@@ -1,0 +1,239 @@
+"""The training configuration: one dataclass holds every default; YAML files and flags override.
+
+Precedence, lowest first: ``TrainConfig`` defaults < a YAML file (``--config``) < explicit
+command-line flags. YAML keys are the field names (underscored, e.g. ``batch_size``); an
+unknown key is a ``ConfigError`` that names it. The resolved config is saved as
+``config.yaml`` in the run directory and inside every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fcnseg.errors import ConfigError
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("poly", "cosine", "constant")
+CLASS_WEIGHTS = ("none", "median")
+
+
+@dataclass
+class TrainConfig:
+    """Every training option with its default. The defaults are the zero-argument
+    ``fcnseg train``: FCN-8s on a ResNet-18 trunk, trained from scratch on the built-in
+    synthetic dataset in about two minutes on two CPU cores."""
+
+    # data
+    data: str = "synthetic"
+    data_root: str | None = None
+    data_options: dict = field(default_factory=dict)
+    train_split: str = "train"
+    val_split: str = "val"
+    skip_check: bool = False
+    workers: int = 0
+    # model
+    model: str = "fcn8s"
+    backbone: str = "resnet18"
+    weights: str | None = None  # "imagenet", a weights file, or None (random init)
+    upsample: str = "bilinear"
+    align: str = "same"
+    output_stride: int = 32
+    init_from: str | None = None  # a checkpoint whose name+shape-matching tensors are copied
+    freeze_backbone: bool = False
+    # augmentation (train split only; masks are always resized NEAREST)
+    crop: list = field(default_factory=lambda: [128, 128])  # [H, W]
+    scale: list = field(default_factory=lambda: [0.5, 2.0])
+    hflip: bool = True
+    color_jitter: float = 0.2
+    # optimisation
+    epochs: int = 12
+    batch_size: int = 8
+    accum_steps: int = 1
+    optimizer: str = "adamw"
+    lr: float = 2e-3
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    schedule: str = "poly"
+    warmup_steps: int = 20
+    clip_grad: float | None = None
+    class_weights: str = "none"
+    aux_loss: float = 0.0  # weight of an auxiliary stride-16 loss; 0 = off
+    # numerics / hardware
+    precision: str = "auto"
+    device: str = "auto"
+    compile: bool = False
+    seed: int = 0
+    # run control and output
+    max_minutes: float | None = None
+    eval_every: int = 1  # epochs
+    eval_batch_size: int = 1
+    ckpt_every_steps: int = 0  # 0: last.pt at epoch ends only
+    log_every: int = 20  # steps between loss reads (each read is a host sync)
+    num_samples: int = 4  # images in samples/epoch_N.png
+    tensorboard: bool = True
+    out: str | None = None  # run directory; default runs/<name or timestamp>
+    name: str | None = None
+    resume: str | None = None  # a checkpoint path, or "auto" for OUT/last.pt
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+FIELDS: dict[str, Any] = typing.get_type_hints(TrainConfig)
+
+
+def default_config() -> dict:
+    return TrainConfig().to_dict()
+
+
+def _unknown_key(key: str, source: str) -> ConfigError:
+    close = difflib.get_close_matches(key, list(FIELDS), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ConfigError(f"unknown config key {key!r} in {source}{hint}; valid keys are the TrainConfig fields: {', '.join(FIELDS)}")
+
+
+def _coerce(key: str, value: Any, source: str) -> Any:
+    """Converts ``value`` to the type of field ``key`` (YAML reads ``1e-4`` as a string)."""
+    hint = FIELDS[key]
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    base = next((a for a in args if a is not type(None)), hint) if args else hint
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and base is not str):
+        if optional:
+            return None
+        raise ConfigError(f"{source}: {key} cannot be empty")
+    try:
+        if base is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
+                return value.lower() in ("true", "yes", "1", "on")
+            raise ValueError
+        if base is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if base is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if base is str:
+            if not isinstance(value, str | int | float) or isinstance(value, bool):
+                raise ValueError
+            return str(value)
+        if base is dict:
+            if not isinstance(value, dict):
+                raise ValueError
+            return dict(value)
+        if base is list:
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                return [value]
+            if not isinstance(value, list | tuple):
+                raise ValueError
+            return list(value)
+    except (TypeError, ValueError):
+        name = getattr(base, "__name__", str(base))
+        raise ConfigError(f"{source}: {key} must be a {name}, got {value!r}") from None
+    return value
+
+
+def merge(base: dict, overrides: dict, source: str) -> dict:
+    """A copy of ``base`` with ``overrides`` applied; unknown keys raise ConfigError.
+    ``data_options`` dicts are merged key by key; every other key is replaced."""
+    out = dict(base)
+    for key, value in overrides.items():
+        key = key.replace("-", "_")
+        if key not in FIELDS:
+            raise _unknown_key(key, source)
+        value = _coerce(key, value, source)
+        if key == "data_options" and value:  # dataset options add up, the later source wins per key
+            value = {**out.get(key, {}), **value}
+        out[key] = value
+    return out
+
+
+def load_yaml(path: str | os.PathLike) -> dict:
+    """Reads a YAML mapping of TrainConfig keys (values are not yet validated)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found; pass an existing YAML file (see configs/)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of option: value, got {type(data).__name__}")
+    for key in data:
+        if not isinstance(key, str) or key.replace("-", "_") not in FIELDS:
+            raise _unknown_key(str(key), str(path))
+    return data
+
+
+def resolve_config(overrides: dict | TrainConfig | None = None, *, config_file: str | os.PathLike | None = None, base: dict | None = None) -> dict:
+    """Defaults (or ``base``, e.g. a checkpoint's config) < ``config_file`` < ``overrides``,
+    validated. Returns a plain dict with every TrainConfig key."""
+    cfg = dict(base) if base is not None else default_config()
+    # a checkpoint from an older version may lack newer keys
+    for key, value in default_config().items():
+        cfg.setdefault(key, value)
+    cfg = {k: v for k, v in cfg.items() if k in FIELDS}
+    if config_file is not None:
+        cfg = merge(cfg, load_yaml(config_file), str(config_file))
+    if isinstance(overrides, TrainConfig):
+        overrides = overrides.to_dict()
+    if overrides:
+        if "config" in overrides:  # train({"config": "file.yaml", ...}) as a notebook shortcut
+            overrides = dict(overrides)
+            cfg = merge(cfg, load_yaml(overrides["config"]), str(overrides.pop("config")))
+        cfg = merge(cfg, overrides, "the given options")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: dict) -> None:
+    """Range and choice checks that need no model or dataset."""
+
+    def choice(key: str, choices: tuple) -> None:
+        if cfg[key] not in choices:
+            raise ConfigError(f"unknown {key} {cfg[key]!r}; choose one of {', '.join(choices)}")
+
+    choice("optimizer", OPTIMIZERS)
+    choice("schedule", SCHEDULES)
+    choice("class_weights", CLASS_WEIGHTS)
+    crop = cfg["crop"]
+    if len(crop) == 1:
+        crop = [crop[0], crop[0]]
+    if len(crop) != 2 or not all(isinstance(c, int | float) and float(c).is_integer() and c > 0 for c in crop):
+        raise ConfigError(f"crop must be one or two positive integers (H [W]), got {cfg['crop']!r}")
+    cfg["crop"] = [int(c) for c in crop]
+    if len(cfg["scale"]) != 2 or not 0 < cfg["scale"][0] <= cfg["scale"][1]:
+        raise ConfigError(f"scale must be [min, max] with 0 < min <= max, got {cfg['scale']!r}")
+    cfg["scale"] = [float(s) for s in cfg["scale"]]
+    for key in ("epochs", "batch_size", "accum_steps", "eval_every", "log_every", "eval_batch_size"):
+        if cfg[key] < 1:
+            raise ConfigError(f"{key} must be >= 1, got {cfg[key]}")
+    for key in ("workers", "warmup_steps", "ckpt_every_steps", "num_samples"):
+        if cfg[key] < 0:
+            raise ConfigError(f"{key} must be >= 0, got {cfg[key]}")
+    if cfg["lr"] <= 0:
+        raise ConfigError(f"lr must be > 0, got {cfg['lr']}")
+    if cfg["weight_decay"] < 0 or cfg["aux_loss"] < 0 or not 0 <= cfg["momentum"] < 1:
+        raise ConfigError("weight_decay and aux_loss must be >= 0 and momentum in [0, 1)")
+    if cfg["clip_grad"] is not None and cfg["clip_grad"] <= 0:
+        raise ConfigError(f"clip_grad must be > 0 (or none), got {cfg['clip_grad']}")
+    if cfg["max_minutes"] is not None and cfg["max_minutes"] <= 0:
+        raise ConfigError(f"max_minutes must be > 0, got {cfg['max_minutes']}")
+
+
+def save_yaml(cfg: dict, path: str | os.PathLike) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg, sort_keys=False))

@@ -1,0 +1,846 @@
+"""Training: ``train(cfg) -> run directory``.
+
+Reads top to bottom: resolve the config → set up devices/DDP → data (checked) → model,
+optimizer, schedule → the epoch loop (``_train_epoch``) with validation at epoch ends → the
+final evaluation and ``metrics.json``.
+
+Reproducibility: the data order is a pure function of (seed, epoch) (``EpochSampler``, a
+``DistributedSampler`` seeded per epoch) and each sample's augmentation a pure function of
+(seed, epoch, index) (``SeededDataset``), whatever the worker. A checkpoint therefore only
+needs the position in the epoch: resuming skips the consumed batches without replaying the
+loader, and on CPU a resumed run reproduces an uninterrupted run's losses exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from fcnseg.engine import distributed as ddp
+from fcnseg.engine.checkpoint import load_checkpoint, save_checkpoint
+from fcnseg.engine.config import TrainConfig, resolve_config, save_yaml
+from fcnseg.engine.precision import Precision, resolve_device, resolve_precision
+from fcnseg.errors import ConfigError, DataError
+
+log = logging.getLogger("fcnseg.train")
+
+IGNORE_INDEX = 255
+
+
+# --------------------------------------------------------------------------- schedule
+
+
+def lr_at(
+    step: int,
+    *,
+    base_lr: float,
+    total_steps: int,
+    warmup_steps: int = 0,
+    schedule: str = "poly",
+    power: float = 0.9,
+) -> float:
+    """The learning rate for optimizer step ``step`` (0-based).
+
+    Linear warmup ``base_lr * (step + 1) / warmup_steps`` for the first ``warmup_steps``,
+    then over the remaining steps ``poly``: ``base_lr * (1 - t) ** power`` or ``cosine``:
+    ``base_lr * (1 + cos(pi t)) / 2`` with ``t`` going 0 → 1; ``constant``: ``base_lr``.
+    Steps past ``total_steps`` get the final value (0 for poly/cosine)."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    if schedule == "constant":
+        return base_lr
+    span = max(1, total_steps - warmup_steps)
+    t = min(1.0, max(0.0, (step - warmup_steps) / span))
+    if schedule == "poly":
+        return base_lr * (1.0 - t) ** power
+    if schedule == "cosine":
+        return base_lr * 0.5 * (1.0 + math.cos(math.pi * t))
+    raise ConfigError(f"unknown schedule {schedule!r}; choose poly, cosine or constant")
+
+
+class LRSchedule:
+    """Sets every param group's lr to ``lr_at(step) * group["lr_scale"]``.
+
+    ``total_steps`` may be revised during a run (a ``max_minutes`` budget is turned into a
+    step count from the measured speed); it is part of the state dict."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, *, base_lr: float, total_steps: int, warmup_steps: int, schedule: str) -> None:
+        self.optimizer = optimizer
+        self.base_lr, self.total_steps = base_lr, int(total_steps)
+        self.warmup_steps, self.schedule = warmup_steps, schedule
+        self.last_lr = base_lr
+
+    def apply(self, step: int) -> float:
+        lr = lr_at(step, base_lr=self.base_lr, total_steps=self.total_steps, warmup_steps=self.warmup_steps, schedule=self.schedule)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+        self.last_lr = lr
+        return lr
+
+    def state_dict(self) -> dict:
+        return {"total_steps": self.total_steps, "base_lr": self.base_lr, "warmup_steps": self.warmup_steps, "schedule": self.schedule}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.total_steps = int(state["total_steps"])
+
+
+# --------------------------------------------------------------------------- optimisation
+
+
+def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
+    """Trainable parameters in two groups: weights of convs/linears (``ndim >= 2``) with
+    ``weight_decay``, and biases and normalisation weights (``ndim <= 1``) without.
+    Empty groups are left out."""
+    decay, no_decay = [], []
+    for p in module.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(groups: list[dict], *, name: str, lr: float, momentum: float, device: torch.device) -> torch.optim.Optimizer:
+    """SGD with momentum (the paper), Adam (the tutorial) or AdamW; the fused kernels where
+    this torch build has them for the device, else the foreach ones."""
+    if not groups:
+        raise ConfigError("no trainable parameters (is the whole model frozen?)")
+    classes = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+    cls = classes[name]
+    kwargs: dict = {"lr": lr}
+    if name == "sgd":
+        kwargs["momentum"] = momentum
+    for extra in ({"fused": True}, {"foreach": True}, {}):
+        try:
+            opt = cls(groups, **kwargs, **extra)
+        except (RuntimeError, TypeError, ValueError):
+            continue
+        if extra.get("fused") and device.type not in ("cuda", "cpu"):
+            continue
+        return opt
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy averaged over the labelled pixels (``IGNORE_INDEX`` excluded).
+
+    ``logits`` (N, K, H, W), ``target`` (N, H, W) int64. With class ``weight`` (K,) the
+    average is weighted, as ``F.cross_entropy`` does; a batch with no labelled pixel gives
+    0 rather than NaN (and costs no host sync)."""
+    total = F.cross_entropy(logits.float(), target, weight=weight, ignore_index=IGNORE_INDEX, reduction="sum")
+    valid = target != IGNORE_INDEX
+    if weight is None:
+        denom = valid.sum()
+    else:
+        denom = (weight[torch.where(valid, target, 0)] * valid).sum()
+    return total / denom.clamp(min=1)
+
+
+# --------------------------------------------------------------------------- data order
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 32-bit seed that depends only on (seed, epoch, index)."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+
+
+def _reseed_transforms(tf, seed: int) -> None:
+    """Reseeds every albumentations pipeline inside ``tf`` (fcnseg.data.transforms' Compose
+    of Albu ops) from ``seed``; each op gets its own stream."""
+    stack, k = [tf], 0
+    while stack:
+        obj = stack.pop()
+        compose = getattr(obj, "compose", None)
+        if compose is not None and hasattr(compose, "set_random_seed"):
+            compose.set_random_seed((seed + 7919 * k) % 2**32)
+            if hasattr(obj, "_pid"):  # tell Albu not to reseed itself on first use here
+                obj._pid = os.getpid()
+            k += 1
+        elif hasattr(obj, "set_random_seed"):
+            obj.set_random_seed((seed + 7919 * k) % 2**32)
+            k += 1
+        sub = getattr(obj, "transforms", None)
+        if isinstance(sub, list | tuple):
+            stack.extend(reversed(sub))
+
+
+class SeededDataset(Dataset):
+    """Wraps a dataset so item ``(epoch, i)`` is ``dataset[i]`` with every random number
+    the transforms draw seeded from (seed, epoch, i): the same sample on any worker, in any
+    order, after any resume. The global RNGs are restored afterwards."""
+
+    def __init__(self, dataset, seed: int) -> None:
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, index = key
+        s = sample_seed(self.seed, epoch, index)
+        py_state, np_state = random.getstate(), np.random.get_state()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                random.seed(s)
+                np.random.seed(s)
+                torch.manual_seed(s)
+                _reseed_transforms(getattr(self.dataset, "transforms", None), s)
+                return self.dataset[index]
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
+class EpochSampler(DistributedSampler):
+    """A ``DistributedSampler`` (shuffled per epoch by ``set_epoch``, sharded over ranks)
+    that yields ``(epoch, index)`` keys for ``SeededDataset`` and can start ``start``
+    samples into this rank's share of the epoch (resuming mid-epoch)."""
+
+    def __init__(self, dataset, *, num_replicas: int, rank: int, seed: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=False)
+        self.start = 0
+
+    def set_start(self, start: int) -> None:
+        self.start = start
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        indices = list(super().__iter__())[self.start :]
+        return iter([(self.epoch, i) for i in indices])
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start
+
+
+# --------------------------------------------------------------------------- model pieces
+
+
+class _TrainNet(nn.Module):
+    """The model plus, when asked, an auxiliary 1x1 score layer on the backbone's stride-16
+    feature (read with a forward hook, so the model itself is unchanged).
+    ``forward(x (N, 3, H, W)) -> (logits (N, K, H, W), aux logits (N, K, H, W) or None)``."""
+
+    def __init__(self, model: nn.Module, num_classes: int, aux: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.aux_head: nn.Module | None = None
+        self._aux_key: str | None = None
+        self._feature: torch.Tensor | None = None
+        if aux:
+            backbone = getattr(model, "backbone", None)
+            strides = getattr(backbone, "strides", {}) or {}
+            channels = getattr(backbone, "out_channels", {}) or {}
+            keys = [k for k in ("pool4", "conv5", "layer3") if strides.get(k) == 16 and k in channels]
+            keys += [k for k, s in strides.items() if s == 16 and k in channels and k not in keys]
+            if not keys:
+                raise ConfigError(f"aux_loss needs a backbone with a stride-16 feature map; {type(backbone).__name__} has strides {strides} (set aux_loss: 0)")
+            self._aux_key = keys[0]
+            self.aux_head = nn.Conv2d(channels[self._aux_key], num_classes, 1)
+            backbone.register_forward_hook(self._grab)
+
+    def _grab(self, module: nn.Module, inputs, output) -> None:
+        if isinstance(output, dict) and self._aux_key in output:
+            self._feature = output[self._aux_key]
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        logits = self.model(x)
+        if self.aux_head is None or not self.training:
+            return logits, None
+        feature, self._feature = self._feature, None
+        if feature is None:
+            raise RuntimeError("the backbone did not return the stride-16 feature for aux_loss")
+        aux = self.aux_head(feature)
+        return logits, F.interpolate(aux, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def load_matching(model: nn.Module, state: dict) -> tuple[list[str], list[str], list[str]]:
+    """Copies every tensor of ``state`` whose name and shape match one of ``model``'s.
+    Returns (loaded, left at their initialisation, unused names of ``state``)."""
+    own = model.state_dict()
+    loaded, left = [], []
+    with torch.no_grad():
+        for name, tensor in own.items():
+            src = state.get(name)
+            if src is not None and tuple(src.shape) == tuple(tensor.shape):
+                tensor.copy_(src)
+                loaded.append(name)
+            else:
+                left.append(name)
+    unused = [k for k in state if k not in own or tuple(state[k].shape) != tuple(own[k].shape)]
+    return loaded, left, unused
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _short(names: list[str], n: int = 6) -> str:
+    return ", ".join(names[:n]) + (f", ... ({len(names)} in all)" if len(names) > n else "")
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def _find_resume(cfg: dict) -> Path:
+    """The checkpoint ``resume`` names: a path, or ``auto`` → OUT/last.pt (OUT: ``out``, or
+    the newest run under runs/ with a last.pt)."""
+    if cfg["resume"] != "auto":
+        return Path(cfg["resume"])
+    if cfg["out"]:
+        return Path(cfg["out"]) / "last.pt"
+    candidates = sorted(Path("runs").glob("*/last.pt"), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise ConfigError("--resume without a path needs --out RUN_DIR (or a run under runs/ with a last.pt)")
+    return candidates[-1]
+
+
+def _new_run_dir(cfg: dict) -> Path:
+    if cfg["out"]:
+        return Path(cfg["out"])
+    name = cfg["name"] or datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = Path("runs") / name
+    k = 1
+    while path.exists() and not cfg["name"]:
+        path = Path("runs") / f"{name}-{k}"
+        k += 1
+    return path
+
+
+class _Trainer:
+    """The state of one run. ``train()`` builds it and calls ``run()``."""
+
+    def __init__(self, cfg: dict, ckpt: dict | None) -> None:
+        self.cfg, self.ckpt = cfg, ckpt
+        self.t_start = time.monotonic() - (ckpt.get("train_time_s", 0.0) if ckpt else 0.0)
+        device = resolve_device(cfg["device"])
+        self.dist = ddp.setup_distributed(device)
+        self.device = ddp.local_device(device, self.dist)
+        self.main = self.dist.is_main
+        if not self.main:
+            log.setLevel(logging.WARNING)
+        self.precision: Precision = resolve_precision(cfg["precision"], self.device)
+        torch.manual_seed(cfg["seed"])
+        random.seed(cfg["seed"])
+        np.random.seed(cfg["seed"])
+        self.run_dir = Path(ddp.broadcast_object(str(_new_run_dir(cfg))))
+        cfg["out"] = str(self.run_dir)
+
+    # ---------------------------------------------------------------- setup
+    def setup(self) -> None:
+        cfg = self.cfg
+        self._build_data()
+        self._build_model()
+        spe = self.steps_per_epoch
+        self.planned_steps = cfg["epochs"] * spe
+        groups = param_groups(self.net, cfg["weight_decay"])
+        self.optimizer = build_optimizer(groups, name=cfg["optimizer"], lr=cfg["lr"], momentum=cfg["momentum"], device=self.device)
+        self.schedule = LRSchedule(self.optimizer, base_lr=cfg["lr"], total_steps=self.planned_steps, warmup_steps=cfg["warmup_steps"], schedule=cfg["schedule"])
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.use_scaler)
+        self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
+        self.best_miou: float = -math.inf
+        self.best: dict | None = None
+        self.last_eval: dict | None = None
+        self.events: list[dict] = []
+        if self.ckpt is not None:
+            self._restore(self.ckpt)
+            if not cfg["max_minutes"]:  # --epochs may have been changed for the rest of the run
+                self.schedule.total_steps = self.planned_steps
+        self.ckpt = None  # free the memory
+        self.total_steps = self.schedule.total_steps
+
+        self.train_net: nn.Module = self.net
+        if cfg["compile"]:
+            self.train_net = torch.compile(self.train_net)
+        if self.dist.enabled:
+            self.train_net = nn.parallel.DistributedDataParallel(self.train_net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+        if self.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_yaml(cfg, self.run_dir / "config.yaml")
+            self._open_logs()
+        ddp.barrier()
+
+    def _build_data(self) -> None:
+        from fcnseg.data import build_dataset
+        from fcnseg.data.transforms import train_transforms
+        from fcnseg.weights import preprocessing
+
+        cfg = self.cfg
+        pre = preprocessing(cfg["backbone"], cfg["weights"] if cfg["weights"] == "imagenet" else None)
+        self.mean, self.std = [float(v) for v in pre["mean"]], [float(v) for v in pre["std"]]
+        tf = train_transforms(cfg["crop"], mean=self.mean, std=self.std, scale=tuple(cfg["scale"]), hflip=cfg["hflip"], color_jitter=cfg["color_jitter"])
+        opts = dict(cfg["data_options"])
+        self.train_ds = build_dataset(cfg["data"], root=cfg["data_root"], split=cfg["train_split"], transforms=tf, **opts)
+        # raw pairs: evaluate() normalises with mean/std and scores at the label's own size
+        self.val_ds = build_dataset(cfg["data"], root=cfg["data_root"], split=cfg["val_split"], transforms=None, **opts)
+        self._check_data()
+        self.num_classes = int(self.train_ds.num_classes)
+        if int(self.val_ds.num_classes) != self.num_classes:
+            raise DataError(f"{cfg['data']}: split {cfg['train_split']} has {self.num_classes} classes but {cfg['val_split']} has {self.val_ds.num_classes}")
+        self.classes = list(self.train_ds.classes)
+        self.palette = np.asarray(self.train_ds.palette, np.uint8)
+
+        self.sampler = EpochSampler(self.train_ds, num_replicas=self.dist.world_size, rank=self.dist.rank, seed=cfg["seed"])
+        self.batches_per_epoch = self.sampler.num_samples // cfg["batch_size"]
+        self.steps_per_epoch = self.batches_per_epoch // cfg["accum_steps"]
+        if self.steps_per_epoch < 1:
+            raise ConfigError(
+                f"{cfg['data']}/{cfg['train_split']} has {len(self.train_ds)} images: fewer than one "
+                f"optimizer step of batch_size {cfg['batch_size']} x accum_steps {cfg['accum_steps']} x "
+                f"{self.dist.world_size} processes; lower --batch-size"
+            )
+        self.loader = DataLoader(
+            SeededDataset(self.train_ds, cfg["seed"]),
+            batch_size=cfg["batch_size"],
+            sampler=self.sampler,
+            num_workers=cfg["workers"],
+            drop_last=True,
+            pin_memory=self.device.type == "cuda",
+            # the loader's own base seed comes from this generator, not the global RNG
+            generator=torch.Generator().manual_seed(cfg["seed"]),
+        )
+        self.class_weight = None
+        if cfg["class_weights"] == "median":
+            from fcnseg.data.stats import median_frequency_weights
+
+            w = median_frequency_weights(self.train_ds)
+            self.class_weight = torch.tensor(w, dtype=torch.float32, device=self.device)
+            log.info("median-frequency class weights: %s", ", ".join(f"{c}={v:.2f}" for c, v in zip(self.classes, w, strict=True)))
+
+    def _check_data(self) -> None:
+        cfg = self.cfg
+        from fcnseg.data.check import check_dataset, format_report
+
+        splits = list(dict.fromkeys([cfg["train_split"], cfg["val_split"]]))
+        problems = check_dataset(cfg["data"], cfg["data_root"], splits=splits, **cfg["data_options"]) if self.main else []
+        problems = ddp.broadcast_object(problems)
+        if not problems:
+            return
+        report = format_report(problems)
+        if not cfg["skip_check"]:
+            log.error("%s", report)
+            raise DataError(f"{cfg['data']}: {len(problems)} problem(s) in the data (report above; `fcnseg data check` lists them); fix them, or pass --skip-check to leave those files out")
+        paths = [p.path for p in problems if getattr(p, "path", None) is not None]
+        dropped = self.train_ds.exclude(paths) + self.val_ds.exclude(paths)
+        log.warning("%s\n--skip-check: left out %d image/mask pairs listed above", report, dropped)
+        if len(self.train_ds) == 0 or len(self.val_ds) == 0:
+            raise DataError(f"{cfg['data']}: no usable pairs left after --skip-check")
+
+    def _build_model(self) -> None:
+        from fcnseg.models import build_model
+
+        cfg = self.cfg
+        weights = cfg["weights"]
+        if weights and weights != "imagenet" and Path(weights).is_file():
+            self._check_weights_classes(Path(weights))
+        self.model = build_model(
+            cfg["model"], backbone=cfg["backbone"], num_classes=self.num_classes, weights=weights,
+            upsample=cfg["upsample"], align=cfg["align"], output_stride=cfg["output_stride"],
+        )
+        if cfg["init_from"] and self.ckpt is None:
+            src = load_checkpoint(cfg["init_from"])
+            loaded, left, unused = load_matching(self.model, src["model"])
+            log.info("init-from %s: loaded %d/%d tensors", cfg["init_from"], len(loaded), len(loaded) + len(left))
+            if left:
+                log.info("  left at their initialisation: %s", _short(left))
+            if unused:
+                log.info("  not used from the checkpoint: %s", _short(unused))
+        if cfg["freeze_backbone"]:
+            for p in self.model.backbone.parameters():
+                p.requires_grad_(False)
+        self.net = _TrainNet(self.model, self.num_classes, aux=cfg["aux_loss"] > 0)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.net = nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
+        self.net.to(self.device)
+        if self.precision.channels_last:
+            self.net.to(memory_format=torch.channels_last)
+
+    def _check_weights_classes(self, path: Path) -> None:
+        """A full fcnseg checkpoint given as --weights must predict the dataset's classes."""
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception:
+            return  # not a checkpoint; the weights loader reports what it is
+        conf = ckpt.get("model_config") if isinstance(ckpt, dict) else None
+        if conf and int(conf.get("num_classes", self.num_classes)) != self.num_classes:
+            raise ConfigError(
+                f"--weights {path} predicts {conf['num_classes']} classes but {self.cfg['data']} has "
+                f"{self.num_classes}; use --init-from {path} to copy only the tensors that fit"
+            )
+
+    def _restore(self, ckpt: dict) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        if self.net.aux_head is not None and ckpt.get("aux_head") is not None:
+            self.net.aux_head.load_state_dict(ckpt["aux_head"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.schedule.load_state_dict(ckpt["scheduler"])
+        if ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.epoch, self.step = int(ckpt["epoch"]), int(ckpt["step"])
+        self.batch_in_epoch = int(ckpt.get("batch_in_epoch", 0))
+        self.best_miou = ckpt.get("best_miou", -math.inf)
+        self.best = ckpt.get("best")
+        self.last_eval = ckpt.get("last_eval")
+        _set_rng_state(ckpt["rng"])
+        log.info("resumed at epoch %d, step %d (batch %d of the epoch)", self.epoch, self.step, self.batch_in_epoch)
+
+    def _open_logs(self) -> None:
+        self.jsonl = self.run_dir / "metrics.jsonl"
+        if self.jsonl.exists():  # a resumed run: drop what came after the checkpoint
+            kept = []
+            for line in self.jsonl.read_text().splitlines():
+                with contextlib.suppress(json.JSONDecodeError):
+                    e = json.loads(line)
+                    if e.get("step", 0) <= self.step and not (e.get("step", 0) == self.step and e.get("event") == "end"):
+                        kept.append(e)
+            self.events = kept
+            self.jsonl.write_text("".join(json.dumps(e) + "\n" for e in kept))
+        self.tb = None
+        if self.cfg["tensorboard"]:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # pragma: no cover - tensorboard is a dependency
+                log.warning("tensorboard is not installed; no event files")
+            else:
+                self.tb = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step or None)
+
+    def _record(self, event: dict) -> None:
+        if not self.main:
+            return
+        self.events.append(event)
+        with open(self.jsonl, "a") as f:
+            f.write(json.dumps(event) + "\n")
+        if self.tb is not None:
+            kind = event["event"]
+            for key, value in event.items():
+                if key not in ("event", "step", "epoch") and isinstance(value, int | float) and not isinstance(value, bool):
+                    self.tb.add_scalar(f"{kind}/{key}", value, event["step"])
+
+    # ---------------------------------------------------------------- the loop
+    def run(self) -> Path:
+        cfg = self.cfg
+        n_params = sum(p.numel() for p in self.model.parameters())
+        log.info(
+            "%s/%s on %s (%d classes, %.1fM parameters) | %s %s | %d train / %d val images | "
+            "batch %d x %d process(es) x %d accum | %d steps/epoch | %s",
+            cfg["model"], cfg["backbone"], cfg["data"], self.num_classes, n_params / 1e6, self.device,
+            self.precision.name, len(self.train_ds), len(self.val_ds), cfg["batch_size"], self.dist.world_size,
+            cfg["accum_steps"], self.steps_per_epoch, self.run_dir,
+        )
+        self.budget = cfg["max_minutes"] * 60.0 if cfg["max_minutes"] else None
+        self.timing = {"steps": 0, "step_s": 0.0, "epoch_end_s": [], "eval_s": None}
+        if self.budget is not None:
+            self.timing["eval_s"] = self._probe_eval_time()
+        self.stop: str | None = None
+        from tqdm import tqdm
+
+        self.bar = tqdm(
+            total=self.total_steps, initial=self.step, disable=not self.main, unit="step", dynamic_ncols=True,
+            file=sys.stderr, mininterval=0.5 if sys.stderr.isatty() else 30,
+        )
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        with logging_redirect_tqdm(loggers=[log, logging.getLogger("fcnseg")]):
+            while self.epoch < cfg["epochs"] and self.stop is None:
+                if self._train_epoch():
+                    self._end_of_epoch()
+            self.bar.close()
+            self._finish(self.stop or "epochs")
+        return self.run_dir
+
+    def _train_epoch(self) -> bool:
+        """Runs the rest of the current epoch; True when it was completed. Under a time
+        budget it may stop early (``self.stop`` set)."""
+        cfg = self.cfg
+        accum = cfg["accum_steps"]
+        used = self.steps_per_epoch * accum
+        self.sampler.set_epoch(self.epoch)
+        self.sampler.set_start(self.batch_in_epoch * cfg["batch_size"])
+        self.net.train()
+        if cfg["freeze_backbone"]:
+            self.model.backbone.eval()  # frozen BN statistics stay as loaded
+        self.bar.set_description(f"epoch {self.epoch + 1}/{cfg['epochs']}")
+        loss_sum = torch.zeros((), device=self.device)
+        window_steps, window_t0 = 0, time.monotonic()
+        self.schedule.apply(self.step)
+        it = iter(self.loader)
+        for b in range(self.batch_in_epoch, used):
+            images, masks = next(it)
+            images = images.to(self.device, non_blocking=True)
+            masks = masks.to(self.device, non_blocking=True)
+            if self.precision.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            last_micro = (b + 1) % accum == 0
+            sync = contextlib.nullcontext() if (last_micro or not self.dist.enabled) else self.train_net.no_sync()
+            with sync:
+                with self.precision.autocast(self.device):
+                    logits, aux = self.train_net(images)
+                    loss = segmentation_loss(logits, masks, self.class_weight)
+                    if aux is not None:
+                        loss = loss + cfg["aux_loss"] * segmentation_loss(aux, masks, self.class_weight)
+                self.scaler.scale(loss / accum).backward()
+            loss_sum += loss.detach() / accum
+            if not last_micro:
+                continue
+            if cfg["clip_grad"]:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg["clip_grad"])
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            self.batch_in_epoch = b + 1
+            window_steps += 1
+            self.bar.update(1)
+            if self.step % cfg["log_every"] == 0 or self.batch_in_epoch == used:
+                now = time.monotonic()
+                dt = now - window_t0
+                self.timing["steps"] += window_steps
+                self.timing["step_s"] += dt
+                loss_value = float(ddp.all_reduce_sum(loss_sum.clone()).item()) / (window_steps * self.dist.world_size)
+                ips = window_steps * cfg["batch_size"] * accum * self.dist.world_size / max(dt, 1e-9)
+                self._record({"event": "train", "epoch": self.step / self.steps_per_epoch, "step": self.step, "loss": loss_value, "lr": self.schedule.last_lr, "images_per_s": ips, "time_s": self._elapsed()})
+                self.bar.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{ips:.1f}", lr=f"{self.schedule.last_lr:.2e}")
+                loss_sum.zero_()
+                window_steps, window_t0 = 0, time.monotonic()
+                self._revise_total_steps()
+            self.schedule.apply(self.step)
+            if cfg["ckpt_every_steps"] and self.step % cfg["ckpt_every_steps"] == 0 and self.batch_in_epoch < used:
+                self._save("last.pt")
+            if self.budget is not None and (self.step >= self.total_steps or self._out_of_time()):
+                self.stop = "max_minutes"
+                return self.batch_in_epoch == used
+        return True
+
+    def _end_of_epoch(self) -> None:
+        cfg = self.cfg
+        t0 = time.monotonic()
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        if self.epoch % cfg["eval_every"] == 0 or self.epoch == cfg["epochs"]:
+            self._validate()
+        self._save("last.pt")
+        self.timing["epoch_end_s"].append(time.monotonic() - t0)
+        self._revise_total_steps()
+
+    def _validate(self) -> dict:
+        from fcnseg.engine.evaluate import evaluate
+
+        t0 = time.monotonic()
+        metrics = evaluate(
+            self.model, self.val_ds, device=self.device, precision=self.precision,
+            batch_size=self.cfg["eval_batch_size"], num_workers=self.cfg["workers"],
+            distributed=self.dist.enabled, mean=self.mean, std=self.std,
+        )
+        eval_s = time.monotonic() - t0
+        self.timing["eval_s"] = eval_s
+        summary = {k: metrics[k] for k in ("pixel_acc", "mean_acc", "mean_iou", "fw_iou")}
+        event = {"event": "eval", "epoch": self.step / self.steps_per_epoch, "step": self.step, **summary, "iou": metrics["iou"], "eval_s": eval_s, "time_s": self._elapsed()}
+        self.last_eval = event
+        self._record(event)
+        miou = metrics["mean_iou"]
+        log.info(
+            "epoch %d step %d: val mean IU %.4f | pixel acc %.4f | mean acc %.4f | fw IU %.4f (%.1fs)",
+            self.epoch, self.step, miou, summary["pixel_acc"], summary["mean_acc"], summary["fw_iou"], eval_s,
+        )
+        if not math.isnan(miou) and miou > self.best_miou:
+            self.best_miou = miou
+            self.best = {**summary, "per_class": metrics["per_class"], "epoch": self.epoch, "step": self.step}
+            self._save("best.pt")
+        if self.main:
+            self._draw(f"epoch_{self.epoch}")
+        return metrics
+
+    def _finish(self, stopped: str) -> None:
+        if self.last_eval is None or self.last_eval["step"] != self.step:
+            self._validate()
+            self._save("last.pt")
+        elapsed = self._elapsed()
+        if not self.main:
+            return
+        steps_s = self.timing["step_s"]
+        ips = self.timing["steps"] * self.cfg["batch_size"] * self.cfg["accum_steps"] * self.dist.world_size / steps_s if steps_s else None
+        final = {k: self.last_eval[k] for k in ("pixel_acc", "mean_acc", "mean_iou", "fw_iou")}
+        result = {
+            "final": {**final, "epoch": self.step / self.steps_per_epoch, "step": self.step},
+            "best": self.best,
+            "stopped": stopped,
+            "epochs": self.epoch,
+            "steps": self.step,
+            "time_s": elapsed,
+            "train_images_per_s": ips,
+            "device": str(self.device),
+            "precision": self.precision.name,
+            "world_size": self.dist.world_size,
+            "run_dir": str(self.run_dir),
+        }
+        (self.run_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+        self._record({"event": "end", "epoch": self.step / self.steps_per_epoch, "step": self.step, "stopped": stopped, "time_s": elapsed})
+        from fcnseg.engine.visualize import plot_curves
+
+        plot_curves(self.events, self.run_dir / "curves.png")
+        if self.tb is not None:
+            self.tb.close()
+        log.info(
+            "done (%s) in %.0fs: final val mean IU %.4f, best %.4f at epoch %s | %s",
+            stopped, elapsed, final["mean_iou"], self.best_miou, (self.best or {}).get("epoch"), self.run_dir,
+        )
+
+    # ---------------------------------------------------------------- time budget
+    def _elapsed(self) -> float:
+        return time.monotonic() - self.t_start
+
+    def _reserve_s(self) -> float:
+        """Time kept for the final evaluation, checkpoint and pictures."""
+        eval_s = self.timing["eval_s"] or 0.0
+        saves = max(self.timing["epoch_end_s"] or [0.0])
+        return 1.1 * eval_s + min(saves, eval_s + 5.0) + 2.0
+
+    def _out_of_time(self) -> bool:
+        if self.budget is None:
+            return False
+        step_s = self.timing["step_s"] / self.timing["steps"] if self.timing["steps"] else 0.0
+        late = self._elapsed() + self._reserve_s() + step_s >= self.budget
+        if self.dist.enabled:  # every rank must stop at the same step
+            flag = torch.tensor([int(late)], device=self.device if self.device.type == "cuda" else "cpu")
+            late = bool(ddp.all_reduce_sum(flag).item())
+        return late
+
+    def _revise_total_steps(self) -> None:
+        """Under ``max_minutes``: the steps that fit in the time left, from the measured step
+        time and end-of-epoch overhead, so the lr schedule ends when the budget does."""
+        if self.budget is None or self.timing["steps"] < 5:
+            return
+        step_s = self.timing["step_s"] / self.timing["steps"]
+        ends = self.timing["epoch_end_s"]
+        per_epoch = (sum(ends) / len(ends)) if ends else (self.timing["eval_s"] or 0.0) / self.cfg["eval_every"]
+        per_step = step_s + per_epoch / self.steps_per_epoch
+        left = self.budget - self._elapsed() - self._reserve_s()
+        estimate = self.step + max(0, int(left / per_step))
+        total = int(ddp.broadcast_object(min(self.planned_steps, max(estimate, self.step + 1))))
+        if total != self.total_steps:
+            self.total_steps = self.schedule.total_steps = total
+            self.bar.total = total
+            self.bar.refresh()
+
+    @torch.no_grad()
+    def _probe_eval_time(self) -> float:
+        """Seconds a full validation should take, from timing a forward on one val image."""
+        image, _ = self.val_ds.load(0)
+        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float().to(self.device)
+        self.model.eval()
+        try:
+            with self.precision.autocast(self.device):
+                self.model(x)  # warm-up
+                t0 = time.monotonic()
+                self.model(x)
+                dt = time.monotonic() - t0
+        finally:
+            self.model.train()
+        return dt * math.ceil(len(self.val_ds) / self.dist.world_size) * 1.2 + 1.0
+
+    # ---------------------------------------------------------------- files
+    def _save(self, name: str) -> None:
+        if not self.main:
+            return
+        state = {
+            "model": self.model.state_dict(),
+            "model_config": dict(self.model.config),
+            "aux_head": self.net.aux_head.state_dict() if self.net.aux_head is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "step": self.step,
+            "best_miou": self.best_miou,
+            "best": self.best,
+            "last_eval": self.last_eval,
+            "config": dict(self.cfg),
+            "classes": list(self.classes),
+            "palette": self.palette.tolist(),
+            "mean": self.mean,
+            "std": self.std,
+            "rng": _rng_state(),
+            "train_time_s": self._elapsed(),
+        }
+        save_checkpoint(state, self.run_dir / name)
+
+    @torch.no_grad()
+    def _draw(self, tag: str) -> None:
+        """samples/<tag>.png (image | truth | prediction) and curves.png."""
+        from fcnseg.engine.inference import segment
+        from fcnseg.engine.visualize import plot_curves, save_sample_grid
+
+        n = min(self.cfg["num_samples"], len(self.val_ds))
+        if n:
+            mean = torch.tensor(self.mean).view(3, 1, 1)
+            std = torch.tensor(self.std).view(3, 1, 1)
+            images, targets, preds = [], [], []
+            self.model.eval()
+            try:
+                for i in range(n):
+                    image, mask = self.val_ds.load(i)
+                    x = (torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255 - mean) / std
+                    score = segment(self.model, [x], out_sizes=[np.shape(mask)], device=self.device, precision=self.precision)[0]
+                    images.append(image)
+                    targets.append(np.asarray(mask))
+                    preds.append(score.argmax(0).cpu().numpy())
+            finally:
+                self.model.train()
+            save_sample_grid(images, targets, preds, self.palette, self.run_dir / "samples" / f"{tag}.png", title=f"{tag} (step {self.step})")
+        plot_curves(self.events, self.run_dir / "curves.png")
+
+
+def train(cfg: dict | TrainConfig | None = None, *, config_file: str | os.PathLike | None = None) -> Path:
+    """Trains a model and returns its run directory.
+
+    ``cfg``: TrainConfig fields to set (a dict of the options given, or a whole
+    TrainConfig); ``config_file``: a YAML file of the same keys, applied before ``cfg``.
+    With ``resume`` set the run continues from that checkpoint (``"auto"``: OUT/last.pt),
+    under the checkpoint's config with ``config_file``/``cfg`` applied on top.
+
+    The run directory gets config.yaml, last.pt, best.pt, metrics.jsonl, metrics.json,
+    curves.png, samples/epoch_N.png and TensorBoard event files (rank 0 only).
+    """
+    given = cfg.to_dict() if isinstance(cfg, TrainConfig) else dict(cfg or {})
+    resolved = resolve_config(given, config_file=config_file)
+    ckpt = None
+    if resolved["resume"]:
+        path = _find_resume(resolved)
+        ckpt = load_checkpoint(path)
+        explicit = {k: v for k, v in given.items() if k != "config"}
+        resolved = resolve_config(explicit, config_file=config_file, base=ckpt["config"])
+        resolved["resume"] = str(path)
+        if "out" not in given:
+            resolved["out"] = str(path.parent)
+    trainer = _Trainer(resolved, ckpt)
+    try:
+        trainer.setup()
+        return trainer.run()
+    finally:
+        ddp.cleanup_distributed()

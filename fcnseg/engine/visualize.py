@@ -1,0 +1,105 @@
+"""Pictures of a training run: ``curves.png`` (loss, mean IU, pixel accuracy) and
+``samples/epoch_N.png`` (image | ground truth | prediction). Matplotlib, headless (Agg)."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _colorize(mask: np.ndarray, palette: np.ndarray, ignore_index: int = 255) -> np.ndarray:
+    try:
+        from fcnseg.data.show import colorize
+    except ImportError:  # pragma: no cover - the data package ships show.py
+        table = np.zeros((256, 3), np.uint8)
+        table[: len(palette)] = palette
+        table[ignore_index] = (224, 224, 192)
+        return table[np.asarray(mask, np.int64)]
+    return colorize(mask, palette, ignore_index=ignore_index)
+
+
+def plot_curves(events: Sequence[dict], path: str | os.PathLike) -> None:
+    """Training loss and validation mean IU / pixel accuracy against epochs (fractional).
+
+    ``events``: ``metrics.jsonl`` records; ``train`` events carry ``loss``, ``eval`` events
+    ``mean_iou`` and ``pixel_acc``, both an ``epoch`` (float)."""
+    plt = _pyplot()
+    train = [e for e in events if e.get("event") == "train" and e.get("loss") is not None]
+    evals = [e for e in events if e.get("event") == "eval"]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    ax = axes[0]
+    if train:
+        ax.plot([e["epoch"] for e in train], [e["loss"] for e in train], lw=1.2)
+        if all(e["loss"] > 0 for e in train):
+            ax.set_yscale("log")
+    ax.set_title("training loss")
+    for ax, key, title in ((axes[1], "mean_iou", "val mean IU"), (axes[2], "pixel_acc", "val pixel accuracy")):
+        xs = [e["epoch"] for e in evals if _finite(e.get(key))]
+        ys = [e[key] for e in evals if _finite(e.get(key))]
+        if xs:
+            ax.plot(xs, ys, marker="o", ms=3, lw=1.2)
+            best = int(np.argmax(ys))
+            ax.annotate(f"{ys[best]:.3f}", (xs[best], ys[best]), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+        ax.set_title(title)
+        ax.set_ylim(0, 1)
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def save_sample_grid(
+    images: Sequence[np.ndarray],
+    targets: Sequence[np.ndarray],
+    preds: Sequence[np.ndarray],
+    palette: np.ndarray,
+    path: str | os.PathLike,
+    *,
+    title: str = "",
+    ignore_index: int = 255,
+) -> None:
+    """One row per sample: image uint8 (H, W, 3), ground truth and prediction (H, W) class
+    indices drawn in ``palette`` (K, 3) (ignored pixels in cream)."""
+    plt = _pyplot()
+    n = len(images)
+    fig, axes = plt.subplots(n, 3, figsize=(7.5, 2.5 * n), squeeze=False)
+    for r in range(n):
+        panels = (images[r], _colorize(targets[r], palette, ignore_index), _colorize(preds[r], palette, ignore_index))
+        for c, (panel, name) in enumerate(zip(panels, ("image", "ground truth", "prediction"), strict=True)):
+            axes[r, c].imshow(panel, interpolation="nearest")
+            axes[r, c].axis("off")
+            if r == 0:
+                axes[r, c].set_title(name, fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def _finite(x) -> bool:
+    return isinstance(x, int | float) and math.isfinite(x)
+
+
+def _save(fig, path: str | os.PathLike) -> None:
+    """Writes through a temporary name so a reader never sees half a PNG."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=90)
+    os.replace(tmp, path)
