@@ -204,3 +204,175 @@ def test_max_images_and_bf16_runs():
     res = evaluate(PixelNet(), ToyDataset(), precision="bf16", max_images=2, batch_size=2)
     assert res["num_images"] == 2
     assert not math.isnan(res["mean_iou"])
+
+
+# --------------------------------------------------------------------------- `fcnseg eval`
+
+CAMVID_SIZES = [(37, 53), (29, 41), (37, 53), (44, 35), (33, 64)]
+
+
+def _camvid(root, sizes=CAMVID_SIZES, split="val"):
+    """A CamVid-layout folder with labels 0..10 and 11 (void) at odd, mixed sizes."""
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    (root / split).mkdir(parents=True)
+    (root / f"{split}annot").mkdir()
+    for i, (h, w) in enumerate(sizes):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), np.uint8)).save(root / split / f"f{i}.png")
+        Image.fromarray(rng.integers(0, 12, (h, w), np.uint8)).save(root / f"{split}annot" / f"f{i}.png")
+    return root
+
+
+def _real_checkpoint(path, data_root, **config):
+    """fcn8s/resnet18 with random score layers (zero-initialised ones predict one class)."""
+    from fcnseg import build_model
+    from fcnseg.data.camvid import CAMVID_CLASSES, CAMVID_PALETTE
+    from fcnseg.engine.checkpoint import save_checkpoint
+
+    model = build_model("fcn8s", backbone="resnet18", num_classes=11)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.startswith("score"):
+                p.normal_(0, 0.05)
+    save_checkpoint(
+        {
+            "model": model.state_dict(),
+            "model_config": model.config,
+            "classes": list(CAMVID_CLASSES),
+            "palette": CAMVID_PALETTE,
+            "mean": (0.4, 0.45, 0.5),
+            "std": (0.25, 0.25, 0.25),
+            "config": {"data": "camvid", "data_root": str(data_root), "data_options": {},
+                       "val_split": "val", **config},
+        },
+        path,
+    )
+    return model.eval()
+
+
+def _run_json(argv, capsys):
+    import json
+
+    from fcnseg.cli import main
+
+    code = main(["eval", *argv, "--json"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert len(out.strip().splitlines()) == 1
+    return json.loads(out)
+
+
+def test_cli_json_matches_hand_computed_scores_at_label_size(tmp_path, capsys):
+    from fcnseg.data import build_dataset
+    from fcnseg.data.transforms import eval_transforms
+
+    root = _camvid(tmp_path / "camvid")
+    model = _real_checkpoint(tmp_path / "best.pt", root)
+    res = _run_json(["--checkpoint", str(tmp_path / "best.pt"), "--precision", "fp32"], capsys)
+    for key in ("pixel_acc", "mean_acc", "mean_iou", "fw_iou", "per_class", "split", "num_images",
+                "checkpoint", "tta"):
+        assert key in res
+    assert res["split"] == "val" and res["num_images"] == len(CAMVID_SIZES) and res["tta"] is None
+    assert list(res["per_class"]) == list(build_dataset("camvid", root=root, split="val").classes)
+
+    # by hand: the same model on each image at its own size, no resizing anywhere
+    ds = build_dataset("camvid", root=root, split="val",
+                       transforms=eval_transforms(mean=(0.4, 0.45, 0.5), std=(0.25,) * 3))
+    cm = ConfusionMatrix(11)
+    valid = 0
+    with torch.no_grad():
+        for i in range(len(ds)):
+            x, y = ds[i]
+            cm.update(model(x[None])[0].argmax(0), y)
+            valid += int((y != 255).sum())
+    assert res["confusion"] == cm.matrix.tolist()
+    assert sum(map(sum, res["confusion"])) == valid  # every label pixel (minus void) at 37x53 etc.
+    ref = cm.compute()
+    for key in ("pixel_acc", "mean_acc", "mean_iou", "fw_iou"):
+        assert res[key] == pytest.approx(ref[key])
+    for name, iou in zip(res["per_class"], ref["iou"], strict=True):
+        got = res["per_class"][name]["iou"]
+        assert (got is None and math.isnan(iou)) or got == pytest.approx(iou)
+
+    # the batch of four mixed sizes scores every pixel too (padding is cropped away)
+    res4 = _run_json(["--checkpoint", str(tmp_path / "best.pt"), "--precision", "fp32",
+                      "--batch-size", "4"], capsys)
+    assert sum(map(sum, res4["confusion"])) == valid
+
+
+def test_cli_default_tta_from_checkpoint_and_tta_none(tmp_path, capsys, monkeypatch):
+    from fcnseg.engine.checkpoint import save_checkpoint
+    from fcnseg.models import MODELS
+
+    monkeypatch.setitem(MODELS, "test-pixelnet", lambda *, num_classes, **_: PixelNet(num_classes))
+    root = _camvid(tmp_path / "camvid")
+    model = PixelNet(11)
+    ckpt = {
+        "model": model.state_dict(),
+        "model_config": {"name": "test-pixelnet", "num_classes": 11},
+        "mean": (0.5,) * 3, "std": (0.25,) * 3,
+        "config": {"data": "camvid", "data_root": str(root), "eval_tta": "flip,scales=0.5,1"},
+    }
+    save_checkpoint(ckpt, tmp_path / "c.pt")
+    base = ["--checkpoint", str(tmp_path / "c.pt"), "--precision", "fp32"]
+    assert _run_json(base, capsys)["tta"] == "flip,scales=0.5,1"
+    assert _run_json([*base, "--tta", "none"], capsys)["tta"] is None
+    assert _run_json([*base, "--tta", "flip"], capsys)["tta"] == "flip"
+    # explicit data flags and a batch of mixed sizes give the 1x1 model's exact confusion
+    a = _run_json([*base, "--tta", "none", "--data", "camvid", "--data-root", str(root)], capsys)
+    b = _run_json([*base, "--tta", "none", "--batch-size", "4", "--max-images", "5"], capsys)
+    assert a["confusion"] == b["confusion"] and b["num_images"] == 5
+
+
+def test_cli_text_table_and_plot(tmp_path, capsys, monkeypatch):
+    from PIL import Image
+
+    from fcnseg.cli import main
+    from fcnseg.engine.checkpoint import save_checkpoint
+    from fcnseg.models import MODELS
+
+    monkeypatch.setitem(MODELS, "test-pixelnet", lambda *, num_classes, **_: PixelNet(num_classes))
+    root = _camvid(tmp_path / "camvid", split="test")
+    save_checkpoint({"model": PixelNet(11).state_dict(),
+                     "model_config": {"name": "test-pixelnet", "num_classes": 11},
+                     "mean": (0.5,) * 3, "std": (0.25,) * 3, "config": {}}, tmp_path / "c.pt")
+    code = main(["eval", "--checkpoint", str(tmp_path / "c.pt"), "--data", "camvid", "--data-root",
+                 str(root), "--split", "test", "--plots", str(tmp_path / "plots"), "--precision", "fp32"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "pixel acc" in out and "mean IU" in out and "f.w. IU" in out
+    assert "Bicyclist" in out and "camvid/test, 5 images" in out
+    png = Image.open(tmp_path / "plots" / "confusion.png")
+    assert png.size[0] > 300 and png.size[1] > 300
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--checkpoint", "{tmp}/missing.pt"], "not found"),
+        (["--checkpoint", "{tmp}/notes.txt"], "cannot read checkpoint"),
+        (["--checkpoint", "{ckpt}", "--data", "synthetic"], "predicts 11 classes"),
+        (["--checkpoint", "{ckpt}", "--batch-size", "0"], "--batch-size"),
+        (["--checkpoint", "{ckpt}", "--tta", "scales=x"], "TTA scale"),
+        (["--checkpoint", "{ckpt}", "--split", "nope"], "no split"),
+        (["--checkpoint", "{ckpt}", "--data", "camvid", "--data-root", "{tmp}/absent"], "does not exist"),
+    ],
+)
+def test_cli_bad_arguments_exit_2_with_one_line(argv, message, tmp_path, capsys, monkeypatch):
+    from fcnseg.cli import main
+    from fcnseg.engine.checkpoint import save_checkpoint
+    from fcnseg.models import MODELS
+
+    monkeypatch.setitem(MODELS, "test-pixelnet", lambda *, num_classes, **_: PixelNet(num_classes))
+    root = _camvid(tmp_path / "camvid")
+    (tmp_path / "notes.txt").write_text("not a checkpoint")
+    save_checkpoint({"model": PixelNet(11).state_dict(),
+                     "model_config": {"name": "test-pixelnet", "num_classes": 11},
+                     "config": {"data": "camvid", "data_root": str(root)}}, tmp_path / "c.pt")
+    argv = [a.replace("{tmp}", str(tmp_path)).replace("{ckpt}", str(tmp_path / "c.pt")) for a in argv]
+    code = main(["eval", *argv])
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert code == 2 and captured.out == ""
+    assert len(err) == 1 and err[0].startswith("fcnseg eval: error:") and message in err[0], err

@@ -30,19 +30,7 @@ def _list_collate(batch: list) -> list:
     return batch
 
 
-class _Normalise:
-    """Turns a raw pair (uint8 (H, W, 3), (H, W)) into tensors (3, H, W) float and (H, W) int64."""
-
-    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-
-    def __call__(self, image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255)
-        return (x - self.mean) / self.std, torch.from_numpy(np.asarray(mask, dtype=np.int64))
-
-
-def _as_pair(item, normalise: _Normalise | None, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _as_pair(item, normalise, index: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A dataset item → (image (3, h, w) float, mask (H, W) int64)."""
     image, mask = item[0], item[1]
     if isinstance(image, np.ndarray) or (torch.is_tensor(image) and not image.is_floating_point()):
@@ -101,7 +89,11 @@ def evaluate(
     window = parse_window(sliding_window)
     num_classes = int(getattr(dataset, "num_classes", 0) or len(dataset.classes))
     cm = ConfusionMatrix(num_classes, ignore_index=getattr(dataset, "ignore_index", 255))
-    normalise = _Normalise(mean, std) if mean is not None and std is not None else None
+    normalise = None
+    if mean is not None and std is not None:
+        from fcnseg.data.transforms import eval_transforms
+
+        normalise = eval_transforms(mean=mean, std=std)
 
     indices = list(range(len(dataset)))
     if max_images is not None:

@@ -1,0 +1,60 @@
+"""`fcnseg predict`: segment image files with a checkpoint.
+
+Writes NAME.png (palette PNG of class indices at the input's size), NAME_overlay.jpg (the
+image blended with the prediction, with a legend) and, with --probs, NAME_probs.npy (float16
+softmax, (K, H, W)). Arguments are checked before any work (exit 2). An image that cannot be
+decoded is skipped, the rest are written, the failures are listed and the exit code is 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from fcnseg.cli.eval import add_inference_args, checkpoint_tta
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "predict",
+        help="segment images: palette PNGs, overlays, optional probabilities",
+        description="Segment image files, folders or globs with a checkpoint. Outputs per input "
+        "NAME: NAME.png (class indices, palette PNG), NAME_overlay.jpg, NAME_probs.npy (--probs).",
+    )
+    add_inference_args(p)
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or quoted globs")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
+    p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity in [0, 1] (default 0.5)")
+    p.add_argument("--probs", action="store_true", help="also save NAME_probs.npy (float16 (K, H, W))")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from fcnseg.engine.checkpoint import load_checkpoint
+    from fcnseg.engine.predict import PredictFailures, predict, resolve_inputs
+
+    resolve_inputs(args.inputs)  # argument errors before the checkpoint is loaded
+    ckpt = load_checkpoint(args.checkpoint)
+    tta = checkpoint_tta(args.tta, ckpt)
+    try:
+        written = predict(
+            ckpt,
+            args.inputs,
+            args.out,
+            batch_size=4 if args.batch_size is None else args.batch_size,
+            alpha=args.alpha,
+            save_probs=args.probs,
+            device=args.device,
+            precision=args.precision,
+            tta=tta,
+            sliding_window=args.sliding_window,
+            progress=sys.stderr.isatty(),
+        )
+    except PredictFailures as e:
+        for _path, reason in e.failures:
+            print(f"fcnseg predict: error: {reason}", file=sys.stderr)
+        print(f"fcnseg predict: {e}", file=sys.stderr)
+        return 1
+    images = sum(1 for p in written if p.suffix == ".png")
+    print(f"segmented {images} images into {args.out}")
+    return 0

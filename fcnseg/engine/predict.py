@@ -1,0 +1,279 @@
+"""Segmenting image files with a trained checkpoint.
+
+For every input image ``NAME.ext`` the output folder gets
+
+- ``NAME.png``: a palette-mode PNG of class indices at the input's size (palette from the
+  checkpoint, so viewers show colours while the pixel values stay class indices);
+- ``NAME_overlay.jpg``: the image blended with the colourised prediction at opacity
+  ``alpha``, above a legend strip naming the classes present;
+- ``NAME_probs.npy`` (``save_probs``): float16 softmax probabilities ``(K, H, W)``.
+
+Inputs are files, folders (their images, not recursive) and glob patterns. They are checked
+before any work (a path that does not exist, or a folder or pattern without images, is an
+error and nothing runs); an image that fails to decode during the run is skipped, the others
+are written, and ``PredictFailures`` (a DataError listing each failed file) is raised at the
+end — the CLI prints the list and exits with code 1.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from fcnseg.data.base import IMAGE_EXTENSIONS, image_to_rgb, list_images, make_palette, open_image
+from fcnseg.data.show import overlay
+from fcnseg.data.transforms import eval_transforms
+from fcnseg.engine.checkpoint import load_checkpoint, model_from_checkpoint
+from fcnseg.engine.inference import TTA, parse_tta, parse_window, segment
+from fcnseg.engine.precision import resolve_device, resolve_precision
+from fcnseg.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class PredictFailures(DataError):
+    """Some inputs could not be read; the others were written (``written``).
+    ``failures`` lists (path, reason)."""
+
+    def __init__(self, failures: list[tuple[Path, str]], written: list[Path], total: int) -> None:
+        self.failures = failures
+        self.written = written
+        names = ", ".join(str(p) for p, _ in failures[:5]) + (" ..." if len(failures) > 5 else "")
+        super().__init__(
+            f"{len(failures)} of {total} inputs could not be read ({names}); the outputs of "
+            f"the other {total - len(failures)} were written"
+        )
+
+
+def _has_magic(s: str) -> bool:
+    return any(c in s for c in "*?[")
+
+
+def resolve_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
+    """Files, folders (their image files, sorted) and glob patterns (matching image files,
+    sorted) → unique paths in order. A missing path → DataError; a folder or pattern without
+    images, or no inputs at all → ConfigError."""
+    out: list[Path] = []
+    for item in inputs:
+        text = os.fspath(item)
+        path = Path(text).expanduser()
+        if path.is_dir():
+            found = list_images(path)
+            if not found:
+                raise ConfigError(
+                    f"folder {path} holds no images ({', '.join(IMAGE_EXTENSIONS)}); "
+                    "pass image files, a folder of images or a glob like 'photos/*.jpg'"
+                )
+            out += found
+        elif path.is_file():
+            out.append(path)
+        elif _has_magic(text):
+            matches = sorted(
+                Path(p) for p in glob.glob(os.path.expanduser(text), recursive=True)
+                if Path(p).is_file() and Path(p).suffix.lower() in IMAGE_EXTENSIONS
+            )
+            if not matches:
+                raise ConfigError(
+                    f"no image files match {text!r}; check the pattern (quote it so the shell "
+                    "does not expand it) and the folder"
+                )
+            out += matches
+        else:
+            raise DataError(f"input {path} not found; pass existing image files, folders or globs")
+    if not out:
+        raise ConfigError("no inputs given; pass image files, folders or globs")
+    seen: set[str] = set()
+    unique = []
+    for p in out:
+        key = os.path.abspath(p)
+        if key not in seen:
+            seen.add(key)
+            unique.append(p)
+    return unique
+
+
+def _output_names(paths: Sequence[Path]) -> list[str]:
+    """``NAME`` per input: its stem, with ``-2``, ``-3`` ... for later inputs of the same stem."""
+    used: dict[str, int] = {}
+    names = []
+    for p in paths:
+        n = used.get(p.stem, 0) + 1
+        used[p.stem] = n
+        names.append(p.stem if n == 1 else f"{p.stem}-{n}")
+    return names
+
+
+def read_image(path: Path) -> np.ndarray:
+    """uint8 (H, W, 3) RGB (EXIF orientation applied; grey, RGBA, CMYK, 16-bit converted).
+    DataError naming the file if it cannot be decoded."""
+    try:
+        return image_to_rgb(open_image(path, "image"))
+    except DataError as e:
+        raise DataError(f"{path}: {getattr(e, 'detail', e)}") from None
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: fixed-size bitmap font
+        return ImageFont.load_default()
+
+
+def legend_strip(width: int, present: Sequence[int], classes: Sequence[str], palette: np.ndarray) -> np.ndarray:
+    """A white strip ``width`` pixels wide listing a colour swatch and name per class in
+    ``present``, wrapped onto as many rows as needed: uint8 (h, width, 3)."""
+    size = int(np.clip(width / 40, 11, 22))
+    font = _font(size)
+    pad, sw = size // 2, size
+    items, x, y = [], pad, pad
+    for c in present:
+        label = classes[c] if c < len(classes) else str(c)
+        tw = int(np.ceil(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(label, font=font)))
+        item_w = sw + pad // 2 + tw
+        if x > pad and x + item_w > width - pad:
+            x, y = pad, y + size + pad
+        items.append((x, y, c, label))
+        x += item_w + 2 * pad
+    strip = Image.new("RGB", (width, y + size + pad), (255, 255, 255))
+    draw = ImageDraw.Draw(strip)
+    for x, y, c, label in items:
+        colour = tuple(int(v) for v in palette[c])
+        draw.rectangle((x, y, x + sw - 1, y + sw - 1), fill=colour, outline=(0, 0, 0))
+        draw.text((x + sw + pad // 2, y + sw / 2), label, fill=(0, 0, 0), font=font, anchor="lm")
+    return np.asarray(strip)
+
+
+def _palette_png(pred: np.ndarray, palette: np.ndarray) -> Image.Image:
+    im = Image.fromarray(pred.astype(np.uint8), mode="P")
+    flat = np.zeros((256, 3), np.uint8)
+    flat[: len(palette)] = palette
+    im.putpalette(flat.reshape(-1).tolist())
+    return im
+
+
+def _checkpoint_meta(ckpt: dict) -> tuple[list[str], np.ndarray, tuple, tuple]:
+    k = int(ckpt["model_config"].get("num_classes", 0)) or len(ckpt.get("classes") or ())
+    classes = [str(c) for c in (ckpt.get("classes") or [str(i) for i in range(k)])]
+    palette = ckpt.get("palette")
+    palette = make_palette(len(classes)) if palette is None else np.asarray(palette, np.uint8).reshape(-1, 3)
+    mean, std = ckpt.get("mean"), ckpt.get("std")
+    if mean is None or std is None:
+        log.warning("checkpoint has no mean/std; normalising with ImageNet statistics")
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    return classes, palette, tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
+@torch.no_grad()
+def predict(
+    checkpoint: str | os.PathLike | dict,
+    inputs: Iterable[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    *,
+    batch_size: int = 4,
+    alpha: float = 0.5,
+    save_probs: bool = False,
+    device: str | torch.device | None = None,
+    precision: str = "auto",
+    tta: str | TTA | None = None,
+    sliding_window: int | str | Sequence[int] | None = None,
+    progress: bool = False,
+) -> list[Path]:
+    """Segments every input image and writes its outputs to ``out_dir`` (see the module
+    docstring). Images are batched ``batch_size`` at a time among images of the same size,
+    so results do not depend on the batch. Returns the written paths; raises
+    ``PredictFailures`` after the run if some images could not be decoded."""
+    if batch_size < 1:
+        raise ConfigError(f"batch_size={batch_size}: must be >= 1")
+    if not 0.0 <= alpha <= 1.0:
+        raise ConfigError(f"alpha={alpha}: the overlay opacity must be in [0, 1]")
+    tta = parse_tta(tta)
+    window = parse_window(sliding_window)
+    paths = resolve_inputs(inputs)
+    ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
+    classes, palette, mean, std = _checkpoint_meta(ckpt)
+    dev = resolve_device(str(device) if device is not None else None)
+    prec = resolve_precision(precision, dev)
+    model = model_from_checkpoint(ckpt).to(dev).eval()
+    if prec.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if len(palette) < len(classes):
+        palette = np.concatenate([palette, make_palette(len(classes))[len(palette):]])
+    prep = eval_transforms(mean=mean, std=std)  # exactly what `fcnseg eval` feeds the model
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    names = _output_names(paths)
+    written: list[Path] = []
+    failures: list[tuple[Path, str]] = []
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(paths), desc="predict", unit="img", file=sys.stderr, dynamic_ncols=True)
+
+    chunk = batch_size * 4  # images decoded ahead, then grouped by size
+    for start in range(0, len(paths), chunk):
+        loaded = []
+        for path, name in zip(paths[start : start + chunk], names[start : start + chunk], strict=True):
+            try:
+                loaded.append((path, name, read_image(path)))
+            except DataError as e:
+                failures.append((path, str(e)))
+                log.error("skipping %s", e)
+                if bar is not None:
+                    bar.update(1)
+        groups: dict[tuple[int, int], list] = {}
+        for item in loaded:
+            groups.setdefault(item[2].shape[:2], []).append(item)
+        for group in groups.values():
+            for b in range(0, len(group), batch_size):
+                batch = group[b : b + batch_size]
+                tensors = [prep(im, np.zeros(im.shape[:2], np.uint8))[0] for _, _, im in batch]
+                scores = segment(
+                    model, tensors, device=dev, precision=prec, tta=tta,
+                    sliding_window=window, probs=save_probs,
+                )
+                for (_path, name, image), score in zip(batch, scores, strict=True):
+                    written += _write(out, name, image, score, save_probs, alpha, classes, palette)
+                    if bar is not None:
+                        bar.update(1)
+    if bar is not None:
+        bar.close()
+    if failures:
+        raise PredictFailures(failures, written, len(paths))
+    return written
+
+
+def _write(
+    out: Path,
+    name: str,
+    image: np.ndarray,
+    score: torch.Tensor,
+    save_probs: bool,
+    alpha: float,
+    classes: Sequence[str],
+    palette: np.ndarray,
+) -> list[Path]:
+    """Writes the outputs for one image; ``score`` (K, H, W) at the image's size."""
+    pred = score.argmax(0).to(torch.uint8).cpu().numpy()
+    paths = [out / f"{name}.png", out / f"{name}_overlay.jpg"]
+    _palette_png(pred, palette).save(paths[0])
+    blend = overlay(image, pred, palette, alpha)
+    present = np.flatnonzero(np.bincount(pred.reshape(-1), minlength=len(classes)))
+    strip = legend_strip(blend.shape[1], present.tolist(), classes, palette)
+    Image.fromarray(np.concatenate([blend, strip], axis=0)).save(paths[1], quality=92, subsampling=0)
+    if save_probs:
+        paths.append(out / f"{name}_probs.npy")
+        np.save(paths[2], score.to(torch.float16).cpu().numpy())
+    return paths
