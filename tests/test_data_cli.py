@@ -173,13 +173,17 @@ def test_cli_show_writes_png(camvid_root, tmp_path, capsys):
 
 
 def test_cli_check_exit_codes(camvid_root, capsys):
-    pytest.importorskip("fcnseg.data.check")  # being written alongside
     args = ["data", "check", "--data", "camvid", "--data-root", str(camvid_root)]
     assert main(args + ["--split", "train"]) == 0
     capsys.readouterr()
     (camvid_root / "valannot" / "f0.png").write_bytes(b"\x89PNG broken")
     assert main(args + ["--split", "train", "val"]) == 1
-    assert "f0.png" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "valannot/f0.png" in out and "1 problem(s)" in out
+    (camvid_root / "train" / "f1.png").unlink()
+    assert main(args + ["--limit", "1", "--workers", "1"]) == 1
+    out = capsys.readouterr().out
+    assert "... and 1 more" in out and "2 problem(s)" in out
 
 
 def test_cli_user_errors_exit_2(tmp_path, capsys):

@@ -97,6 +97,11 @@ def register(subparsers) -> None:
         metavar="S",
         help="splits to check (default: all of the dataset's files)",
     )
+    p.add_argument("--thorough", action="store_true", help="fully decode the images too (slower)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="threads (default: CPU count, at most 8)")  # fmt: skip
+    p.add_argument("--limit", type=int, default=None, metavar="N",
+                   help="print at most N problems (the summary counts all)")  # fmt: skip
     p.set_defaults(func=_check)
 
     p = verbs.add_parser(
@@ -147,8 +152,15 @@ def register(subparsers) -> None:
 def _check(args: argparse.Namespace) -> int:
     from fcnseg.data.check import check_dataset, format_report
 
-    problems = check_dataset(args.data, args.data_root, splits=args.split, **dataset_options(args))
-    print(format_report(problems))
+    problems = check_dataset(
+        args.data,
+        args.data_root,
+        splits=args.split,
+        workers=args.workers,
+        thorough=args.thorough,
+        **dataset_options(args),
+    )
+    print(format_report(problems, limit=args.limit))
     return 1 if problems else 0
 
 

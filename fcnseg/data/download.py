@@ -60,6 +60,8 @@ RESOURCES: dict[str, dict] = {
             },
         ],
     },
+    # No train_noval.txt (a personal homepage, often down): the sbd dataset's `train_aug`
+    # split removes the VOC2012 val images itself.
     "sbd": {
         "data_root": "benchmark_RELEASE/dataset",
         "files": [
@@ -68,14 +70,6 @@ RESOURCES: dict[str, dict] = {
                 "filename": "benchmark.tgz",
                 "md5": "82b4d87ceb2ed10f6038a1cba92111cb",
                 "extract": True,
-            },
-            {
-                # SBD train minus the VOC2012 val images (Hariharan's list, as torchvision).
-                "url": "http://home.bharathh.info/pubs/codes/SBD/train_noval.txt",
-                "filename": "train_noval.txt",
-                "md5": "79bff800c5f0b1ec6b21080a3c066722",
-                "extract": False,
-                "dest": "benchmark_RELEASE/dataset",
             },
         ],
     },
