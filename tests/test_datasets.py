@@ -302,3 +302,182 @@ def test_sixteen_bit_and_palette_masks_read_as_values(tmp_path):
     ds = build_dataset("oxford-pet", root=root, split="trainval")
     for i in range(2):
         assert np.array_equal(ds.load(i)[1], tri - 1)
+
+
+# ------------------------------------------------------------------ voc / sbd
+
+
+def test_voc_palette_pngs_read_as_indices(voc_root):
+    ds = build_dataset("voc", root=voc_root, split="train")
+    assert len(ds) == 3 and ds.num_classes == 21 and ds.classes[15] == "person"
+    assert build_dataset("voc", root=voc_root / "VOCdevkit" / "VOC2012", split="val").samples
+    assert len(build_dataset("voc", root=voc_root, split="trainval")) == 5
+    raw = Image.open(ds.samples[0][1])
+    assert raw.mode == "P"
+    img, mask = ds.load(0)
+    assert np.array_equal(mask, np.asarray(raw)) and 255 in mask and mask.max() == 255
+    # a mask someone re-saved as RGB maps back through the VOC colours
+    rgb_path = ds.samples[1][1]
+    Image.open(rgb_path).convert("RGB").save(rgb_path)
+    before = np.asarray(Image.open(ds.samples[1][1]))
+    assert before.ndim == 3
+    assert set(np.unique(ds.load(1)[1])) <= set(range(21)) | {255}
+
+
+def test_voc_seg11valid_shipped_and_list_file(voc_root, tmp_path):
+    from fcnseg.data.voc import SEG11VALID
+
+    names = SEG11VALID.read_text().split()
+    assert len(names) == 736 and len(set(names)) == 736 and names == sorted(names)
+    assert all(n[:4] in ("2007", "2008", "2009", "2010", "2011") for n in names)
+    ds = build_dataset("voc", root=voc_root, split="seg11valid")
+    assert [p[0].stem for p in ds.samples] == ["2007_000033"]  # the one present here
+    lst = tmp_path / "mine.txt"
+    lst.write_text("2007_000039\n2011_000001\n")
+    ds = build_dataset("voc", root=voc_root, split="val", list_file=lst)
+    assert [p[0].stem for p in ds.samples] == ["2007_000039", "2011_000001"]
+
+
+def test_sbd_mat_masks_and_train_aug(sbd_root, voc_root):
+    import scipy.io
+
+    ds = build_dataset("sbd", root=sbd_root, split="train")
+    assert len(ds) == 3 and ds.num_classes == 21
+    img, mask = ds.load(0)
+    seg = scipy.io.loadmat(ds.samples[0][1])["GTcls"]["Segmentation"][0, 0]
+    assert np.array_equal(mask, seg) and img.shape[:2] == mask.shape
+    assert len(build_dataset("sbd", root=sbd_root / "benchmark_RELEASE", split="val")) == 2
+    with pytest.raises(ConfigError, match="voc_root"):
+        build_dataset("sbd", root=sbd_root, split="train_aug")
+    aug = build_dataset("sbd", root=sbd_root, split="train_aug", voc_root=voc_root)
+    got = {p[0].stem: p[1].suffix for p in aug.samples}
+    # VOC train ∪ SBD train+val − VOC val; VOC masks preferred where they exist
+    assert got == {"2007_000032": ".png", "2007_000039": ".png", "2008_000001": ".png",
+                   "2008_000002": ".mat", "2008_000003": ".mat", "2008_000004": ".mat"}  # fmt: skip
+    for i in range(len(aug)):
+        assert aug.load(i)[1].dtype == np.uint8
+
+
+def test_sbd_corrupt_mat_names_file(sbd_root):
+    ds = build_dataset("sbd", root=sbd_root, split="train")
+    ds.samples[0][1].write_bytes(b"MATLAB 5.0 garbage")
+    with pytest.raises(DataError, match=ds.samples[0][1].name) as e:
+        ds.load(0)
+    assert e.value.kind == "unreadable"
+
+
+# ------------------------------------------------------------------ cityscapes
+
+
+def test_cityscapes_label_ids_to_train_ids(cityscapes_root):
+    from fcnseg.data.cityscapes import LABEL_TO_TRAIN
+
+    ds = build_dataset("cityscapes", root=cityscapes_root, split="train")
+    assert len(ds) == 3 and ds.num_classes == 19 and ds.palette.shape == (19, 3)
+    assert all("_gtFine_labelIds" in m.name for _, m in ds.samples)
+    img, mask = ds.load(0)
+    raw = np.asarray(Image.open(ds.samples[0][1]))
+    expect = np.full_like(raw, 255)
+    for lid, tid in LABEL_TO_TRAIN.items():
+        expect[raw == lid] = tid
+    assert np.array_equal(mask, expect) and (mask == 255).any() and (mask < 19).any()
+    assert len(build_dataset("cityscapes", root=cityscapes_root, split="val")) == 2
+    with pytest.raises(DataError, match="split 'test' not found"):
+        build_dataset("cityscapes", root=cityscapes_root, split="test")
+
+
+# ------------------------------------------------------------------ folder
+
+
+def test_folder_colour_masks_and_carve(folder_root):
+    from datagen import FOLDER_COLORS
+
+    ds = build_dataset("folder", root=folder_root, split="all")
+    assert len(ds) == 10 and ds.classes == ("sky", "grass", "road")
+    assert np.array_equal(ds.palette, FOLDER_COLORS)
+    img, mask = ds.load(0)
+    rgb = np.asarray(Image.open(ds.samples[0][1]))
+    assert np.array_equal(FOLDER_COLORS[mask], rgb)
+    tr = build_dataset("folder", root=folder_root, split="train", val_fraction=0.3)
+    va = build_dataset("folder", root=folder_root, split="val", val_fraction=0.3)
+    assert (len(tr), len(va)) == (7, 3)
+    assert not {p[0] for p in tr.samples} & {p[0] for p in va.samples}
+    assert tr.unpaired == [] and va.unpaired == []
+
+
+def test_folder_values_unmapped_and_split_folders(tmp_path):
+    root = tmp_path / "f"
+    for split, n in (("train", 3), ("val", 2)):
+        for i in range(n):
+            write_rgb(root / "images" / split / f"{split}{i}.png", np.zeros((8, 9, 3), np.uint8))
+            lab = np.zeros((8, 9), np.uint8)
+            lab[:, 4:] = 255
+            lab[0, 0] = 9 if (split, i) == ("val", 1) else 0
+            write_gray(root / "masks" / split / f"{split}{i}_mask.png", lab)
+    (root / "classes.json").write_text(
+        '{"classes": [{"name": "bg", "value": 0}, {"name": "fg", "value": 255}]}'
+    )
+    tr = build_dataset("folder", root=root, split="train")
+    assert len(tr) == 3 and tr.classes == ("bg", "fg")
+    assert set(np.unique(tr.load(0)[1])) == {0, 1}  # 255 is a class here, not ignore
+    va = build_dataset("folder", root=root, split="val")
+    with pytest.raises(DataError, match=r"val1_mask.png: mask values outside the classes: 9"):
+        va.load(1)
+    va = build_dataset("folder", root=root, split="val", unmapped="ignore")
+    assert va.load(1)[1][0, 0] == 255
+    assert len(build_dataset("folder", root=root, split="all")) == 5
+    with pytest.raises(DataError, match="split 'test' not found"):
+        build_dataset("folder", root=root, split="test")
+
+
+def test_folder_classes_errors(tmp_path, folder_root):
+    (folder_root / "classes.yaml").unlink()
+    with pytest.raises(ConfigError, match="no classes file"):
+        build_dataset("folder", root=folder_root)
+    with pytest.raises(ConfigError, match="exactly one of"):
+        build_dataset("folder", root=folder_root, classes=[{"name": "a"}])
+    with pytest.raises(ConfigError, match="already maps"):
+        build_dataset("folder", root=folder_root, classes={"a": 1, "b": 1})
+    with pytest.raises(ConfigError, match="not found"):
+        build_dataset("folder", root=folder_root, classes=tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="needs root"):
+        build_dataset("folder")
+
+
+def test_folder_exif_cmyk_rgba_grayscale_16bit(tmp_path):
+    root = tmp_path / "f"
+    rng = np.random.default_rng(5)
+    upright = (rng.integers(0, 80, (12, 20, 3))).astype(np.uint8)
+    upright[:6] = 250
+    lab = np.zeros((12, 20), np.uint8)
+    lab[:6] = 1
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    write_rgb(root / "images" / "exif.jpg", np.rot90(upright, 1), exif=exif.tobytes(), quality=95)
+    Image.fromarray(upright).convert("CMYK").save(root / "images" / "cmyk.jpg", quality=95)
+    Image.fromarray(upright).convert("RGBA").save(root / "images" / "rgba.png")
+    Image.fromarray(upright[:, :, 0]).save(root / "images" / "gray.png")
+    Image.fromarray(upright[:, :, 0].astype(np.uint16) * 257).save(root / "images" / "deep.png")
+    for stem in ("exif", "cmyk", "rgba", "gray", "deep"):
+        write_gray(root / "masks" / f"{stem}.png", lab)
+    Image.fromarray(lab.astype(np.uint16)).save(root / "masks" / "deep.png")  # 16-bit mask
+    ds = build_dataset("folder", root=root, split="all", classes=["bg", "top"])
+    assert len(ds) == 5
+    for i, (img_path, _) in enumerate(ds.samples):
+        img, mask = ds.load(i)
+        assert img.shape == (12, 20, 3) and img.dtype == np.uint8, img_path.name
+        assert np.array_equal(mask, lab), img_path.name
+        bright = img.mean(2) > 160
+        assert (bright == (lab == 1)).mean() > 0.95, img_path.name
+
+
+def test_isbi_em_stack_through_folder(shared_data):
+    root = shared_data / "isbi-em-membrane"
+    if not root.is_dir():
+        pytest.skip("isbi-em-membrane absent")
+    ds = build_dataset("folder", root=root, split="all", classes={"membrane": 0, "cell": 255})
+    assert len(ds) == 30 and ds.classes == ("membrane", "cell")
+    img, mask = ds.load(0)
+    assert img.shape == (512, 512, 3) and (img[:, :, 0] == img[:, :, 1]).all()
+    assert set(np.unique(mask)) == {0, 1}
+    assert 0.05 < (mask == 0).mean() < 0.5  # membranes are the thin class
