@@ -119,8 +119,13 @@ def test_dataset_options_parsing():
     assert dataset_options(args) == {
         "border": "ignore", "val_fraction": 0.2, "flag": True, "seed": 4, "ids": [1, 2],
     }  # fmt: skip
+    args = parser.parse_args(["--data", "x", "--data-option", "classes={membrane: 0, cell: 255}"])
+    assert dataset_options(args) == {"classes": {"membrane": 0, "cell": 255}}
     args = parser.parse_args(["--data", "x", "--data-option", "novalue"])
     with pytest.raises(ConfigError, match="KEY=VALUE"):
+        dataset_options(args)
+    args = parser.parse_args(["--data", "x", "--data-option", "ids=[1, 2"])
+    with pytest.raises(ConfigError, match="cannot read the value"):
         dataset_options(args)
 
 
@@ -229,3 +234,18 @@ def test_cli_stats_synthetic_with_options(capsys):
     assert sum(s["pixel_counts"]) + s["ignored_pixels"] == 3 * 32 * 48
     assert main(base + ["--data-option", "bogus=1"]) == 2
     assert "bogus" in capsys.readouterr().err
+
+
+def test_cli_on_real_folders(shared_data, capsys):
+    """ISBI through the generic folder layout (255 is a real class there), Pet trimaps."""
+    isbi = ["--data", "folder", "--data-root", str(shared_data / "isbi-em-membrane"),
+            "--data-option", "classes={membrane: 0, cell: 255}"]  # fmt: skip
+    assert main(["data", "stats", *isbi, "--split", "all", "--max-images", "4", "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["num_images"] == 4 and s["ignored_pixels"] == 0
+    assert s["image_sizes"]["most_common"] == [512, 512]
+    assert sum(s["pixel_counts"]) == 4 * 512 * 512
+    assert s["median_frequency_weights"][0] > 1 > s["median_frequency_weights"][1]
+    pet = ["--data", "oxford-pet", "--data-root", str(shared_data / "oxford-pet-mini")]
+    assert main(["data", "check", *pet]) == 0
+    assert "no problems found" in capsys.readouterr().out

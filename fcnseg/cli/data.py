@@ -12,7 +12,7 @@ from fcnseg.errors import ConfigError
 
 def add_data_args(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
     """Add `--data`, `--data-root` and `--data-option KEY=VALUE` (repeatable; the value is
-    read as a YAML scalar, so `true`, `0.2`, `ignore` become bool, float, str)."""
+    read as YAML, so `true`, `0.2`, `ignore`, `[32, 48]` become bool, float, str, list)."""
     parser.add_argument(
         "--data",
         required=required,
@@ -36,9 +36,9 @@ def add_data_args(parser: argparse.ArgumentParser, *, required: bool = True) -> 
 
 
 def dataset_options(args: argparse.Namespace) -> dict:
-    """`--data-option KEY=VALUE` strings -> {key: value}; values parsed as YAML scalars,
-    dashes in keys read as underscores; a later repeat of a key wins. ConfigError when an
-    item has no `=` or a value is not a scalar."""
+    """`--data-option KEY=VALUE` strings -> {key: value}. Values are read as YAML (`true`,
+    `0.2`, `[32, 48]`, `{membrane: 0, cell: 255}`); dashes in keys read as underscores; a
+    later repeat of a key wins. ConfigError when an item has no `=` or bad YAML."""
     import yaml
 
     options: dict = {}
@@ -53,10 +53,6 @@ def dataset_options(args: argparse.Namespace) -> dict:
             value = yaml.safe_load(text) if text.strip() else ""
         except yaml.YAMLError as e:
             raise ConfigError(f"--data-option {item!r}: cannot read the value ({e})") from None
-        if isinstance(value, dict):
-            raise ConfigError(
-                f"--data-option {item!r}: the value must be a scalar or a list, not a mapping"
-            )
         options[key] = value
     return options
 
