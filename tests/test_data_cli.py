@@ -214,8 +214,13 @@ def test_cli_download_then_noop(tmp_path, monkeypatch, capsys):
     assert main(args) == 0
     assert (root / "images" / "x.txt").read_bytes() == b"hi"
     assert f"--data-root {root.resolve()}" in capsys.readouterr().out
+    src_bytes = src.read_bytes()
     src.unlink()  # a second run must not need the source
     assert main(args) == 0
+    src.write_bytes(src_bytes)
+    monkeypatch.setenv("FCNSEG_DATA", str(tmp_path / "cache"))
+    assert main(["data", "download", "oxford-pet", "--no-progress"]) == 0  # default root
+    assert (tmp_path / "cache" / "oxford-pet" / "images" / "x.txt").is_file()
     assert main(["data", "download", "camvid", "--root", str(root)]) == 2
     assert "oxford-pet, sbd, voc" in capsys.readouterr().err
 

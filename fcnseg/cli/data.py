@@ -106,7 +106,14 @@ def register(subparsers) -> None:
         description="Download with resume, verify the MD5 and extract; re-running is a no-op.",
     )
     p.add_argument("name", metavar="NAME", help="oxford-pet, voc or sbd")
-    p.add_argument("--root", "--data-root", dest="root", required=True, metavar="DIR")
+    p.add_argument(
+        "--root",
+        "--data-root",
+        dest="root",
+        default=None,
+        metavar="DIR",
+        help="where to put it (default $FCNSEG_DATA/NAME, where datasets look by default)",
+    )
     p.add_argument("--force", action="store_true", help="download and extract again")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_download)

@@ -82,9 +82,14 @@ def list_downloads() -> list[str]:
 
 
 def download_dataset(
-    name: str, root: str | os.PathLike, *, force: bool = False, progress: bool = True
+    name: str,
+    root: str | os.PathLike | None = None,
+    *,
+    force: bool = False,
+    progress: bool = True,
 ) -> Path:
-    """Fetch, verify and extract dataset `name` under `root`; return the dataset root to
+    """Fetch, verify and extract dataset `name` under `root` (default: where datasets look
+    when given no root, `$FCNSEG_DATA/<name>`); return the dataset root to
     pass to `build_dataset(name, root=...)`.
 
     Idempotent: files already verified and extracted (marker present) are skipped, and
@@ -98,6 +103,10 @@ def download_dataset(
             " (other datasets must be placed by hand: see `fcnseg data check`)"
         )
     entry = RESOURCES[name]
+    if root is None:
+        from fcnseg.data.base import default_root
+
+        root = default_root(name)
     root = Path(root).expanduser()
     root.mkdir(parents=True, exist_ok=True)
     did_something = False
