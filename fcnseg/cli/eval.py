@@ -17,8 +17,8 @@ from fcnseg.cli.data import add_data_args, dataset_options
 from fcnseg.errors import ConfigError
 
 
-def add_inference_args(p: argparse.ArgumentParser) -> None:
-    """Flags shared by eval and predict."""
+def add_inference_args(p: argparse.ArgumentParser, *, batch_size: int) -> None:
+    """Flags shared by eval and predict (``batch_size``: the verb's default, for the help)."""
     p.add_argument("--checkpoint", required=True, metavar="FILE", help="a .pt file written by `fcnseg train`")
     p.add_argument(
         "--tta",
@@ -33,7 +33,10 @@ def add_inference_args(p: argparse.ArgumentParser) -> None:
         metavar="SIZE",
         help="run large images in overlapping tiles of SIZE or HxW pixels (stride 2/3 of the tile)",
     )
-    p.add_argument("--batch-size", type=int, default=None, metavar="B")
+    p.add_argument(
+        "--batch-size", type=int, default=None, metavar="B",
+        help=f"images per forward pass (default {batch_size}); mixed sizes are padded and cropped back",
+    )
     p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp16", "fp32"))
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
 
@@ -59,7 +62,7 @@ def register(subparsers) -> None:
         "original resolution (logits are resized to the label, never the label to the image). "
         "Default data: the checkpoint's dataset and validation split.",
     )
-    add_inference_args(p)
+    add_inference_args(p, batch_size=1)
     add_data_args(p, required=False)
     p.add_argument("--split", default=None, help="split to score (default: the checkpoint's val split)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout, nothing else")

@@ -21,7 +21,7 @@ def register(subparsers) -> None:
         description="Segment image files, folders or globs with a checkpoint. Outputs per input "
         "NAME: NAME.png (class indices, palette PNG), NAME_overlay.jpg, NAME_probs.npy (--probs).",
     )
-    add_inference_args(p)
+    add_inference_args(p, batch_size=4)
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or quoted globs")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity in [0, 1] (default 0.5)")
