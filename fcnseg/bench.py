@@ -177,13 +177,33 @@ def _sync(device: torch.device) -> None:
 
 
 def make_optimizer(params, lr: float, device: torch.device) -> torch.optim.Optimizer:
-    """Adam with the fused kernel (one kernel for all parameters, CPU and CUDA) where the
-    installed torch has it, else the multi-tensor ``foreach`` implementation."""
+    """Adam as training builds it (``fcnseg.engine.train.build_optimizer``: the fused kernel
+    where this torch has it for the device, else ``foreach``)."""
     params = [p for p in params if p.requires_grad]
     try:
+        from fcnseg.engine.train import build_optimizer
+    except ImportError:  # pragma: no cover - engine absent
+        build_optimizer = None
+    if build_optimizer is not None:
+        return build_optimizer(
+            [{"params": params}], name="adam", lr=lr, momentum=0.0, device=device
+        )
+    try:  # pragma: no cover
         return torch.optim.Adam(params, lr=lr, fused=True)
-    except (RuntimeError, TypeError):
+    except (RuntimeError, TypeError):  # pragma: no cover
         return torch.optim.Adam(params, lr=lr, foreach=True)
+
+
+def _loss_fn() -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Training's loss (cross-entropy over labelled pixels, ignore 255, computed in fp32)."""
+    try:
+        from fcnseg.engine.train import segmentation_loss
+
+        return segmentation_loss
+    except ImportError:  # pragma: no cover - engine absent
+        return lambda logits, target: F.cross_entropy(
+            logits.float(), target, ignore_index=IGNORE_INDEX
+        )
 
 
 def make_train_step(
@@ -192,17 +212,17 @@ def make_train_step(
     precision: Precision,
     device: torch.device,
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """One optimisation step ``(x (N, C, H, W), target (N, H, W) int64) -> loss (0-d tensor)``.
+    """One optimisation step ``(x (N, C, H, W), target (N, H, W) int64) -> loss (0-d tensor)``,
+    as the training loop does it: forward and loss under autocast, backward, (scaled) step.
 
     No host synchronisation: the loss is returned as a tensor, never ``.item()``-ed.
     """
     scaler = torch.amp.GradScaler(device.type) if precision.use_scaler else None
+    loss_fn = _loss_fn()
 
     def step(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         with precision.autocast(device):
-            logits = model(x)
-        loss = F.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX)
-        optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x), target)
         if scaler is not None:
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -210,6 +230,7 @@ def make_train_step(
         else:
             loss.backward()
             optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
         return loss.detach()
 
     return step
@@ -382,6 +403,8 @@ def benchmark(
 
     if "train" in phases:
         runner.train()
+        if freeze_backbone:
+            net.backbone.eval()  # as training does: frozen BN statistics stay as loaded
         optimizer = make_optimizer(net.parameters(), lr, dev)
         step = make_train_step(runner, optimizer, prec, dev)
         with PeakMemory(dev) as mem:
