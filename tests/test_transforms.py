@@ -161,3 +161,16 @@ def test_pad_collate_pads_to_max():
     assert (x[1, :, :, 4:] == 0).all() and (y[1, :, 4:] == 255).all() and (y[1, :, :4] == 1).all()
     same = pad_collate([a, a])
     assert same[0].shape == (2, 3, 5, 6) and torch.equal(same[0][0], a[0])
+
+
+def test_set_random_seed_makes_a_sample_reproducible():
+    image, mask = build_dataset("synthetic", length=1).load(0)
+    t = train_transforms(64, mean=MEAN, std=STD)
+    t.set_random_seed(7)
+    a = t(image, mask)
+    t(image, mask)
+    t.set_random_seed(7)
+    b = t(image, mask)
+    t.set_random_seed(8)
+    c = t(image, mask)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and not torch.equal(a[0], c[0])

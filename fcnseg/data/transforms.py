@@ -43,6 +43,12 @@ class Compose:
             image, mask = t(image, mask)
         return image, mask
 
+    def set_random_seed(self, seed: int) -> None:
+        """Reseed every random op inside (each its own stream derived from `seed`)."""
+        for k, t in enumerate(self.transforms):
+            if hasattr(t, "set_random_seed"):
+                t.set_random_seed(int(np.random.SeedSequence([seed, k]).generate_state(1)[0]))
+
     def __repr__(self) -> str:
         inner = ", ".join(repr(t) for t in self.transforms)
         return f"Compose([{inner}])"
@@ -62,11 +68,16 @@ class Albu:
 
     def __call__(self, image: np.ndarray, mask: np.ndarray):
         if self._pid != os.getpid():  # first call in this process (e.g. a DataLoader worker)
-            self._pid = os.getpid()
-            seq = np.random.SeedSequence([torch.initial_seed() % 2**63, self._salt])
-            self.compose.set_random_seed(int(seq.generate_state(1)[0]))
+            self.set_random_seed(torch.initial_seed())
         out = self.compose(image=image, mask=mask)
         return out["image"], out["mask"]
+
+    def set_random_seed(self, seed: int) -> None:
+        """Reseed this pipeline (per-sample seeding; also done automatically, from
+        `torch.initial_seed()`, the first time it runs in a new process)."""
+        seq = np.random.SeedSequence([int(seed) % 2**63, self._salt])
+        self.compose.set_random_seed(int(seq.generate_state(1)[0]))
+        self._pid = os.getpid()
 
     def __repr__(self) -> str:
         return "Albu([" + ", ".join(type(t).__name__ for t in self.compose.transforms) + "])"
