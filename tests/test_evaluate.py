@@ -325,6 +325,12 @@ def test_cli_default_tta_from_checkpoint_and_tta_none(tmp_path, capsys, monkeypa
     a = _run_json([*base, "--tta", "none", "--data", "camvid", "--data-root", str(root)], capsys)
     b = _run_json([*base, "--tta", "none", "--batch-size", "4", "--max-images", "5"], capsys)
     assert a["confusion"] == b["confusion"] and b["num_images"] == 5
+    # a run that validated on another dataset: eval defaults to that one
+    _camvid(tmp_path / "other", sizes=[(30, 30)] * 2)
+    ckpt["config"] = {"data": "synthetic", "val_data": "camvid", "val_data_root": str(tmp_path / "other")}
+    save_checkpoint(ckpt, tmp_path / "c.pt")
+    c = _run_json(base, capsys)
+    assert c["data"] == "camvid" and c["num_images"] == 2 and c["tta"] is None
 
 
 def test_cli_text_table_and_plot(tmp_path, capsys, monkeypatch):

@@ -1,7 +1,8 @@
 """`fcnseg eval`: score a checkpoint on a dataset split at the labels' original resolution.
 
-Without data flags the checkpoint's own dataset (config `data`, `data_root`,
-`data_options`) and validation split (config `val_split`, default "val") are used. A default
+Without data flags the checkpoint's own validation data (config `val_data*` if the run
+validated on another dataset, else `data`, `data_root`, `data_options`) and validation
+split (config `val_split`, default "val") are used. A default
 test-time augmentation saved in the checkpoint's config (`eval_tta`) applies unless
 `--tta none` is given.
 """
@@ -73,14 +74,23 @@ def register(subparsers) -> None:
 
 
 def _dataset_spec(args: argparse.Namespace, config: dict) -> tuple[str, str | None, dict, str]:
-    """(name, root, options, split): flags first, then the checkpoint's config."""
-    ck_data = config.get("data")
+    """(name, root, options, split): flags first, then the checkpoint's validation data
+    (config `val_data`/`val_data_root`/`val_data_options` when the run validated on another
+    dataset, else `data`/`data_root`/`data_options`) and `val_split`."""
+    if config.get("val_data"):
+        ck_data, ck_root, ck_options = (
+            config["val_data"], config.get("val_data_root"), config.get("val_data_options")
+        )
+    else:
+        ck_data, ck_root, ck_options = (
+            config.get("data"), config.get("data_root"), config.get("data_options")
+        )
     same = args.data is None or args.data == ck_data
     name = args.data or ck_data
     if not name:
         raise ConfigError("the checkpoint records no dataset; pass --data NAME (and --data-root DIR)")
-    root = args.data_root if args.data_root is not None else (config.get("data_root") if same else None)
-    options = dict(config.get("data_options") or {}) if same else {}
+    root = args.data_root if args.data_root is not None else (ck_root if same else None)
+    options = dict(ck_options or {}) if same else {}
     options.update(dataset_options(args))
     split = args.split or config.get("val_split") or "val"
     return name, root, options, split
