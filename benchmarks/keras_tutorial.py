@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import sys
 import time
 
@@ -38,6 +39,30 @@ def _reset_hwm() -> None:
     """Reset VmHWM to the current RSS, so the next reading covers one phase only."""
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
+
+
+def _cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _timed(fn, n: int) -> tuple[float, float, float]:
+    """(total seconds of n calls, fastest call, process CPU seconds): as fcnseg.bench."""
+    best, c0, t0 = float("inf"), _cpu_seconds(), time.perf_counter()
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return time.perf_counter() - t0, best, _cpu_seconds() - c0
+
+
+def _cpu_figures(phase: str, images: int, seconds: float, cpu_s: float, cores: int) -> dict:
+    """As fcnseg.bench: the share of its cores the process got, and images/s estimated
+    from CPU time as if it had them all."""
+    return {
+        f"{phase}_cpu_share": cpu_s / (seconds * cores),
+        f"{phase}_img_s_cpu": images * cores / cpu_s,
+    }
 
 
 def build_model(size: tuple[int, int] = (224, 224), num_classes: int = 3, trainable: bool = False):
@@ -88,6 +113,7 @@ def benchmark(
     import tensorflow as tf
 
     model = build_model(size, num_classes, trainable)
+    cores = len(os.sched_getaffinity(0))  # TF's default intra-op pool size
     rng = np.random.default_rng(0)
     x = rng.uniform(-1, 1, (batch, *size, 3)).astype("float32")
     y = rng.integers(0, num_classes, (batch, *size, 1)).astype("int32")
@@ -106,7 +132,7 @@ def benchmark(
         "keras": tf.keras.__version__ if hasattr(tf.keras, "__version__") else "",
         "params": int(model.count_params()),
         "trainable_params": int(sum(np.prod(v.shape) for v in model.trainable_weights)),
-        "threads": os.cpu_count(),
+        "threads": cores,
     }
     if "infer" in phases:
         _reset_hwm()
@@ -114,12 +140,11 @@ def benchmark(
         for _ in range(max(warmup, 1)):
             model.predict_on_batch(x)
         r["infer_warmup_s"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            model.predict_on_batch(x)
-        seconds = time.perf_counter() - t0
+        seconds, best, cpu_s = _timed(lambda: model.predict_on_batch(x), steps)
         r["infer_ms_per_batch"] = 1000 * seconds / steps
         r["infer_img_s"] = batch * steps / seconds
+        r["infer_img_s_best"] = batch / best
+        r.update(_cpu_figures("infer", batch * steps, seconds, cpu_s, cores))
         r["infer_peak_mem_mb"] = _hwm_mb()
     if "train" in phases:
         _reset_hwm()
@@ -127,12 +152,12 @@ def benchmark(
         for _ in range(max(warmup, 1)):
             model.train_on_batch(x, y)
         r["train_warmup_s"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            loss = model.train_on_batch(x, y)
-        seconds = time.perf_counter() - t0
+        seconds, best, cpu_s = _timed(lambda: model.train_on_batch(x, y), steps)
         r["train_ms_per_step"] = 1000 * seconds / steps
         r["train_img_s"] = batch * steps / seconds
+        r["train_img_s_best"] = batch / best
+        r.update(_cpu_figures("train", batch * steps, seconds, cpu_s, cores))
+        loss = model.train_on_batch(x, y)  # untimed: the loss is only a sanity check
         r["peak_mem_mb"] = _hwm_mb()
         r["memory_source"] = "rss_hwm"
         r["last_loss"] = float(np.asarray(loss).ravel()[0])

@@ -148,16 +148,26 @@ def _num(v, fmt: str = ".2f") -> str:
     return "—" if v is None else format(v, fmt)
 
 
+def _rate(r: dict, phase: str) -> str:
+    if r.get(f"{phase}_img_s") is None:
+        return "—"
+    cpu = r.get(f"{phase}_img_s_cpu")
+    return f"{r[f'{phase}_img_s']:.2f} ({r[f'{phase}_img_s_best']:.2f}) [{_num(cpu)}]"
+
+
 def table(rows: list[tuple[str, dict]]) -> str:
+    """Markdown: images/s as mean (fastest step) [estimated from CPU time], and the share
+    of its cores each row got (1.00 = a quiet machine)."""
     head = (
-        "| row | precision | train img/s | train ms/step | infer img/s | peak train MB "
-        "| GFLOP/img fwd | train TFLOP/s (% of matmul peak) |"
+        "| row | precision | train img/s | infer img/s | train ms/step | peak train MB "
+        "| GFLOP/img fwd | train TFLOP/s (% of matmul peak) | CPU share train/infer |"
     )
-    lines = [head, "|" + "---|" * 8]
+    lines = [head, "|" + "---|" * 9]
     for name, r in rows:
         if "error" in r:
-            lines.append(f"| {name} | error: {r['error'][:120]} |||||||")
+            lines.append(f"| {name} | error: {r['error'][:160]} ||||||||")
             continue
+
         frac = r.get("train_frac_of_peak")
         tfl = (
             f"{r['train_tflops']:.3f} ({100 * frac:.0f}% of {r['peak_tflops']:.3f})"
@@ -165,20 +175,27 @@ def table(rows: list[tuple[str, dict]]) -> str:
             else "—"
         )
         gf = r.get("flops_per_img")
+        share = "/".join(_num(r.get(f"{p}_cpu_share")) for p in ("train", "infer"))
         lines.append(
-            f"| {name} | {r.get('precision', '')} | {_num(r.get('train_img_s'))} "
-            f"| {_num(r.get('train_ms_per_step'), '.0f')} | {_num(r.get('infer_img_s'))} "
-            f"| {_num(r.get('peak_mem_mb'), '.0f')} | {_num(gf and gf / 1e9, '.1f')} | {tfl} |"
+            f"| {name} | {r.get('precision', '')} | {_rate(r, 'train')} | {_rate(r, 'infer')} "
+            f"| {_num(r.get('train_ms_per_step'), '.0f')} | {_num(r.get('peak_mem_mb'), '.0f')} "
+            f"| {_num(gf and gf / 1e9, '.1f')} | {tfl} | {share} |"
         )
     return "\n".join(lines)
 
 
 def ratios(ours: dict, peer: dict) -> dict:
+    """fcnseg / Keras: images/s from the mean step (``train_x``) and from the fastest step
+    (``train_best_x``, less sensitive to other load on the machine), peak memory."""
     if "error" in ours or "error" in peer:
         return {}
     return {
         "train_x": ours["train_img_s"] / peer["train_img_s"],
         "infer_x": ours["infer_img_s"] / peer["infer_img_s"],
+        "train_best_x": ours["train_img_s_best"] / peer["train_img_s_best"],
+        "infer_best_x": ours["infer_img_s_best"] / peer["infer_img_s_best"],
+        "train_cpu_x": ours["train_img_s_cpu"] / peer["train_img_s_cpu"],
+        "infer_cpu_x": ours["infer_img_s_cpu"] / peer["infer_img_s_cpu"],
         "peak_mem_x": ours["peak_mem_mb"] / peer["peak_mem_mb"],
     }
 

@@ -236,14 +236,43 @@ def make_train_step(
     return step
 
 
-def _timed(fn: Callable[[], Any], n: int, device: torch.device) -> float:
-    """Seconds for ``n`` calls of ``fn`` (one sync at each end, none inside)."""
+def _cpu_seconds() -> float:
+    """CPU time (user + system) used so far by all threads of this process."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _timed(fn: Callable[[], Any], n: int, device: torch.device) -> tuple[float, float, float]:
+    """``(total seconds for n calls of fn, fastest single call, process CPU seconds)``.
+    On CUDA one sync at each end and none inside (the fastest call is then the mean); on
+    CPU each call is timed too, which costs nothing there and gives a figure robust to
+    other load."""
     _sync(device)
+    c0 = _cpu_seconds()
     t0 = time.perf_counter()
+    best = math.inf
     for _ in range(n):
+        t = time.perf_counter()
         fn()
+        if device.type != "cuda":
+            best = min(best, time.perf_counter() - t)
     _sync(device)
-    return time.perf_counter() - t0
+    total = time.perf_counter() - t0
+    return total, (total / n if device.type == "cuda" else best), _cpu_seconds() - c0
+
+
+def _cpu_figures(phase: str, images: int, seconds: float, cpu_s: float, dev: torch.device) -> dict:
+    """On CPU: ``<phase>_cpu_share``, the fraction of its threads' wall time the process got
+    (1.0 = the cores were its own; less = other load), and ``<phase>_img_s_cpu``, images per
+    second estimated from CPU time as if it had all its threads' cores (a figure for busy
+    machines; spinning threads make it a slight underestimate)."""
+    if dev.type != "cpu" or cpu_s <= 0:
+        return {}
+    n = torch.get_num_threads()
+    return {
+        f"{phase}_cpu_share": cpu_s / (seconds * n),
+        f"{phase}_img_s_cpu": images * n / cpu_s,
+    }
 
 
 def _synthetic_batch(
@@ -396,9 +425,11 @@ def benchmark(
                 infer()
             _sync(dev)
             result["infer_warmup_s"] = time.perf_counter() - t0
-            seconds = _timed(infer, steps, dev)
+            seconds, best, cpu_s = _timed(infer, steps, dev)
         result["infer_ms_per_batch"] = 1000 * seconds / steps
         result["infer_img_s"] = batch * steps / seconds
+        result["infer_img_s_best"] = batch / best
+        result.update(_cpu_figures("infer", batch * steps, seconds, cpu_s, dev))
         result["infer_peak_mem_mb"] = mem.mb
 
     if "train" in phases:
@@ -413,9 +444,11 @@ def benchmark(
                 step(x, y)
             _sync(dev)
             result["train_warmup_s"] = time.perf_counter() - t0
-            seconds = _timed(lambda: step(x, y), steps, dev)
+            seconds, best, cpu_s = _timed(lambda: step(x, y), steps, dev)
         result["train_ms_per_step"] = 1000 * seconds / steps
         result["train_img_s"] = batch * steps / seconds
+        result["train_img_s_best"] = batch / best
+        result.update(_cpu_figures("train", batch * steps, seconds, cpu_s, dev))
         result["peak_mem_mb"] = mem.mb
         result["memory_source"] = mem.source
         if data is not None:
@@ -529,7 +562,7 @@ def _bench_data(
         step(images.to(dev, memory_format=fmt, non_blocking=True), masks.to(dev, non_blocking=True))
 
     net.train()
-    together_s = _timed(together, steps, dev)
+    together_s, _, _ = _timed(together, steps, dev)
     return {
         "data": name,
         "workers": workers,
