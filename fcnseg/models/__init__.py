@@ -2,7 +2,13 @@
 
 ``build_model("fcn8s", backbone="vgg16", num_classes=21)`` and ``list_models()``; the
 architectures live in ``fcn.py`` (fcn32s/16s/8s) and ``seed.py`` (the tutorial's net), the
-backbones in ``backbones/``, the upsamplers in ``upsample.py``.
+backbones in ``backbones/`` (one contract: a dict of named feature maps), the upsamplers
+(deconv / bilinear / unpool, and the pixel geometry that aligns them) in ``upsample.py``,
+pretrained weights in ``fcnseg/weights.py``.
+
+Note: in train mode a ResNet's BatchNorm needs more than one value per channel, so a
+single 32x32 image (a 1x1 stride-32 map) cannot be trained on; 33 px and up, or a batch
+of two, work.
 """
 
 from __future__ import annotations

@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-# name: (block, layers)
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
 
 
