@@ -53,7 +53,9 @@ def _imagenet(file_name: str, source: str) -> dict:
 # backbone -> weights name -> entry. The VGG entries must be IMAGENET1K_V1: torchvision's
 # VGG16_Weights.IMAGENET1K_FEATURES has NaN classifier weights, useless for fc6/fc7.
 WEIGHTS: dict[str, dict[str, dict]] = {
-    "vgg16": {"imagenet": _imagenet("vgg16-397923af.pth", "torchvision VGG16_Weights.IMAGENET1K_V1")},
+    "vgg16": {
+        "imagenet": _imagenet("vgg16-397923af.pth", "torchvision VGG16_Weights.IMAGENET1K_V1")
+    },
     "vgg16_bn": {
         "imagenet": _imagenet("vgg16_bn-6c64b313.pth", "torchvision VGG16_BN_Weights.IMAGENET1K_V1")
     },
@@ -69,7 +71,9 @@ WEIGHTS: dict[str, dict[str, dict]] = {
         "imagenet": _imagenet("resnet50-0676ba61.pth", "torchvision ResNet50_Weights.IMAGENET1K_V1")
     },
     "resnet101": {
-        "imagenet": _imagenet("resnet101-63fe2227.pth", "torchvision ResNet101_Weights.IMAGENET1K_V1")
+        "imagenet": _imagenet(
+            "resnet101-63fe2227.pth", "torchvision ResNet101_Weights.IMAGENET1K_V1"
+        )
     },
 }
 
@@ -232,17 +236,25 @@ def load_model_state(
     head, rest = [], {}
     for k, v in state.items():
         t = target.get(k)
-        if t is not None and t.shape != v.shape and _depends_on_classes(t.shape, v.shape, k_new, k_old):
+        if (
+            t is not None
+            and t.shape != v.shape
+            and _depends_on_classes(t.shape, v.shape, k_new, k_old)
+        ):
             head.append(k)
         else:
             rest[k] = v
     if head and k_old is None:
-        k_old = next(v for k, v in state.items() if k in head).shape[0]  # best guess for the message
+        k_old = next(v for k, v in state.items() if k in head).shape[
+            0
+        ]  # best guess for the message
     try:
         copy_strict({k: v for k, v in target.items() if k not in head}, rest, source=source)
     except WeightsError as e:
         diff = _config_diff(config, source_config)
-        raise WeightsError(f"{e}{'; the checkpoint was built with ' + diff if diff else ''}") from None
+        raise WeightsError(
+            f"{e}{'; the checkpoint was built with ' + diff if diff else ''}"
+        ) from None
     if head:
         warnings.warn(
             f"{source}: num_classes {k_old} -> {k_new}: dropped {len(head)} head tensors "
@@ -255,7 +267,9 @@ def load_model_state(
     return head
 
 
-def _depends_on_classes(new: torch.Size, old: torch.Size, k_new: int | None, k_old: int | None) -> bool:
+def _depends_on_classes(
+    new: torch.Size, old: torch.Size, k_new: int | None, k_old: int | None
+) -> bool:
     if len(new) != len(old) or k_new is None:
         return False
     diff = [(a, b) for a, b in zip(new, old, strict=True) if a != b]
