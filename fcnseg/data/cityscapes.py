@@ -54,7 +54,7 @@ HINT = (
 @register_dataset("cityscapes")
 class Cityscapes(SegmentationDataset):
     splits = ("train", "val", "test")
-    check_splits = ("train", "val")
+    check_splits = ("train", "val", "test")
     download_hint = HINT
 
     def __init__(

@@ -110,7 +110,7 @@ def render(
     fg = np.zeros((h, w), bool)
     for _ in range(int(rng.integers(1, 4))):
         cx, cy = rng.uniform(0.1, 0.9) * w, rng.uniform(0.1, 0.9) * h
-        rad = rng.uniform(0.12, 0.3) * min(h, w)
+        rad = rng.uniform(0.14, 0.32) * min(h, w)
         kind = int(rng.integers(3))
         # implicit shapes are evaluated in their bounding box only
         y0, y1 = max(0, int(cy - 1.6 * rad)), min(h, int(cy + 1.6 * rad) + 1)
@@ -193,7 +193,7 @@ class Synthetic(SegmentationDataset):
         self.seed = int(seed)
         self.border = border
         self.border_width = (
-            max(2, round(min(self.size) / 40)) if border_width is None else int(border_width)
+            max(2, round(min(self.size) / 26)) if border_width is None else int(border_width)
         )
         if border == "class":
             self.classes, self.palette = PET_CLASSES, PET_PALETTE.copy()
