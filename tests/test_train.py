@@ -3,6 +3,7 @@ end-to-end runs on tiny synthetic data (checkpoints, exact resume, kill -9, time
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -22,6 +23,17 @@ from fcnseg.engine.train import (
 from fcnseg.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(monkeypatch):
+    """These workloads are tiny; one thread per process keeps them fast and steady even when
+    the machine is shared (OpenMP threads spin badly when the cores are oversubscribed)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # for the subprocesses
+    yield
+    torch.set_num_threads(threads)
 
 
 # --------------------------------------------------------------------------- pure parts
@@ -151,3 +163,253 @@ def test_every_shipped_config_resolves():
     for f in files:
         cfg = resolve_config({}, config_file=f)
         assert cfg["model"] and cfg["epochs"] >= 1, f
+
+
+def test_load_matching_starts_fcn16s_from_fcn32s():
+    from fcnseg.engine.train import load_matching
+    from fcnseg.models import build_model
+
+    kw = dict(backbone="resnet18", num_classes=3, upsample="bilinear")
+    src = build_model("fcn32s", **kw)
+    with torch.no_grad():
+        src.score_fr.weight.normal_()
+    dst = build_model("fcn16s", **kw)
+    loaded, left, unused = load_matching(dst, src.state_dict())
+    assert "score_fr.weight" in loaded and "backbone.conv1.weight" in loaded
+    assert torch.equal(dst.score_fr.weight, src.score_fr.weight)
+    assert {n for n in left if n.startswith("score_pool4")} == {"score_pool4.weight", "score_pool4.bias"}
+    assert not any(n.startswith("backbone.") for n in left) and not unused
+    assert dst.score_pool4.weight.abs().sum() == 0  # the new skip stays at its zero init
+
+
+def test_overfit_one_batch():
+    """On one fixed batch the loss falls by more than half in 20 steps, and well below the
+    loss of the best constant prediction (the class prior), so it learned where things are."""
+    from fcnseg.data import build_dataset
+    from fcnseg.data.transforms import eval_transforms
+    from fcnseg.engine.train import build_optimizer
+    from fcnseg.models import build_model
+
+    ds = build_dataset("synthetic", split="train", size=64, length=2, transforms=eval_transforms(mean=(0.5,) * 3, std=(0.25,) * 3))
+    x = torch.stack([ds[i][0] for i in range(2)])
+    y = torch.stack([ds[i][1] for i in range(2)])
+    prior = torch.bincount(y.flatten(), minlength=3).double() / y.numel()
+    prior_loss = float(-(prior[prior > 0] * prior[prior > 0].log()).sum())
+    model = build_model("fcn8s", backbone="resnet18", num_classes=3, upsample="bilinear")
+    opt = build_optimizer(param_groups(model, 0.0), name="adamw", lr=2e-3, momentum=0.9, device=torch.device("cpu"))
+    losses = []
+    for _ in range(20):
+        loss = segmentation_loss(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert losses[-1] < 0.6 * prior_loss, (losses, prior_loss)
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def tiny(out: Path, **kw) -> dict:
+    """A run small enough for the test suite: 8 images of 64x64, 2 steps an epoch."""
+    cfg = dict(
+        data="synthetic", data_options={"size": 64, "length": 8}, model="fcn8s", backbone="resnet18",
+        upsample="bilinear", crop=[64, 64], batch_size=4, epochs=1, warmup_steps=2, log_every=1,
+        eval_batch_size=4, num_samples=1, tensorboard=False, out=str(out),
+    )
+    cfg.update(kw)
+    return cfg
+
+
+def losses(run: Path) -> dict[int, float]:
+    events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {e["step"]: e["loss"] for e in events if e["event"] == "train"}
+
+
+def test_run_directory_files_and_checkpoint_contents(tmp_path):
+    from fcnseg.engine.checkpoint import load_checkpoint, model_from_checkpoint
+    from fcnseg.engine.train import train
+
+    run = train(tiny(tmp_path / "run", tensorboard=True))
+    for name in ("config.yaml", "last.pt", "best.pt", "metrics.json", "metrics.jsonl", "curves.png", "samples/epoch_1.png"):
+        assert (run / name).is_file(), name
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    ckpt = load_checkpoint(run / "last.pt")
+    for key in ("model", "model_config", "optimizer", "scheduler", "scaler", "epoch", "step", "best_miou", "config", "classes", "palette", "mean", "std", "rng"):
+        assert key in ckpt, key
+    assert ckpt["epoch"] == 1 and ckpt["step"] == 2 and ckpt["classes"] == ["pet", "background", "border"]
+    assert set(ckpt["rng"]) >= {"python", "numpy", "torch"}
+    result = json.loads((run / "metrics.json").read_text())
+    assert result["stopped"] == "epochs" and result["steps"] == 2
+    assert 0 <= result["final"]["mean_iou"] <= 1 and result["best"]["mean_iou"] == pytest.approx(ckpt["best_miou"])
+    model = model_from_checkpoint(run / "best.pt")  # rebuilds from model_config, loads strictly
+    assert sum(p.numel() for p in model.parameters()) > 1e6
+    # the saved config resolves to the same run
+    saved = resolve_config({}, config_file=run / "config.yaml")
+    assert saved["out"] == str(run) and saved["epochs"] == 1 and saved["crop"] == [64, 64]
+
+
+def test_resume_reproduces_an_uninterrupted_run_exactly(tmp_path, monkeypatch):
+    from fcnseg.engine import train as train_mod
+
+    # keep a copy of each mid-epoch step checkpoint of the straight run
+    orig_save = train_mod._Trainer._save
+
+    def save(self, name):
+        orig_save(self, name)
+        if name == "last.pt" and self.main and self.batch_in_epoch:
+            (self.run_dir / f"step_{self.step}.pt").write_bytes((self.run_dir / name).read_bytes())
+
+    monkeypatch.setattr(train_mod._Trainer, "_save", save)
+    straight = train_mod.train(tiny(tmp_path / "a", epochs=2, ckpt_every_steps=1))
+    ref = losses(straight)
+    assert sorted(ref) == [1, 2, 3, 4] and (straight / "step_3.pt").is_file()
+
+    # interrupted after its first epoch, then --resume
+    orig_end = train_mod._Trainer._end_of_epoch
+
+    def end_then_interrupt(self):
+        orig_end(self)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod._Trainer, "_end_of_epoch", end_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train_mod.train(tiny(tmp_path / "b", epochs=2))
+    monkeypatch.setattr(train_mod._Trainer, "_end_of_epoch", orig_end)
+    split = tmp_path / "b"
+    assert losses(split) == {k: v for k, v in ref.items() if k <= 2}
+    train_mod.train({"resume": "auto", "out": str(split)})
+    assert losses(split) == ref
+
+    # mid-epoch: from the step-3 checkpoint (epoch 2, batch 1 of 2) into a fresh directory
+    mid = train_mod.train({"resume": str(straight / "step_3.pt"), "out": str(tmp_path / "c")})
+    assert losses(mid) == {4: ref[4]}
+    a = json.loads((straight / "metrics.json").read_text())["final"]
+    c = json.loads((mid / "metrics.json").read_text())["final"]
+    assert a == c
+
+
+def test_max_minutes_stops_with_a_complete_run(tmp_path):
+    import time
+
+    from fcnseg.engine.train import train
+
+    budget = 0.2  # minutes
+    t0 = time.monotonic()
+    run = train(tiny(tmp_path / "run", epochs=1000, max_minutes=budget, eval_every=1000, log_every=2))
+    elapsed = time.monotonic() - t0
+    result = json.loads((run / "metrics.json").read_text())
+    assert result["stopped"] == "max_minutes"
+    assert result["time_s"] <= budget * 60 + 5 and elapsed < budget * 60 + 15
+    assert 4 <= result["steps"] < 1000 * 4
+    assert 0 <= result["final"]["mean_iou"] <= 1
+    assert (run / "best.pt").is_file() and (run / "last.pt").is_file() and (run / "curves.png").is_file()
+    ckpt = torch.load(run / "last.pt", weights_only=False)
+    assert ckpt["step"] == result["steps"]
+    # the lr schedule was fitted to the budget, not to the 1000 epochs asked for
+    assert ckpt["scheduler"]["total_steps"] < 1000 * 4
+
+
+def _write_yaml(path: Path, cfg: dict) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_killed_run_leaves_a_loadable_checkpoint_and_resumes(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from fcnseg.engine.checkpoint import load_checkpoint
+    from fcnseg.engine.train import train
+
+    out = tmp_path / "run"
+    # plain SGD: no optimizer state, so a checkpoint per step stays cheap
+    cfg = tiny(out, epochs=2, ckpt_every_steps=1, optimizer="sgd", momentum=0.0, data_options={"size": 64, "length": 16})
+    del cfg["out"]
+    yml = _write_yaml(tmp_path / "tiny.yaml", cfg)
+    with open(tmp_path / "log.txt", "wb") as logf:
+        proc = subprocess.Popen([sys.executable, "-m", "fcnseg", "train", "--config", str(yml), "--out", str(out)], stdout=logf, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 120
+            step = 0
+            while step < 3 and time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(0.05)
+                if (out / "last.pt").is_file():
+                    step = load_checkpoint(out / "last.pt")["step"]
+            assert proc.poll() is None, (tmp_path / "log.txt").read_text()[-2000:]
+            os.kill(proc.pid, signal.SIGKILL)
+        finally:
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    ckpt = load_checkpoint(out / "last.pt")  # intact: written atomically
+    assert 3 <= ckpt["step"] < 8
+    train({"resume": "auto", "out": str(out)})
+    result = json.loads((out / "metrics.json").read_text())
+    assert result["steps"] == 8 and result["epochs"] == 2
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines() if '"train"' in line]
+    assert steps == list(range(1, 9))  # events past the checkpoint were dropped, none repeated
+
+
+def test_zero_argument_fcnseg_train(tmp_path, monkeypatch):
+    """`fcnseg train` with no arguments, its defaults shortened for the test."""
+    from fcnseg.cli import main
+    from fcnseg.engine import config as config_mod
+
+    short = {**config_mod.TrainConfig().to_dict(), **tiny(tmp_path, epochs=1)}
+    short["out"] = None  # the default: runs/<timestamp>
+    monkeypatch.setattr(config_mod, "default_config", lambda: dict(short))
+    monkeypatch.chdir(tmp_path)
+    assert main(["train"]) == 0
+    runs = list((tmp_path / "runs").iterdir())
+    assert len(runs) == 1
+    result = json.loads((runs[0] / "metrics.json").read_text())
+    assert result["steps"] == 2 and result["stopped"] == "epochs"
+
+
+def test_default_config_is_the_documented_quick_run():
+    cfg = TrainConfig()
+    assert (cfg.data, cfg.model, cfg.backbone, cfg.upsample) == ("synthetic", "fcn8s", "resnet18", "bilinear")
+    assert cfg.max_minutes is None and cfg.weights is None and cfg.precision == "auto"
+
+
+def _five_class_checkpoint(path: Path) -> Path:
+    torch.save({"model": {}, "model_config": {"name": "fcn8s", "backbone": "resnet18", "num_classes": 5}}, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["--model", "fcn9s"], "unknown model 'fcn9s'"),
+        (["--data", "camvid", "--data-root", "{tmp}/nowhere"], "does not exist"),
+        (["--config", "{tmp}/bad.yaml"], "unknown config key 'epoch'"),
+        (["--weights", "{tmp}/five.pt"], "predicts 5 classes"),
+        (["--crop", "64", "64", "64"], "crop must be one or two"),
+        (["--precision", "fp16", "--device", "cpu"], "fp16 needs a GPU"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys, argv, fragment):
+    from fcnseg.cli import main
+
+    (tmp_path / "bad.yaml").write_text("epoch: 3\n")
+    _five_class_checkpoint(tmp_path / "five.pt")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    assert main(["train", *argv, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("fcnseg train: error: ") and fragment in err[0], err
+
+
+def test_bad_argument_in_a_real_process_prints_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "fcnseg", "train", "--backbone", "resnet7", "--out", str(tmp_path / "r")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "resnet7" in lines[0], proc.stderr

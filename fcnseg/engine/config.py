@@ -37,6 +37,10 @@ class TrainConfig:
     data_options: dict = field(default_factory=dict)
     train_split: str = "train"
     val_split: str = "val"
+    # validate on another dataset (e.g. the paper: train on SBD, validate on VOC seg11valid)
+    val_data: str | None = None
+    val_data_root: str | None = None
+    val_data_options: dict = field(default_factory=dict)
     skip_check: bool = False
     workers: int = 0
     # model
@@ -75,6 +79,7 @@ class TrainConfig:
     max_minutes: float | None = None
     eval_every: int = 1  # epochs
     eval_batch_size: int = 1
+    eval_tta: str | None = None  # default TTA of `fcnseg eval/predict` on this run's checkpoints, e.g. "flip"
     ckpt_every_steps: int = 0  # 0: last.pt at epoch ends only
     log_every: int = 20  # steps between loss reads (each read is a host sync)
     num_samples: int = 4  # images in samples/epoch_N.png
@@ -154,7 +159,7 @@ def merge(base: dict, overrides: dict, source: str) -> dict:
         if key not in FIELDS:
             raise _unknown_key(key, source)
         value = _coerce(key, value, source)
-        if key == "data_options" and value:  # dataset options add up, the later source wins per key
+        if key in ("data_options", "val_data_options") and value:  # dataset options add up, the later source wins per key
             value = {**out.get(key, {}), **value}
         out[key] = value
     return out

@@ -390,17 +390,20 @@ class _Trainer:
         from fcnseg.weights import preprocessing
 
         cfg = self.cfg
-        pre = preprocessing(cfg["backbone"], cfg["weights"] if cfg["weights"] == "imagenet" else None)
+        pre = preprocessing(cfg["backbone"], cfg["weights"] or "imagenet")  # ImageNet statistics
         self.mean, self.std = [float(v) for v in pre["mean"]], [float(v) for v in pre["std"]]
         tf = train_transforms(cfg["crop"], mean=self.mean, std=self.std, scale=tuple(cfg["scale"]), hflip=cfg["hflip"], color_jitter=cfg["color_jitter"])
         opts = dict(cfg["data_options"])
         self.train_ds = build_dataset(cfg["data"], root=cfg["data_root"], split=cfg["train_split"], transforms=tf, **opts)
         # raw pairs: evaluate() normalises with mean/std and scores at the label's own size
-        self.val_ds = build_dataset(cfg["data"], root=cfg["data_root"], split=cfg["val_split"], transforms=None, **opts)
+        self.val_ds = build_dataset(**self._val_source(), split=cfg["val_split"], transforms=None)
         self._check_data()
         self.num_classes = int(self.train_ds.num_classes)
-        if int(self.val_ds.num_classes) != self.num_classes:
-            raise DataError(f"{cfg['data']}: split {cfg['train_split']} has {self.num_classes} classes but {cfg['val_split']} has {self.val_ds.num_classes}")
+        if tuple(self.val_ds.classes) != tuple(self.train_ds.classes):
+            raise DataError(
+                f"the training data ({cfg['data']}/{cfg['train_split']}) has classes {list(self.train_ds.classes)} but the "
+                f"validation data ({self._val_source()['name']}/{cfg['val_split']}) has {list(self.val_ds.classes)}"
+            )
         self.classes = list(self.train_ds.classes)
         self.palette = np.asarray(self.train_ds.palette, np.uint8)
 
@@ -431,22 +434,39 @@ class _Trainer:
             self.class_weight = torch.tensor(w, dtype=torch.float32, device=self.device)
             log.info("median-frequency class weights: %s", ", ".join(f"{c}={v:.2f}" for c, v in zip(self.classes, w, strict=True)))
 
-    def _check_data(self) -> None:
+    def _val_source(self) -> dict:
+        """build_dataset keywords of the validation data (the training dataset by default)."""
         cfg = self.cfg
-        from fcnseg.data.check import check_dataset, format_report
+        if cfg["val_data"] and cfg["val_data"] != cfg["data"]:
+            return {"name": cfg["val_data"], "root": cfg["val_data_root"], **cfg["val_data_options"]}
+        return {"name": cfg["data"], "root": cfg["val_data_root"] or cfg["data_root"], **cfg["data_options"], **cfg["val_data_options"]}
 
-        splits = list(dict.fromkeys([cfg["train_split"], cfg["val_split"]]))
-        problems = check_dataset(cfg["data"], cfg["data_root"], splits=splits, **cfg["data_options"]) if self.main else []
+    def _check_data(self) -> None:
+        """Runs the data checker on the splits used: bad files stop the run with the report,
+        or with --skip-check are left out (and listed)."""
+        from fcnseg.data.check import bad_paths, check_dataset, format_report
+
+        cfg = self.cfg
+        problems = []
+        if self.main:
+            val = self._val_source()
+            sources = [(cfg["data"], cfg["data_root"], cfg["train_split"], cfg["data_options"])]
+            sources.append((val.pop("name"), val.pop("root"), cfg["val_split"], val))
+            for name, root, split, opts in sources:
+                found = check_dataset(name, root, splits=[split], **opts)
+                problems += [p for p in found if p not in problems]
         problems = ddp.broadcast_object(problems)
         if not problems:
             return
         report = format_report(problems)
-        if not cfg["skip_check"]:
+        fatal = [p for p in problems if getattr(p, "fatal", False)]
+        if fatal or not cfg["skip_check"]:
             log.error("%s", report)
-            raise DataError(f"{cfg['data']}: {len(problems)} problem(s) in the data (report above; `fcnseg data check` lists them); fix them, or pass --skip-check to leave those files out")
-        paths = [p.path for p in problems if getattr(p, "path", None) is not None]
+            how = "fix them" if fatal else "fix them, or pass --skip-check to leave those files out"
+            raise DataError(f"{cfg['data']}: {len(problems)} problem(s) in the data (report above; `fcnseg data check` lists them); {how}")
+        paths = bad_paths(problems)
         dropped = self.train_ds.exclude(paths) + self.val_ds.exclude(paths)
-        log.warning("%s\n--skip-check: left out %d image/mask pairs listed above", report, dropped)
+        log.warning("%s\n--skip-check: left out %d image/mask pair(s), listed above", report, dropped)
         if len(self.train_ds) == 0 or len(self.val_ds) == 0:
             raise DataError(f"{cfg['data']}: no usable pairs left after --skip-check")
 
@@ -552,7 +572,7 @@ class _Trainer:
             cfg["accum_steps"], self.steps_per_epoch, self.run_dir,
         )
         self.budget = cfg["max_minutes"] * 60.0 if cfg["max_minutes"] else None
-        self.timing = {"steps": 0, "step_s": 0.0, "epoch_end_s": [], "eval_s": None}
+        self.timing = {"steps": 0, "step_s": 0.0, "epoch_end_s": [], "eval_s": None, "save_s": 0.0, "draw_s": 0.0}
         if self.budget is not None:
             self.timing["eval_s"] = self._probe_eval_time()
         self.stop: str | None = None
@@ -564,7 +584,7 @@ class _Trainer:
         )
         from tqdm.contrib.logging import logging_redirect_tqdm
 
-        with logging_redirect_tqdm(loggers=[log, logging.getLogger("fcnseg")]):
+        with logging_redirect_tqdm():
             while self.epoch < cfg["epochs"] and self.stop is None:
                 if self._train_epoch():
                     self._end_of_epoch()
@@ -672,7 +692,9 @@ class _Trainer:
             self.best = {**summary, "per_class": metrics["per_class"], "epoch": self.epoch, "step": self.step}
             self._save("best.pt")
         if self.main:
+            t0 = time.monotonic()
             self._draw(f"epoch_{self.epoch}")
+            self.timing["draw_s"] = time.monotonic() - t0
         return metrics
 
     def _finish(self, stopped: str) -> None:
@@ -716,9 +738,8 @@ class _Trainer:
 
     def _reserve_s(self) -> float:
         """Time kept for the final evaluation, checkpoint and pictures."""
-        eval_s = self.timing["eval_s"] or 0.0
-        saves = max(self.timing["epoch_end_s"] or [0.0])
-        return 1.1 * eval_s + min(saves, eval_s + 5.0) + 2.0
+        t = self.timing
+        return 1.1 * (t["eval_s"] or 0.0) + t["save_s"] + t["draw_s"] + 1.0
 
     def _out_of_time(self) -> bool:
         if self.budget is None:
@@ -733,7 +754,7 @@ class _Trainer:
     def _revise_total_steps(self) -> None:
         """Under ``max_minutes``: the steps that fit in the time left, from the measured step
         time and end-of-epoch overhead, so the lr schedule ends when the budget does."""
-        if self.budget is None or self.timing["steps"] < 5:
+        if self.budget is None or self.timing["steps"] < 3:
             return
         step_s = self.timing["step_s"] / self.timing["steps"]
         ends = self.timing["epoch_end_s"]
@@ -788,7 +809,10 @@ class _Trainer:
             "rng": _rng_state(),
             "train_time_s": self._elapsed(),
         }
+        t0 = time.monotonic()
         save_checkpoint(state, self.run_dir / name)
+        if hasattr(self, "timing"):
+            self.timing["save_s"] = max(self.timing["save_s"], time.monotonic() - t0)
 
     @torch.no_grad()
     def _draw(self, tag: str) -> None:
