@@ -499,3 +499,30 @@ def test_isbi_em_stack_through_folder(shared_data):
     assert img.shape == (512, 512, 3) and (img[:, :, 0] == img[:, :, 1]).all()
     assert set(np.unique(mask)) == {0, 1}
     assert 0.05 < (mask == 0).mean() < 0.5  # membranes are the thin class
+
+
+def test_label_map_every_dtype_path():
+    from fcnseg.data.base import LabelMap
+
+    dense = LabelMap({1: 0, 2: 1, 3: 255})
+    raw = np.array([[1, 2], [3, 1]], np.uint8)
+    assert dense(raw).tolist() == [[0, 1], [255, 0]] and dense(raw).dtype == np.uint8
+    with pytest.raises(DataError, match="m.png: mask values outside the classes: 0, 9"):
+        dense(np.array([[0, 1], [9, 2]], np.uint8), "m.png")
+    gapped = LabelMap({0: 0, 255: 1})
+    assert gapped(np.array([[0, 255]], np.uint8)).tolist() == [[0, 1]]
+    with pytest.raises(DataError, match="values outside the classes: 128"):
+        gapped(np.array([[0, 128]], np.uint8))
+    sixteen = LabelMap({0: 0, 1000: 1, 65535: 2})
+    assert sixteen(np.array([[1000, 65535, 0]], np.uint16)).tolist() == [[1, 2, 0]]
+    with pytest.raises(DataError, match="1001"):
+        sixteen(np.array([[1001]], np.uint16))
+    signed = LabelMap({-1: 255, 5: 0}, unmapped="ignore")
+    assert signed(np.array([[-1, 5, 7]], np.int32)).tolist() == [[255, 0, 255]]
+    ignore = LabelMap({1: 0}, unmapped="ignore")
+    assert ignore(np.array([[1, 2]], np.uint8)).tolist() == [[0, 255]]
+    colors = LabelMap(colors={(1, 2, 3): 0, (0, 0, 0): 255})
+    rgb = np.array([[[1, 2, 3], [0, 0, 0]]], np.uint8)
+    assert colors(rgb).tolist() == [[0, 255]]
+    with pytest.raises(DataError, match=r"\(9,9,9\)"):
+        colors(np.full((1, 1, 3), 9, np.uint8))

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image, ImageOps
@@ -181,6 +182,12 @@ class LabelMap:
         self.hint = hint or "fix the mask, or map the values in the dataset's classes"
         self._lut8 = self._lut(256)
         self._lut16: np.ndarray | None = None
+        # uint8 fast path: cv2.LUT, and a min/max test when the valid values are one range
+        self._lut8_u8 = np.where(self._lut8 < 0, 0, self._lut8).astype(np.uint8)
+        self._invalid8 = (self._lut8 < 0).astype(np.uint8)
+        valid = np.flatnonzero(self._lut8 >= 0)
+        lo, hi = (int(valid[0]), int(valid[-1])) if valid.size else (1, 0)
+        self._dense8 = (lo, hi) if valid.size and self._invalid8[lo : hi + 1].sum() == 0 else None
         if self.colors:
             keys = np.array([(r << 16) | (g << 8) | b for r, g, b in self.colors], np.int64)
             order = np.argsort(keys)
@@ -227,7 +234,17 @@ class LabelMap:
                     self.hint,
                 )
             return out.astype(np.uint8)
-        if raw.dtype == np.uint8:
+        if raw.dtype == np.uint8 and raw.ndim == 2:
+            raw = np.ascontiguousarray(raw)
+            out8 = cv2.LUT(raw, self._lut8_u8)
+            if not self._invalid8.any():
+                return out8
+            if self._dense8 is not None:
+                lo, hi = self._dense8
+                if raw.size == 0 or (int(raw.min()) >= lo and int(raw.max()) <= hi):
+                    return out8
+            if not cv2.LUT(raw, self._invalid8).any():
+                return out8
             out = self._lut8[raw]
         elif raw.size and int(raw.min()) >= 0 and int(raw.max()) < 65536:
             if self._lut16 is None:
