@@ -526,3 +526,20 @@ def test_label_map_every_dtype_path():
     assert colors(rgb).tolist() == [[0, 255]]
     with pytest.raises(DataError, match=r"\(9,9,9\)"):
         colors(np.full((1, 1, 3), 9, np.uint8))
+
+
+def test_option_values_checked():
+    assert build_dataset("synthetic", size="40x56", length=2).load(0)[0].shape == (40, 56, 3)
+    assert build_dataset("synthetic", size=48, length=1).load(0)[1].shape == (48, 48)
+    for bad in ({"size": "big"}, {"size": 8}, {"length": "many"}, {"length": 0}, {"seed": 1.5}):
+        with pytest.raises(ConfigError):
+            build_dataset("synthetic", **bad)
+
+
+def test_pet_bad_options(pet_root):
+    with pytest.raises(ConfigError, match="val_fraction"):
+        build_dataset("oxford-pet", root=pet_root, split="val", val_fraction=1.5)
+    with pytest.raises(ConfigError, match="val_fraction"):
+        build_dataset("oxford-pet", root=pet_root, split="val", val_fraction="lots")
+    with pytest.raises(ConfigError, match="border"):
+        build_dataset("oxford-pet", root=pet_root, border="thick")

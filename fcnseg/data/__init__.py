@@ -67,13 +67,6 @@ def build_dataset(
 
 
 # importing the layouts fills DATASETS
-from fcnseg.data import camvid, pet, synthetic  # noqa: E402,F401
-
-for _optional in ("voc", "cityscapes", "folder"):
-    try:
-        __import__(f"fcnseg.data.{_optional}")
-    except ModuleNotFoundError as _e:  # layouts still being written
-        if _e.name != f"fcnseg.data.{_optional}":
-            raise
+from fcnseg.data import camvid, cityscapes, folder, pet, synthetic, voc  # noqa: E402,F401
 
 __all__ = ["DATASETS", "build_dataset", "dataset_options", "list_datasets", "register_dataset"]

@@ -301,9 +301,24 @@ def read_list(path: Path, hint: str) -> list[str]:
     return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
 
 
+def as_number(value: Any, kind: type, name: str) -> Any:
+    """`kind(value)` for an option, or a ConfigError naming the option."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{name}={value!r}: expected a number")
+    try:
+        out = kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}={value!r}: expected {kind.__name__}") from None
+    if kind is int and isinstance(value, float) and value != out:
+        raise ConfigError(f"{name}={value!r}: expected an integer")
+    return out
+
+
 def seeded_carve(names: Sequence, val_fraction: float, seed: int) -> tuple[list, list]:
     """Split sorted `names` into (train, val) deterministically: val is a seeded random
     `val_fraction` of the items (at least one when there are two or more)."""
+    val_fraction = as_number(val_fraction, float, "val_fraction")
+    seed = as_number(seed, int, "seed")
     if not 0.0 <= val_fraction < 1.0:
         raise ConfigError(f"val_fraction={val_fraction}: must be in [0, 1)")
     names = sorted(names)

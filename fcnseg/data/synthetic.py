@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from fcnseg.data import register_dataset
-from fcnseg.data.base import IGNORE_INDEX, SegmentationDataset
+from fcnseg.data.base import IGNORE_INDEX, SegmentationDataset, as_number
 from fcnseg.data.pet import PET_CLASSES, PET_PALETTE
 from fcnseg.errors import ConfigError
 
@@ -177,7 +177,9 @@ class Synthetic(SegmentationDataset):
         border_width: int | None = None,
     ) -> None:
         super().__init__(split, transforms)
-        if isinstance(size, int):
+        if isinstance(size, str) and "x" in size.lower():  # "160x200" from a CLI option
+            size = size.lower().split("x")
+        elif isinstance(size, int | str):
             size = (size, size)
         try:
             self.size = (int(size[0]), int(size[1]))
@@ -185,15 +187,17 @@ class Synthetic(SegmentationDataset):
             raise ConfigError(f"synthetic: size={size!r}: give (H, W) or one int") from None
         if min(self.size) < 16:
             raise ConfigError(f"synthetic: size={size!r}: at least 16x16")
-        self.length = DEFAULT_LENGTH[split] if length is None else int(length)
+        self.length = DEFAULT_LENGTH[split] if length is None else as_number(length, int, "length")
         if self.length < 1:
             raise ConfigError(f"synthetic: length={length!r}: must be >= 1")
         if border not in ("class", "ignore"):
             raise ConfigError(f"synthetic: border={border!r}: use 'class' or 'ignore'")
-        self.seed = int(seed)
+        self.seed = as_number(seed, int, "seed")
         self.border = border
         self.border_width = (
-            max(2, round(min(self.size) / 26)) if border_width is None else int(border_width)
+            max(2, round(min(self.size) / 26))
+            if border_width is None
+            else as_number(border_width, int, "border_width")
         )
         if border == "class":
             self.classes, self.palette = PET_CLASSES, PET_PALETTE.copy()
