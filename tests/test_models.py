@@ -60,11 +60,11 @@ SWEEP = list(itertools.product(MODELS, BACKBONES, UPSAMPLE_MODES))
 
 @pytest.mark.parametrize(("name", "backbone", "upsample"), SWEEP)
 def test_output_size_odd_input(name, backbone, upsample):
-    # train mode everywhere; eval mode too for one VGG and one ResNet (the other depths
-    # run the same head code), the rest in the slow sweep below
+    # train mode everywhere; eval mode too for resnet18 (the other backbones run the same
+    # head code; VGG eval forwards are in the tests below), all of it in the slow sweep
     model = quick_model(name, backbone=backbone, num_classes=3, upsample=upsample)
     x = torch.randn(1, 3, 33, 45)
-    modes = (True, False) if backbone in ("vgg16", "resnet18") else (True,)
+    modes = (True, False) if backbone == "resnet18" else (True,)
     with torch.no_grad():
         for train in modes:
             y = model.train(train)(x)
@@ -85,7 +85,7 @@ def test_output_size_all_sizes_and_modes(name, backbone, upsample):
     ("name", "backbone", "upsample", "size"),
     [
         ("fcn8s", "resnet18", "deconv", (500, 375)),
-        ("fcn16s", "resnet18", "unpool", (500, 375)),
+        ("fcn16s", "resnet18", "unpool", (97, 131)),
         ("seed", "resnet18", "bilinear", (500, 375)),
         ("fcn8s", "vgg16", "unpool", (97, 131)),
         ("fcn32s", "vgg16_bn", "bilinear", (97, 131)),
@@ -203,9 +203,10 @@ def test_paper_output_size(name, upsample):
             assert model(torch.empty(1, 3, h, w)).shape == (1, 3, h, w)
 
 
-@pytest.mark.parametrize("upsample", UPSAMPLE_MODES)
-def test_paper_fcn8s_runs(upsample):
-    model = quick_model("fcn8s", num_classes=3, upsample=upsample, align="paper")
+def test_paper_fcn8s_unpool_runs():
+    # the switches must fit the padded frames (deconv/bilinear: shapes above, and the
+    # caffe deconv/interpolation pair is tested below)
+    model = quick_model("fcn8s", num_classes=3, upsample="unpool", align="paper")
     with torch.no_grad():
         y = model.train()(torch.randn(1, 3, 33, 45))
     assert y.shape == (1, 3, 33, 45) and torch.isfinite(y).all()
