@@ -106,14 +106,18 @@ def benchmark(
     warmup: int = 2,
     trainable: bool = False,
     phases: tuple[str, ...] = ("infer", "train"),
+    threads: int | None = None,
 ) -> dict:
     """Time ``predict_on_batch`` and ``train_on_batch`` on one synthetic batch; inference
     first, each phase's peak RSS measured from a reset high-water mark."""
     import numpy as np
     import tensorflow as tf
 
+    if threads:  # before any op runs
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
     model = build_model(size, num_classes, trainable)
-    cores = len(os.sched_getaffinity(0))  # TF's default intra-op pool size
+    cores = threads or len(os.sched_getaffinity(0))  # TF's default intra-op pool size
     rng = np.random.default_rng(0)
     x = rng.uniform(-1, 1, (batch, *size, 3)).astype("float32")
     y = rng.integers(0, num_classes, (batch, *size, 1)).astype("int32")
@@ -174,13 +178,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--trainable", action="store_true", help="train the VGG16 trunk too")
     p.add_argument("--only", choices=("train", "infer"))
+    p.add_argument("--threads", type=int, help="TF intra- and inter-op threads (default: all)")
     args = p.parse_args(argv)
     if len(args.size) > 2 or min(args.size) < 32 or args.batch < 1 or args.steps < 1:
         p.error("need --size H [W] >= 32, --batch >= 1, --steps >= 1")
     size = (args.size[0], args.size[-1])
     phases = (args.only,) if args.only else ("infer", "train")
     result = benchmark(
-        size, args.batch, args.num_classes, args.steps, args.warmup, args.trainable, phases
+        size,
+        args.batch,
+        args.num_classes,
+        args.steps,
+        args.warmup,
+        args.trainable,
+        phases,
+        args.threads,
     )
     print(json.dumps(result))
     return 0

@@ -57,6 +57,7 @@ def keras_row(
     steps: int,
     warmup: int,
     num_classes: int,
+    threads: int | None,
     timeout: float,
 ) -> dict:
     cmd = [
@@ -75,6 +76,8 @@ def keras_row(
     ]
     if trainable:
         cmd.append("--trainable")
+    if threads:
+        cmd += ["--threads", str(threads)]
     return _run_json(cmd, timeout)
 
 
@@ -224,6 +227,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-root", help="its folder")
     p.add_argument("--out", help="write all results as JSON here")
     p.add_argument("--timeout", type=float, default=600, help="seconds per row")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="threads for both frameworks (default: each one's own, all cores); "
+        "1 gives comparable per-core figures on a busy machine",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.steps, args.warmup = 2, 1
@@ -246,12 +255,15 @@ def main(argv: list[str] | None = None) -> int:
         "--warmup",
         str(args.warmup),
     ]
+    threads = ["--threads", str(args.threads)] if args.threads else []
+    common += threads
     kw = dict(
         size=args.size,
         batch=args.batch,
         steps=args.steps,
         warmup=args.warmup,
         num_classes=args.num_classes,
+        threads=args.threads,
         timeout=args.timeout,
     )
     py = args.torch_python
@@ -351,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
                 "10",
                 "--warmup",
                 "3",
+                *threads,
                 timeout=args.timeout,
             ),
         )
