@@ -675,6 +675,7 @@ class _Trainer:
             self.model, self.val_ds, device=self.device, precision=self.precision,
             batch_size=self.cfg["eval_batch_size"], num_workers=self.cfg["workers"],
             distributed=self.dist.enabled, mean=self.mean, std=self.std,
+            tta=self.cfg["eval_tta"],  # best.pt is chosen as `fcnseg eval` will score it
         )
         eval_s = time.monotonic() - t0
         self.timing["eval_s"] = eval_s

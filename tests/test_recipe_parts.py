@@ -1,0 +1,69 @@
+"""Parts the CamVid recipe relies on: validation during training scores with the run's
+``eval_tta`` (so best.pt is picked as ``fcnseg eval`` scores it), and the shipped CamVid
+configs resolve."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_validation_uses_eval_tta(tmp_path, monkeypatch):
+    from fcnseg.data import build_dataset
+    from fcnseg.engine import evaluate as evaluate_module
+    from fcnseg.engine.checkpoint import load_checkpoint
+    from fcnseg.engine.evaluate import evaluate
+    from fcnseg.engine.train import train
+    from fcnseg.models import build_model
+
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("tta"))
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate_module, "evaluate", spy)
+
+    cfg = dict(
+        data="synthetic", data_options={"size": 96, "length": 8}, model="fcn8s", backbone="resnet18",
+        upsample="bilinear", crop=[64, 64], batch_size=4, epochs=1, warmup_steps=1, log_every=1,
+        eval_batch_size=4, num_samples=0, tensorboard=False, out=str(tmp_path / "run"), eval_tta="scales=0.5",
+    )
+    run = train(cfg)
+    ckpt = load_checkpoint(run / "best.pt")
+    assert ckpt["config"]["eval_tta"] == "scales=0.5"
+    model = build_model(**ckpt["model_config"])
+    model.load_state_dict(ckpt["model"])
+    val = build_dataset("synthetic", split="val", size=96, length=8)
+    logged = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    logged = [e for e in logged if e["event"] == "eval"][-1]
+    assert seen == ["scales=0.5"]  # one validation (the epoch end), with the run's TTA
+    half = evaluate(model, val, tta="scales=0.5", mean=ckpt["mean"], std=ckpt["std"])
+    assert logged["mean_iou"] == pytest.approx(half["mean_iou"], abs=1e-9)
+    assert logged["pixel_acc"] == pytest.approx(half["pixel_acc"], abs=1e-9)
+
+
+@pytest.mark.parametrize("name", ["camvid.yaml", "camvid_imagenet.yaml", "oxford_pet_imagenet.yaml"])
+def test_camvid_and_imagenet_configs_resolve(name):
+    from fcnseg.engine.config import resolve_config
+    from fcnseg.engine.inference import parse_tta
+
+    cfg = resolve_config(config_file=REPO / "configs" / name)
+    parse_tta(cfg["eval_tta"])  # a readable TTA spec (or none)
+    if name == "camvid.yaml":
+        assert cfg["weights"] is None and cfg["max_minutes"] == 30 and cfg["train_split"] == "train"
+    else:
+        assert cfg["weights"] == "imagenet"
