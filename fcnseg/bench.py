@@ -141,7 +141,34 @@ def count_flops(
 
 # ----------------------------------------------------------------------------- matmul peak
 
-_PEAK_CACHE: dict[tuple[str, str, int], float] = {}
+_PEAK_CACHE: dict[tuple[str, str, int], tuple[float, float]] = {}
+
+
+def _matmul_peak(
+    dtype: torch.dtype, device: torch.device, n: int, reps: int
+) -> tuple[float, float]:
+    """(TFLOP/s of the fastest of ``reps`` matmuls, TFLOP/s from the least CPU time of one
+    (CPU only, scaled to all threads; nan on CUDA))."""
+    key = (str(dtype), str(device), n)
+    if key in _PEAK_CACHE:
+        return _PEAK_CACHE[key]
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    torch.mm(a, b)  # first call selects / packs kernels
+    best, best_cpu = math.inf, math.inf
+    for _ in range(reps):
+        _sync(device)
+        c0, t0 = _cpu_seconds(), time.perf_counter()
+        torch.mm(a, b)
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+        best_cpu = min(best_cpu, _cpu_seconds() - c0)
+    flop = 2 * n**3
+    cpu_peak = float("nan")
+    if device.type == "cpu" and best_cpu > 0:
+        cpu_peak = flop * torch.get_num_threads() / best_cpu / 1e12
+    _PEAK_CACHE[key] = (flop / best / 1e12, cpu_peak)
+    return _PEAK_CACHE[key]
 
 
 def matmul_peak_tflops(
@@ -149,23 +176,7 @@ def matmul_peak_tflops(
 ) -> float:
     """Best-of-``reps`` TFLOP/s of an ``n x n`` @ ``n x n`` matmul in ``dtype`` on ``device``:
     the practical peak that the benchmark's achieved TFLOP/s is compared against."""
-    device = torch.device(device)
-    key = (str(dtype), str(device), n)
-    if key in _PEAK_CACHE:
-        return _PEAK_CACHE[key]
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
-    torch.mm(a, b)  # first call selects / packs kernels
-    best = math.inf
-    for _ in range(reps):
-        _sync(device)
-        t0 = time.perf_counter()
-        torch.mm(a, b)
-        _sync(device)
-        best = min(best, time.perf_counter() - t0)
-    peak = 2 * n**3 / best / 1e12
-    _PEAK_CACHE[key] = peak
-    return peak
+    return _matmul_peak(dtype, torch.device(device), n, reps)[0]
 
 
 # ----------------------------------------------------------------------------- steps
@@ -363,7 +374,10 @@ def benchmark(
     ``infer_peak_mem_mb``, ``train_ms_per_step``, ``train_img_s``, ``peak_mem_mb`` (training),
     ``flops_per_img`` (forward), ``train_flops_per_img`` (forward + backward),
     ``infer_tflops``, ``train_tflops``, ``peak_tflops`` (matmul in the autocast dtype) and the
-    fractions of peak; with ``data`` also ``loader_img_s`` and ``together_img_s``.
+    fractions of peak; with ``data`` also ``loader_img_s`` and ``together_img_s``. On CPU,
+    ``*_img_s_best`` (fastest step) and the ``*_cpu`` figures (from process CPU time, as if
+    the process had its threads' cores to itself; see ``_cpu_figures``) are robust to other
+    load on the machine, and ``*_cpu_share`` says how much of its cores it got.
     Inference runs before training so that training's allocations cannot inflate the
     inference memory figure.
     """
@@ -480,16 +494,25 @@ def benchmark(
             )
     if peak:
         dtype = prec.dtype or torch.float32
-        result["peak_tflops"] = matmul_peak_tflops(dtype, dev, n=peak_n)
+        result["peak_tflops"], peak_cpu = _matmul_peak(dtype, dev, peak_n, 3)
         result["peak_matmul_n"] = peak_n
+        if dev.type == "cpu":
+            result["peak_tflops_cpu"] = peak_cpu
     if flops:
         if "infer" in phases:
             result["infer_tflops"] = result["flops_per_img"] * result["infer_img_s"] / 1e12
         if "train" in phases:
             result["train_tflops"] = result["train_flops_per_img"] * result["train_img_s"] / 1e12
-        if peak:
-            for phase in phases:
+        for phase in phases:
+            if f"{phase}_img_s_cpu" in result:
+                flop = result["flops_per_img" if phase == "infer" else "train_flops_per_img"]
+                result[f"{phase}_tflops_cpu"] = flop * result[f"{phase}_img_s_cpu"] / 1e12
+            if peak:
                 result[f"{phase}_frac_of_peak"] = result[f"{phase}_tflops"] / result["peak_tflops"]
+                if f"{phase}_tflops_cpu" in result and "peak_tflops_cpu" in result:
+                    result[f"{phase}_frac_of_peak_cpu"] = (
+                        result[f"{phase}_tflops_cpu"] / result["peak_tflops_cpu"]
+                    )
     return result
 
 

@@ -52,6 +52,12 @@ KEYS = (
     "train_ms_per_step",
     "infer_ms_per_batch",
     "train_frac_of_peak",
+    "train_img_s_best",
+    "infer_img_s_best",
+    "train_img_s_cpu",
+    "train_cpu_share",
+    "peak_tflops_cpu",
+    "train_frac_of_peak_cpu",
 )
 
 
