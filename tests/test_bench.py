@@ -226,3 +226,25 @@ def test_cli_bad_arguments_exit_2(tiny_registered, argv, capsys):
     assert rc == 2
     err = capsys.readouterr().err
     assert "error" in err
+
+
+def test_data_mode_times_loader_and_step():
+    r = benchmark(
+        Tiny(),
+        size=32,
+        batch=2,
+        steps=2,
+        warmup=1,
+        num_classes=3,
+        flops=False,
+        peak=False,
+        phases=("train",),
+        data="synthetic",
+        data_options={"size": 48, "length": 8},
+        workers=0,
+        precision="fp32",
+    )
+    assert r["data"] == "synthetic" and r["dataset_len"] == 8
+    for key in ("loader_img_s", "together_img_s", "train_img_s"):
+        assert math.isfinite(r[key]) and r[key] > 0
+    assert r["input_bound"] == (r["loader_img_s"] < r["train_img_s"])
