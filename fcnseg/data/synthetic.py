@@ -101,12 +101,12 @@ def render(
         m = layer.astype(bool)
         c1, c2 = _contrast_pair(rng)
         if rng.random() < 0.5:
-            t = _grating(xx[m], yy[m], rng.uniform(12, 24) * s, rng.uniform(0, np.pi), 0.0)
+            t = _grating(xx[m], yy[m], rng.uniform(14, 28) * s, rng.uniform(0, np.pi), 0.0)
             img[m] = c1 + (c2 - c1) * ((t + 1) / 2)[:, None]
         else:
             img[m] = c1
 
-    # foreground shapes with a fine 2-D texture (periods 3-7 px at 128 px)
+    # foreground shapes with a fine 2-D texture (periods 4-7 px at 128 px)
     fg = np.zeros((h, w), bool)
     for _ in range(int(rng.integers(1, 4))):
         cx, cy = rng.uniform(0.1, 0.9) * w, rng.uniform(0.1, 0.9) * h
@@ -140,9 +140,9 @@ def render(
             m = layer.astype(bool)
         # plaid of two fine gratings, squashed towards two levels (crisp, high contrast)
         xm, ym = xx[m], yy[m]
-        t = _grating(xm, ym, rng.uniform(3, 6) * s, rng.uniform(0, np.pi), rng.uniform(0, 6.3))
-        t += _grating(xm, ym, rng.uniform(3, 6) * s, rng.uniform(0, np.pi), 0.0)
-        c1, c2 = _contrast_pair(rng, 90, 150)
+        t = _grating(xm, ym, rng.uniform(4, 7) * s, rng.uniform(0, np.pi), rng.uniform(0, 6.3))
+        t += _grating(xm, ym, rng.uniform(4, 7) * s, rng.uniform(0, np.pi), 0.0)
+        c1, c2 = _contrast_pair(rng, 100, 160)
         img[m] = c1 + (c2 - c1) * ((np.tanh(1.5 * t) + 1) / 2)[:, None]
         fg |= m
 
