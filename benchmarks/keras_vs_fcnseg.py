@@ -271,14 +271,16 @@ def main(argv: list[str] | None = None) -> int:
 
     def add(name: str, r: dict) -> dict:
         rows.append((name, r))
+        parts = [r["error"]] if "error" in r else []
+        for key, label in (
+            ("train_img_s", "train img/s"),
+            ("infer_img_s", "infer img/s"),
+            ("peak_mem_mb", "peak train MB"),
+        ):
+            if key in r:
+                parts.append(f"{label} {r[key]:.2f}")
         print(
-            f"[{time.perf_counter() - t_start:6.0f}s] {name}: "
-            + (
-                r["error"]
-                if "error" in r
-                else f"train {r.get('train_img_s', 0):.2f} img/s, infer {r.get('infer_img_s', 0):.2f}"
-                f" img/s, peak {r.get('peak_mem_mb', 0):.0f} MB"
-            ),
+            f"[{time.perf_counter() - t_start:6.0f}s] {name}: " + ", ".join(parts),
             file=sys.stderr,
             flush=True,
         )
@@ -400,12 +402,16 @@ def main(argv: list[str] | None = None) -> int:
     for name, r in report["ratios"].items():
         if r:
             print(
-                f"fcnseg seed / Keras, {name}: train {r['train_x']:.2f}x, "
-                f"inference {r['infer_x']:.2f}x, peak training memory {r['peak_mem_x']:.2f}x"
+                f"fcnseg seed / Keras, {name}: train {r['train_x']:.2f}x "
+                f"(fastest step {r['train_best_x']:.2f}x, CPU time {r['train_cpu_x']:.2f}x), "
+                f"inference {r['infer_x']:.2f}x (fastest {r['infer_best_x']:.2f}x, "
+                f"CPU time {r['infer_cpu_x']:.2f}x), peak training memory {r['peak_mem_x']:.2f}x"
             )
     if latency and "error" not in latency:
         print(
             f"FCN-8s/VGG16 (align=same) one 500x500 image: {latency['infer_ms_per_batch']:.0f} ms "
+            f"mean, {1000 / latency['infer_img_s_best']:.0f} ms fastest, "
+            f"{1000 / latency['infer_img_s_cpu']:.0f} ms from CPU time "
             f"({latency['precision']}, {latency['threads']} threads)"
         )
     if agreement:
