@@ -396,6 +396,14 @@ def benchmark(
         raise ConfigError(f"phases must be a non-empty subset of ('infer', 'train'), got {phases}")
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
+    loader = None
+    if data is not None:  # first: a dataset error should not wait for the timings
+        if "train" not in phases:
+            raise ConfigError("--data times the training input pipeline; drop --only infer")
+        loader = _make_loader(
+            data, data_root, data_options or {}, (h, w), batch, workers, dev, backbone
+        )
+        num_classes = int(loader.dataset.num_classes)
 
     net = _build(model, backbone, num_classes, in_channels, model_options)
     if freeze_backbone:
@@ -425,6 +433,8 @@ def benchmark(
     }
     if model_options:
         result.update({f"model_{k}": v for k, v in model_options.items()})
+    if loader is not None:
+        result.update({"data": data, "workers": workers})
 
     if "infer" in phases:
         runner.eval()
@@ -465,24 +475,8 @@ def benchmark(
         result.update(_cpu_figures("train", batch * steps, seconds, cpu_s, dev))
         result["peak_mem_mb"] = mem.mb
         result["memory_source"] = mem.source
-        if data is not None:
-            result.update(
-                _bench_data(
-                    data,
-                    data_root,
-                    data_options or {},
-                    net,
-                    step,
-                    (h, w),
-                    batch,
-                    steps,
-                    warmup,
-                    workers,
-                    prec,
-                    dev,
-                    backbone,
-                )
-            )
+        if loader is not None:
+            result.update(_bench_data(loader, step, steps, warmup, prec, dev))
             result["input_bound"] = result["loader_img_s"] < result["train_img_s"]
 
     if flops:
@@ -519,23 +513,18 @@ def benchmark(
 # ----------------------------------------------------------------------------- real data
 
 
-def _bench_data(
+def _make_loader(
     name: str,
     root: str | None,
     options: dict[str, Any],
-    net: nn.Module,
-    step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     size: tuple[int, int],
     batch: int,
-    steps: int,
-    warmup: int,
     workers: int,
-    prec: Precision,
     dev: torch.device,
     backbone: str,
-) -> dict[str, Any]:
-    """Loader alone vs loader + step on the real training pipeline (train transforms,
-    ``pad_collate``, ``workers`` worker processes)."""
+) -> torch.utils.data.DataLoader:
+    """The training pipeline's loader: ``split="train"``, the train transforms cropping to
+    ``size``, ``pad_collate``, ``workers`` worker processes, shuffled, full batches."""
     from fcnseg.data import build_dataset
     from fcnseg.data.transforms import pad_collate, train_transforms
 
@@ -544,7 +533,7 @@ def _bench_data(
 
         stats = preprocessing(backbone, "imagenet")
         mean, std = tuple(stats["mean"]), tuple(stats["std"])
-    except (ImportError, KeyError, AttributeError):
+    except (ImportError, ConfigError):  # a model passed as a module has no backbone name
         mean, std = IMAGENET_MEAN, IMAGENET_STD
     crop = size[0] if size[0] == size[1] else size
     dataset = build_dataset(
@@ -554,7 +543,9 @@ def _bench_data(
         transforms=train_transforms(crop, mean=mean, std=std),
         **options,
     )
-    loader = torch.utils.data.DataLoader(
+    if len(dataset) < batch:
+        raise ConfigError(f"--data {name}: {len(dataset)} images is less than one batch of {batch}")
+    return torch.utils.data.DataLoader(
         dataset,
         batch_size=batch,
         shuffle=True,
@@ -564,9 +555,19 @@ def _bench_data(
         pin_memory=dev.type == "cuda",
         persistent_workers=workers > 0,
     )
-    if len(loader) < 1:
-        raise ConfigError(f"--data {name}: {len(dataset)} images is less than one batch of {batch}")
+
+
+def _bench_data(
+    loader: torch.utils.data.DataLoader,
+    step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    steps: int,
+    warmup: int,
+    prec: Precision,
+    dev: torch.device,
+) -> dict[str, Any]:
+    """Loader alone, then loader + training step, each over ``steps`` batches."""
     fmt = torch.channels_last if prec.channels_last else torch.contiguous_format
+    batch = loader.batch_size
 
     def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         while True:
@@ -584,12 +585,9 @@ def _bench_data(
         images, masks = next(it)
         step(images.to(dev, memory_format=fmt, non_blocking=True), masks.to(dev, non_blocking=True))
 
-    net.train()
     together_s, _, _ = _timed(together, steps, dev)
     return {
-        "data": name,
-        "workers": workers,
-        "dataset_len": len(dataset),
+        "dataset_len": len(loader.dataset),
         "loader_img_s": batch * steps / loader_s,
         "together_img_s": batch * steps / together_s,
     }

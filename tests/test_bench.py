@@ -215,6 +215,8 @@ def test_cli_table_output(tiny_registered, capsys):
         ["--model", "no-such-model"],
         ["--batch", "two"],
         ["--threads", "0"],
+        ["--data", "no-such-dataset"],
+        ["--data", "synthetic", "--only", "infer"],
     ],
 )
 def test_cli_bad_arguments_exit_2(tiny_registered, argv, capsys):
