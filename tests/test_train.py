@@ -127,6 +127,16 @@ def test_seeded_dataset_gives_the_same_augmentation_in_any_order():
     ds[(0, 3)]
     assert torch.equal(before, torch.get_rng_state())  # the global RNG is left alone
 
+    # the same batches whichever process loads them
+    def batches(workers):
+        sampler = EpochSampler(ds, num_replicas=1, rank=0, seed=7)
+        sampler.set_epoch(2)
+        loader = torch.utils.data.DataLoader(ds, batch_size=2, sampler=sampler, num_workers=workers)
+        return [b[0] for b in loader]
+
+    for x, y in zip(batches(0), batches(2), strict=True):
+        assert torch.equal(x, y)
+
 
 def test_config_precedence_defaults_yaml_flags(tmp_path):
     from fcnseg.cli import build_parser
@@ -413,3 +423,59 @@ def test_bad_argument_in_a_real_process_prints_one_line(tmp_path):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "resnet7" in lines[0], proc.stderr
+
+
+def test_aux_loss_class_weights_accumulation_and_clipping_run(tmp_path, caplog):
+    import logging
+
+    from fcnseg.engine.checkpoint import load_checkpoint, model_from_checkpoint
+    from fcnseg.engine.train import train
+
+    caplog.set_level(logging.INFO, logger="fcnseg")
+    run = train(tiny(tmp_path / "run", aux_loss=0.4, class_weights="median", accum_steps=2, batch_size=2, clip_grad=1.0, optimizer="sgd", lr=0.01))
+    assert "median-frequency class weights: pet=" in caplog.text
+    ckpt = load_checkpoint(run / "last.pt")
+    assert ckpt["step"] == 2  # 8 images / (batch 2 x 2 accumulated) = 2 optimizer steps
+    assert ckpt["aux_head"]["weight"].shape == (3, 256, 1, 1)  # on ResNet-18's stride-16 layer3
+    assert model_from_checkpoint(ckpt) is not None  # the aux head is not part of the model
+    assert all(math.isfinite(v) for v in losses(run).values())
+
+
+def test_staged_init_from_with_frozen_backbone(tmp_path, caplog):
+    """FCN-16s from an FCN-32s run: the matching tensors are copied, score_pool4 starts at
+    zero, and a frozen backbone (BN statistics included) stays exactly as loaded."""
+    import logging
+
+    from fcnseg.engine.checkpoint import load_checkpoint
+    from fcnseg.engine.train import train
+
+    first = train(tiny(tmp_path / "fcn32s", model="fcn32s"))
+    caplog.set_level(logging.INFO, logger="fcnseg")
+    second = train(tiny(tmp_path / "fcn16s", model="fcn16s", init_from=str(first / "best.pt"), freeze_backbone=True))
+    assert "left at their initialisation: score_pool4.weight, score_pool4.bias" in caplog.text
+    a = load_checkpoint(first / "best.pt")["model"]
+    b = load_checkpoint(second / "last.pt")["model"]
+    backbone = [k for k in a if k.startswith("backbone.")]
+    assert backbone and all(torch.equal(a[k], b[k]) for k in backbone)  # weights and BN buffers
+    assert not torch.equal(a["score_fr.weight"], b["score_fr.weight"])  # the head trained
+    assert b["score_pool4.weight"].abs().sum() > 0
+
+
+def test_data_check_refuses_bad_files_unless_skip_check(tmp_path, caplog):
+    import logging
+
+    from datagen import make_camvid, truncate
+
+    from fcnseg.engine.train import train
+    from fcnseg.errors import DataError
+
+    root = make_camvid(tmp_path / "camvid", counts={"train": 5, "val": 2}, size=(40, 48))
+    bad = sorted((root / "train").glob("*.png"))[1]
+    truncate(bad, keep=0.3)
+    cfg = tiny(tmp_path / "run", data="camvid", data_root=str(root), data_options={}, crop=[32, 32], batch_size=2)
+    with pytest.raises(DataError, match="--skip-check"):
+        train(cfg)
+    caplog.set_level(logging.INFO, logger="fcnseg")
+    run = train({**cfg, "skip_check": True})
+    assert bad.name in caplog.text and "left out 1 image/mask pair" in caplog.text
+    assert json.loads((run / "metrics.json").read_text())["steps"] == 2  # 4 good images / batch 2

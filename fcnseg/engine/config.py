@@ -54,11 +54,11 @@ class TrainConfig:
     freeze_backbone: bool = False
     # augmentation (train split only; masks are always resized NEAREST)
     crop: list = field(default_factory=lambda: [128, 128])  # [H, W]
-    scale: list = field(default_factory=lambda: [0.5, 2.0])
+    scale: list = field(default_factory=lambda: [1.0, 1.0])  # random rescaling; recipes use e.g. [0.5, 2.0]
     hflip: bool = True
     color_jitter: float = 0.2
     # optimisation
-    epochs: int = 12
+    epochs: int = 8
     batch_size: int = 8
     accum_steps: int = 1
     optimizer: str = "adamw"

@@ -773,7 +773,7 @@ class _Trainer:
     def _probe_eval_time(self) -> float:
         """Seconds a full validation should take, from timing a forward on one val image."""
         image, _ = self.val_ds.load(0)
-        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float().to(self.device)
+        x = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float().to(self.device)
         self.model.eval()
         try:
             with self.precision.autocast(self.device):
@@ -830,7 +830,7 @@ class _Trainer:
             try:
                 for i in range(n):
                     image, mask = self.val_ds.load(i)
-                    x = (torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255 - mean) / std
+                    x = (torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255 - mean) / std
                     score = segment(self.model, [x], out_sizes=[np.shape(mask)], device=self.device, precision=self.precision)[0]
                     images.append(image)
                     targets.append(np.asarray(mask))
