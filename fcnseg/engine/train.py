@@ -667,16 +667,19 @@ class _Trainer:
         self.timing["epoch_end_s"].append(time.monotonic() - t0)
         self._revise_total_steps()
 
-    def _validate(self) -> dict:
+    def _evaluate(self, max_images: int | None = None) -> dict:
         from fcnseg.engine.evaluate import evaluate
 
-        t0 = time.monotonic()
-        metrics = evaluate(
+        return evaluate(
             self.model, self.val_ds, device=self.device, precision=self.precision,
             batch_size=self.cfg["eval_batch_size"], num_workers=self.cfg["workers"],
-            distributed=self.dist.enabled, mean=self.mean, std=self.std,
+            distributed=self.dist.enabled, mean=self.mean, std=self.std, max_images=max_images,
             tta=self.cfg["eval_tta"],  # best.pt is chosen as `fcnseg eval` will score it
         )
+
+    def _validate(self) -> dict:
+        t0 = time.monotonic()
+        metrics = self._evaluate()
         eval_s = time.monotonic() - t0
         self.timing["eval_s"] = eval_s
         summary = {k: metrics[k] for k in ("pixel_acc", "mean_acc", "mean_iou", "fw_iou")}
@@ -771,19 +774,17 @@ class _Trainer:
 
     @torch.no_grad()
     def _probe_eval_time(self) -> float:
-        """Seconds a full validation should take, from timing a forward on one val image."""
-        image, _ = self.val_ds.load(0)
-        x = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float().to(self.device)
-        self.model.eval()
-        try:
-            with self.precision.autocast(self.device):
-                self.model(x)  # warm-up
-                t0 = time.monotonic()
-                self.model(x)
-                dt = time.monotonic() - t0
-        finally:
-            self.model.train()
-        return dt * math.ceil(len(self.val_ds) / self.dist.world_size) * 1.2 + 1.0
+        """Seconds a full validation should take, timed on a few val images through the same
+        evaluate() call (first-call overheads included, so it errs on the long side)."""
+        n = len(self.val_ds)
+        k = min(n, 4 * self.dist.world_size)
+        with torch.random.fork_rng(devices=[]):  # the probe must not shift the run's RNG
+            t0 = time.monotonic()
+            self._evaluate(max_images=k)
+            dt = time.monotonic() - t0
+        estimate = dt * n / k + 1.0
+        log.info("time budget %.1f min: validation takes ~%.0fs (timed on %d images)", self.cfg["max_minutes"], estimate, k)
+        return estimate
 
     # ---------------------------------------------------------------- files
     def _save(self, name: str) -> None:
