@@ -495,6 +495,8 @@ class _Trainer:
         self.net = _TrainNet(self.model, self.num_classes, aux=cfg["aux_loss"] > 0)
         if self.dist.enabled and self.device.type == "cuda":
             self.net = nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
+        elif self.dist.enabled and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.net.modules()):
+            log.info("DDP on %s: BatchNorm statistics stay per process (torch's SyncBatchNorm needs GPUs)", self.device.type)
         self.net.to(self.device)
         if self.precision.channels_last:
             self.net.to(memory_format=torch.channels_last)
