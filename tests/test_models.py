@@ -452,3 +452,20 @@ def test_in_channels_and_channels_last():
         y_cl = model.to(memory_format=torch.channels_last)(x.to(memory_format=torch.channels_last))
     assert y.shape == (2, 3, 41, 37)
     torch.testing.assert_close(y_cl, y, atol=1e-4, rtol=1e-4)
+
+
+def test_replicate_pad_equals_torch_pad():
+    from fcnseg.models.upsample import _replicate_pad
+
+    x = torch.randn(2, 3, 5, 7)
+    assert torch.equal(_replicate_pad(x, 0, 1), F.pad(x, (0, 1, 0, 1), mode="replicate"))
+    assert torch.equal(_replicate_pad(x, 1, 1), F.pad(x, (1, 1, 1, 1), mode="replicate"))
+
+
+@pytest.mark.slow
+def test_compiled_bilinear_fcn_trains_and_matches_eager():
+    m = build_model("fcn8s", backbone="resnet18", num_classes=3, upsample="bilinear")
+    x = torch.randn(2, 3, 64, 64)
+    y = torch.compile(m)(x)
+    y.float().mean().backward()
+    assert torch.allclose(y, m(x), atol=1e-4)

@@ -77,7 +77,7 @@ def interpolate(x: Tensor, factor: int, geometry: str) -> Tensor:
         return F.interpolate(x, size=(h * factor, w * factor), mode="bilinear", align_corners=False)
     if geometry == "corner":
         # one replicated pixel at the end lets the last f-1 target pixels extrapolate flat
-        x = F.pad(x, (0, 1, 0, 1), mode="replicate")
+        x = _replicate_pad(x, 0, 1)
         y = F.interpolate(
             x, size=(h * factor + 1, w * factor + 1), mode="bilinear", align_corners=True
         )
@@ -85,7 +85,7 @@ def interpolate(x: Tensor, factor: int, geometry: str) -> Tensor:
     if geometry == "caffe":
         # the unpadded 2f deconvolution's frame is the cell frame shifted by f/2 and
         # (h+1)*f long: pad one pixel each side, interpolate, cut the window out
-        x = F.pad(x, (1, 1, 1, 1), mode="replicate")
+        x = _replicate_pad(x, 1, 1)
         y = F.interpolate(
             x, size=((h + 2) * factor, (w + 2) * factor), mode="bilinear", align_corners=False
         )
@@ -217,3 +217,17 @@ class Identity(nn.Module):
 
     def forward(self, x: Tensor, feats: dict[str, Tensor]) -> Tensor:
         return x
+
+
+def _replicate_pad(x: torch.Tensor, before: int, after: int) -> torch.Tensor:
+    """Replicates the edge row/column ``before``/``after`` times (0 or 1) on both spatial axes.
+    Same values as ``F.pad(mode="replicate")``, written with slices and ``cat`` because the
+    replicate-pad backward fails under torch.compile (a stride assertion in torch 2.13)."""
+    for dim in (-1, -2):
+        parts = [x]
+        if before:
+            parts.insert(0, x.narrow(dim, 0, 1))
+        if after:
+            parts.append(x.narrow(dim, x.shape[dim] - 1, 1))
+        x = torch.cat(parts, dim=dim)
+    return x
