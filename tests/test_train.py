@@ -154,11 +154,19 @@ def test_config_precedence_defaults_yaml_flags(tmp_path):
     assert cfg["data_options"] == {"size": 64, "length": 16}  # merged per key
     assert cfg["optimizer"] == TrainConfig().optimizer  # default
     assert resolve_config({})["crop"] == TrainConfig().crop
+    args = build_parser().parse_args(["train", "--scale", "0.75", "1.25", "--eval-tta", "flip,scales=0.75,1", "--class-weights", "median_sqrt"])
+    assert overrides_from_args(args) == {"scale": [0.75, 1.25], "eval_tta": "flip,scales=0.75,1", "class_weights": "median_sqrt"}
+    assert resolve_config(overrides_from_args(args))["scale"] == [0.75, 1.25]
 
 
 @pytest.mark.parametrize(
     "text, fragment",
-    [("learning_rate: 0.1\n", "'learning_rate'"), ("epochs: many\n", "epochs must be a int"), ("optimizer: rmsprop\n", "optimizer")],
+    [
+        ("learning_rate: 0.1\n", "'learning_rate'"),
+        ("epochs: many\n", "epochs must be a int"),
+        ("optimizer: rmsprop\n", "optimizer"),
+        ("eval_tta: flip,scales=big\n", "TTA scale 'big'"),  # caught before training, not after
+    ],
 )
 def test_bad_config_file_is_a_config_error(tmp_path, text, fragment):
     yml = tmp_path / "bad.yaml"
@@ -439,6 +447,28 @@ def test_aux_loss_class_weights_accumulation_and_clipping_run(tmp_path, caplog):
     assert ckpt["aux_head"]["weight"].shape == (3, 256, 1, 1)  # on ResNet-18's stride-16 layer3
     assert model_from_checkpoint(ckpt) is not None  # the aux head is not part of the model
     assert all(math.isfinite(v) for v in losses(run).values())
+
+
+def test_square_root_median_class_weights(tmp_path, caplog):
+    """class_weights=median_sqrt weighs the loss by the square root of the median-frequency
+    weights (logged per class)."""
+    import logging
+    import re
+
+    from fcnseg.data import build_dataset
+    from fcnseg.data.stats import median_frequency_weights
+    from fcnseg.engine.train import train
+
+    caplog.set_level(logging.INFO, logger="fcnseg")
+    cfg = tiny(tmp_path / "run", class_weights="median_sqrt")
+    train(cfg)
+    line = next(r.getMessage() for r in caplog.records if "class weights" in r.getMessage())
+    assert line.startswith("square-root median-frequency class weights")
+    logged = [float(v) for v in re.findall(r"=([0-9.]+)", line)]
+    ds = build_dataset("synthetic", split="train", **cfg["data_options"])
+    full = median_frequency_weights(ds)
+    assert logged == pytest.approx([math.sqrt(w) for w in full], abs=0.006)
+    assert max(full) > 1.2 and max(logged) < max(full)  # softer than the full weights
 
 
 def test_staged_init_from_with_frozen_backbone(tmp_path, caplog):

@@ -36,7 +36,7 @@ def add_inference_args(p: argparse.ArgumentParser, *, batch_size: int) -> None:
     )
     p.add_argument(
         "--batch-size", type=int, default=None, metavar="B",
-        help=f"images per forward pass (default {batch_size}); mixed sizes are padded and cropped back",
+        help=f"images per forward pass (default {batch_size}); only images of one size share a pass (never padded), so scores do not depend on it",
     )
     p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp16", "fp32"))
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")

@@ -10,6 +10,7 @@ import argparse
 
 def register(subparsers) -> None:
     from fcnseg.cli.data import add_data_args
+    from fcnseg.engine.config import CLASS_WEIGHTS
 
     p = subparsers.add_parser(
         "train",
@@ -31,6 +32,7 @@ def register(subparsers) -> None:
     g.add_argument("--epochs", type=int, metavar="N")
     g.add_argument("--max-minutes", type=float, metavar="M", help="wall-clock budget, final evaluation included; the lr schedule fits it")
     g.add_argument("--eval-every", type=int, metavar="N", help="validate every N epochs")
+    g.add_argument("--eval-tta", metavar="SPEC", help="test-time augmentation of validation (and the default of `fcnseg eval`/`predict` for this run), e.g. 'flip,scales=0.75,1,1.25'; 'none': off")
     g.add_argument("--ckpt-every-steps", type=int, metavar="N", help="also write last.pt every N steps")
     g.add_argument("--skip-check", action="store_true", help="leave out the files the data check lists instead of stopping")
     g.add_argument("--train-split", metavar="S")
@@ -52,6 +54,7 @@ def register(subparsers) -> None:
     g.add_argument("--batch-size", type=int, metavar="B", help="per process")
     g.add_argument("--accum-steps", type=int, metavar="N", help="gradient accumulation")
     g.add_argument("--crop", type=int, nargs="+", metavar="PX", help="training crop: H [W]")
+    g.add_argument("--scale", type=float, nargs=2, metavar=("MIN", "MAX"), help="random rescaling of training images before the crop")
     g.add_argument("--optimizer", choices=("sgd", "adam", "adamw"))
     g.add_argument("--lr", type=float, metavar="X")
     g.add_argument("--momentum", type=float, metavar="M")
@@ -59,7 +62,7 @@ def register(subparsers) -> None:
     g.add_argument("--schedule", choices=("poly", "cosine", "constant"))
     g.add_argument("--warmup-steps", type=int, metavar="N")
     g.add_argument("--clip-grad", type=float, metavar="NORM")
-    g.add_argument("--class-weights", choices=("none", "median"))
+    g.add_argument("--class-weights", choices=CLASS_WEIGHTS)
     g = p.add_argument_group("hardware")
     g.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"))
     g.add_argument("--device", metavar="DEV", help="auto, cpu, cuda, cuda:1")

@@ -22,7 +22,9 @@ from fcnseg.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("poly", "cosine", "constant")
-CLASS_WEIGHTS = ("none", "median")
+# median: median(freq) / freq(c) (Eigen & Fergus; SegNet); median_sqrt: its square root, a
+# softer balance that trades some class-average accuracy for IoU (docs/camvid.md)
+CLASS_WEIGHTS = ("none", "median", "median_sqrt")
 
 
 @dataclass
@@ -238,6 +240,9 @@ def validate(cfg: dict) -> None:
         raise ConfigError(f"clip_grad must be > 0 (or none), got {cfg['clip_grad']}")
     if cfg["max_minutes"] is not None and cfg["max_minutes"] <= 0:
         raise ConfigError(f"max_minutes must be > 0, got {cfg['max_minutes']}")
+    from fcnseg.engine.inference import parse_tta
+
+    parse_tta(cfg["eval_tta"])  # a bad spec fails now, not at the first validation
 
 
 def save_yaml(cfg: dict, path: str | os.PathLike) -> None:

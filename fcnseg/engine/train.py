@@ -427,12 +427,15 @@ class _Trainer:
             generator=torch.Generator().manual_seed(cfg["seed"]),
         )
         self.class_weight = None
-        if cfg["class_weights"] == "median":
+        if cfg["class_weights"] in ("median", "median_sqrt"):
             from fcnseg.data.stats import median_frequency_weights
 
             w = median_frequency_weights(self.train_ds)
+            if cfg["class_weights"] == "median_sqrt":
+                w = [math.sqrt(v) for v in w]
             self.class_weight = torch.tensor(w, dtype=torch.float32, device=self.device)
-            log.info("median-frequency class weights: %s", ", ".join(f"{c}={v:.2f}" for c, v in zip(self.classes, w, strict=True)))
+            what = "median-frequency" if cfg["class_weights"] == "median" else "square-root median-frequency"
+            log.info("%s class weights: %s", what, ", ".join(f"{c}={v:.2f}" for c, v in zip(self.classes, w, strict=True)))
 
     def _val_source(self) -> dict:
         """build_dataset keywords of the validation data (the training dataset by default)."""
