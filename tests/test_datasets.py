@@ -252,6 +252,30 @@ def test_exclude_drops_listed_files(pet_root):
     assert all(p not in bad for s in ds.samples for p in s)
 
 
+def test_preload_serves_the_same_pairs_read_only_without_touching_disk(camvid_root):
+    from fcnseg.data.transforms import train_transforms
+
+    tf = train_transforms((16, 16), mean=MEAN, std=STD, scale=(0.5, 1.5))
+    ds = build_dataset("camvid", root=camvid_root, split="train", transforms=tf)
+    fresh = [ds.load(i) for i in range(len(ds))]
+    held = ds.preload()
+    assert held == sum(a.nbytes + b.nbytes for a, b in fresh) == 4 * 24 * 32 * 4
+    for p in {f for pair in ds.samples for f in pair}:
+        p.unlink()  # from now on only the memory copy can answer
+    for i, (img, mask) in enumerate(fresh):
+        cached_img, cached_mask = ds.load(i)
+        assert np.array_equal(cached_img, img) and np.array_equal(cached_mask, mask)
+        assert not cached_img.flags.writeable and not cached_mask.flags.writeable
+    # the augmentation pipeline works on the read-only arrays and leaves them as they were
+    for i in range(len(ds)):
+        x, y = ds[i]
+        assert x.shape == (3, 16, 16) and y.shape == (16, 16)
+    assert all(np.array_equal(ds.load(i)[0], fresh[i][0]) for i in range(len(ds)))
+    # excluding a pair keeps the others' memory copies lined up with their paths
+    ds.exclude([ds.samples[0][0]])
+    assert np.array_equal(ds.load(0)[1], fresh[1][1])
+
+
 # ------------------------------------------------------------------ decoding
 
 

@@ -15,7 +15,7 @@ from fcnseg.errors import ConfigError
 from fcnseg.models.backbones import BACKBONES, build_backbone
 from fcnseg.models.upsample import UPSAMPLE_MODES, bilinear_kernel, deconv, interpolate, unpool
 
-MODELS = ("fcn32s", "fcn16s", "fcn8s", "seed")
+MODELS = ("fcn32s", "fcn16s", "fcn8s", "fcn4s", "seed")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -350,6 +350,34 @@ def test_zero_initialised_skips_leave_fcn8s_a_pure_upsampling_of_score_fr(backbo
         nn.init.zeros_(m.score_pool4.weight)
         nn.init.zeros_(m.score_fr.weight)
         nn.init.zeros_(m.score_fr.bias)
+
+
+@pytest.mark.parametrize("backbone", ["vgg16", "resnet18"])
+def test_fcn4s_adds_a_stride4_skip_to_fcn8s(backbone):
+    # the fcn8s layers plus score_pool2 on the stride-4 map (fcn8s weights load one to one)
+    torch.manual_seed(0)
+    m = build_model("fcn4s", backbone=backbone, num_classes=3, upsample="bilinear").eval()
+    m8 = build_model("fcn8s", backbone=backbone, num_classes=3, upsample="bilinear").eval()
+    with torch.no_grad():
+        for layer in (m8.score_fr, m8.score_pool4, m8.score_pool3):
+            nn.init.normal_(layer.weight, std=0.1)
+    missing, unexpected = m.load_state_dict(m8.state_dict(), strict=False)
+    assert sorted(missing) == ["score_pool2.bias", "score_pool2.weight"] and not unexpected
+    assert m.score_pool2.weight.abs().sum() == 0  # zero-initialised like the paper's skips
+    assert m.score_pool2.in_channels == {"vgg16": 128, "resnet18": 64}[backbone]
+    x = torch.randn(1, 3, 45, 67)
+    with torch.no_grad():
+        assert m.backbone(x)["pool2"].shape[-2:] == (12, 17)
+        y, y8 = m(x), m8(x)
+        assert y.shape == y8.shape == (1, 3, 45, 67)
+        if backbone == "resnet18":
+            # corner-aligned bilinear x2 then x4 is the x8 interpolation: with the new skip
+            # at zero, fcn4s is exactly fcn8s
+            torch.testing.assert_close(y, y8)
+        nn.init.normal_(m.score_pool2.weight, std=0.1)  # the new skip reaches the output
+        assert (m(x) - y).abs().max() > 1e-3
+    with pytest.raises(ConfigError, match="fcn4s has no Caffe geometry"):
+        build_model("fcn4s", num_classes=3, align="paper")
 
 
 def test_vgg_trunk_is_shared_and_seed_has_no_fc():

@@ -89,6 +89,31 @@ def test_segmentation_loss_matches_cross_entropy_and_handles_all_ignored():
     assert segmentation_loss(logits, torch.full_like(target, 255)).item() == 0.0
 
 
+def test_hard_pixel_loss_averages_the_hardest_fraction():
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, 4, 6, 10, generator=g, requires_grad=True)
+    target = torch.randint(0, 4, (2, 6, 10), generator=g)
+    target[1, :3] = 255  # 30 of the 120 pixels unlabelled
+    w = torch.tensor([1.0, 3.0, 0.5, 2.0])
+    per = F.cross_entropy(logits, target, weight=w, ignore_index=255, reduction="none").flatten()
+    top = per.sort(descending=True).values
+    for frac, k in ((0.25, 30), (0.5, 60), (0.1, 12)):
+        loss = segmentation_loss(logits, target, w, hard_pixels=frac)
+        assert loss.item() == pytest.approx(top[:k].mean().item(), rel=1e-6)
+    # the easy pixels get no gradient
+    segmentation_loss(logits, target, w, hard_pixels=0.25).backward()
+    grads = logits.grad.abs().sum(1).flatten()
+    hard = per >= top[29]
+    assert (grads[~hard] == 0).all() and (grads[hard] > 0).all()
+    # 1.0 is the plain (weighted-average) loss; asking for more pixels than are labelled
+    # (0.9 of 120 > 90) keeps the labelled ones, never the unlabelled
+    assert segmentation_loss(logits, target, w, 1.0).item() == pytest.approx(F.cross_entropy(logits, target, weight=w, ignore_index=255).item(), rel=1e-6)
+    assert segmentation_loss(logits, target, hard_pixels=0.9).item() == pytest.approx(
+        F.cross_entropy(logits, target, ignore_index=255).item(), rel=1e-6
+    )
+    assert segmentation_loss(logits, torch.full_like(target, 255), hard_pixels=0.5).item() == 0.0
+
+
 def test_epoch_sampler_is_a_function_of_seed_and_epoch_and_resumes_mid_epoch():
     data = list(range(10))
     s = EpochSampler(data, num_replicas=1, rank=0, seed=3)
@@ -166,6 +191,8 @@ def test_config_precedence_defaults_yaml_flags(tmp_path):
         ("epochs: many\n", "epochs must be a int"),
         ("optimizer: rmsprop\n", "optimizer"),
         ("eval_tta: flip,scales=big\n", "TTA scale 'big'"),  # caught before training, not after
+        ("hard_pixels: 0\n", r"hard_pixels is the fraction of pixels the loss keeps: in \(0, 1\], got 0"),
+        ("hard_pixels: 1.5\n", "hard_pixels is the fraction"),
     ],
 )
 def test_bad_config_file_is_a_config_error(tmp_path, text, fragment):
@@ -509,3 +536,28 @@ def test_data_check_refuses_bad_files_unless_skip_check(tmp_path, caplog):
     run = train({**cfg, "skip_check": True})
     assert bad.name in caplog.text and "left out 1 image/mask pair" in caplog.text
     assert json.loads((run / "metrics.json").read_text())["steps"] == 2  # 4 good images / batch 2
+
+
+def test_preload_and_persistent_workers_train_the_same_model(tmp_path, caplog):
+    """preload (pairs decoded once, held in memory) with two persistent loader workers gives
+    bit-identical weights to decoding every sample in the main process: the augmentation of
+    each sample is a function of (seed, epoch, index), not of who decodes it."""
+    import logging
+
+    from datagen import make_camvid
+
+    from fcnseg.engine.checkpoint import load_checkpoint
+    from fcnseg.engine.train import train
+
+    root = make_camvid(tmp_path / "camvid", counts={"train": 4, "val": 2}, size=(40, 48))
+    cfg = tiny(tmp_path / "plain", data="camvid", data_root=str(root), data_options={}, crop=[32, 32], batch_size=2, epochs=2, scale=[0.75, 1.25])
+    a = load_checkpoint(train(cfg) / "last.pt")["model"]
+    caplog.set_level(logging.INFO, logger="fcnseg")
+    b = load_checkpoint(train({**cfg, "out": str(tmp_path / "pre"), "preload": True, "workers": 2}) / "last.pt")["model"]
+    assert "preloaded 4 training pairs" in caplog.text
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((tmp_path / "plain" / "metrics.json").read_text())["val_images_in_train"] == 0
+    # training on train+val says the validation scores are not held-out
+    run = train({**cfg, "out": str(tmp_path / "tv"), "train_split": "trainval", "epochs": 1})
+    assert "2 of the 2 validation images (val) are also training images (trainval)" in caplog.text
+    assert json.loads((run / "metrics.json").read_text())["val_images_in_train"] == 2

@@ -375,6 +375,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.unpaired: list[tuple[Path, str]] = []
         self.label_map = LabelMap()
         self.root: Path | None = None
+        self._decoded: dict[tuple[Path, Path], tuple[np.ndarray, np.ndarray]] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -403,7 +404,11 @@ class SegmentationDataset(torch.utils.data.Dataset):
         return self.label_map(self.read_mask_raw(path), path)
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """The raw pair: image uint8 (H, W, 3) RGB, mask uint8 (H, W)."""
+        """The raw pair: image uint8 (H, W, 3) RGB, mask uint8 (H, W) (read-only arrays when
+        `preload` has run)."""
+        decoded = getattr(self, "_decoded", None)
+        if decoded is not None and self.samples[index] in decoded:
+            return decoded[self.samples[index]]
         image_path, mask_path = self.samples[index]
         image = self.read_image(image_path)
         mask = self.read_mask(mask_path)
@@ -416,6 +421,25 @@ class SegmentationDataset(torch.utils.data.Dataset):
                 "re-export the mask at the image's size, or leave the pair out",
             )
         return image, mask
+
+    def preload(self) -> int:
+        """Decode every pair once and keep it in memory; `load` then reads from there.
+        Returns the bytes held (CamVid train: 367 pairs, 254 MB).
+
+        For small datasets read for many epochs on few cores, where decoding each PNG again
+        every epoch takes CPU time from the model. DataLoader workers forked afterwards share
+        the arrays copy-on-write; they are marked read-only so no transform can alter them."""
+        decoded: dict[tuple[Path, Path], tuple[np.ndarray, np.ndarray]] = {}
+        self._decoded = None
+        total = 0
+        for index, key in enumerate(self.samples):
+            image, mask = self.load(index)
+            image.flags.writeable = False
+            mask.flags.writeable = False
+            decoded[key] = (image, mask)
+            total += image.nbytes + mask.nbytes
+        self._decoded = decoded
+        return total
 
     def __getitem__(self, index: int):
         image, mask = self.load(index)

@@ -45,6 +45,7 @@ class TrainConfig:
     val_data_options: dict = field(default_factory=dict)
     skip_check: bool = False
     workers: int = 0
+    preload: bool = False  # decode the training pairs into memory once (small datasets)
     # model
     model: str = "fcn8s"
     backbone: str = "resnet18"
@@ -71,6 +72,7 @@ class TrainConfig:
     warmup_steps: int = 20
     clip_grad: float | None = None
     class_weights: str = "none"
+    hard_pixels: float = 1.0  # < 1: the loss averages only this fraction of hardest pixels
     aux_loss: float = 0.0  # weight of an auxiliary stride-16 loss; 0 = off
     # numerics / hardware
     precision: str = "auto"
@@ -236,6 +238,8 @@ def validate(cfg: dict) -> None:
         raise ConfigError(f"lr must be > 0, got {cfg['lr']}")
     if cfg["weight_decay"] < 0 or cfg["aux_loss"] < 0 or not 0 <= cfg["momentum"] < 1:
         raise ConfigError("weight_decay and aux_loss must be >= 0 and momentum in [0, 1)")
+    if not 0 < cfg["hard_pixels"] <= 1:
+        raise ConfigError(f"hard_pixels is the fraction of pixels the loss keeps: in (0, 1], got {cfg['hard_pixels']}")
     if cfg["clip_grad"] is not None and cfg["clip_grad"] <= 0:
         raise ConfigError(f"clip_grad must be > 0 (or none), got {cfg['clip_grad']}")
     if cfg["max_minutes"] is not None and cfg["max_minutes"] <= 0:

@@ -135,12 +135,25 @@ def build_optimizer(groups: list[dict], *, name: str, lr: float, momentum: float
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+def segmentation_loss(
+    logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None, hard_pixels: float = 1.0
+) -> torch.Tensor:
     """Cross-entropy averaged over the labelled pixels (``IGNORE_INDEX`` excluded).
 
     ``logits`` (N, K, H, W), ``target`` (N, H, W) int64. With class ``weight`` (K,) the
     average is weighted, as ``F.cross_entropy`` does; a batch with no labelled pixel gives
-    0 rather than NaN (and costs no host sync)."""
+    0 rather than NaN (and costs no host sync).
+
+    ``hard_pixels < 1`` is bootstrapped cross-entropy (hard-pixel mining; Wu, Shen & van den
+    Hengel 2016): the mean (class-weighted) loss of the ``hard_pixels`` fraction of the
+    batch's pixels with the highest loss; the easy rest gives no gradient. Ignored pixels
+    are never kept (with fewer labelled pixels than that, all labelled pixels are)."""
+    if hard_pixels < 1.0:
+        per = F.cross_entropy(logits.float(), target, weight=weight, ignore_index=IGNORE_INDEX, reduction="none").flatten()
+        k = max(1, math.ceil(hard_pixels * per.numel()))
+        threshold = per.kthvalue(per.numel() - k + 1).values  # the k-th largest loss
+        keep = (per >= threshold) & (target.flatten() != IGNORE_INDEX)
+        return (per * keep).sum() / keep.sum().clamp(min=1)
     total = F.cross_entropy(logits.float(), target, weight=weight, ignore_index=IGNORE_INDEX, reduction="sum")
     valid = target != IGNORE_INDEX
     if weight is None:
@@ -406,7 +419,19 @@ class _Trainer:
             )
         self.classes = list(self.train_ds.classes)
         self.palette = np.asarray(self.train_ds.palette, np.uint8)
+        trained_on = {os.path.realpath(image) for image, _ in self.train_ds.samples}
+        self.val_in_train = sum(os.path.realpath(image) in trained_on for image, _ in self.val_ds.samples)
+        if self.val_in_train:
+            log.warning(
+                "%d of the %d validation images (%s) are also training images (%s): the validation "
+                "scores of this run are not held-out figures",
+                self.val_in_train, len(self.val_ds), cfg["val_split"], cfg["train_split"],
+            )
 
+        if cfg["preload"]:
+            t0 = time.perf_counter()
+            held = self.train_ds.preload()
+            log.info("preloaded %d training pairs (%.0f MB) in %.1fs", len(self.train_ds), held / 2**20, time.perf_counter() - t0)
         self.sampler = EpochSampler(self.train_ds, num_replicas=self.dist.world_size, rank=self.dist.rank, seed=cfg["seed"])
         self.batches_per_epoch = self.sampler.num_samples // cfg["batch_size"]
         self.steps_per_epoch = self.batches_per_epoch // cfg["accum_steps"]
@@ -423,6 +448,7 @@ class _Trainer:
             num_workers=cfg["workers"],
             drop_last=True,
             pin_memory=self.device.type == "cuda",
+            persistent_workers=cfg["workers"] > 0,  # no re-fork and refill at each epoch
             # the loader's own base seed comes from this generator, not the global RNG
             generator=torch.Generator().manual_seed(cfg["seed"]),
         )
@@ -624,9 +650,9 @@ class _Trainer:
             with sync:
                 with self.precision.autocast(self.device):
                     logits, aux = self.train_net(images)
-                    loss = segmentation_loss(logits, masks, self.class_weight)
+                    loss = segmentation_loss(logits, masks, self.class_weight, cfg["hard_pixels"])
                     if aux is not None:
-                        loss = loss + cfg["aux_loss"] * segmentation_loss(aux, masks, self.class_weight)
+                        loss = loss + cfg["aux_loss"] * segmentation_loss(aux, masks, self.class_weight, cfg["hard_pixels"])
                 self.scaler.scale(loss / accum).backward()
             loss_sum += loss.detach() / accum
             if not last_micro:
@@ -728,6 +754,7 @@ class _Trainer:
             "precision": self.precision.name,
             "world_size": self.dist.world_size,
             "run_dir": str(self.run_dir),
+            "val_images_in_train": self.val_in_train,
         }
         (self.run_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
         self._record({"event": "end", "epoch": self.step / self.steps_per_epoch, "step": self.step, "stopped": stopped, "time_s": elapsed})

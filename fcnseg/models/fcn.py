@@ -1,5 +1,10 @@
 """FCN-32s, FCN-16s and FCN-8s (Long, Shelhamer & Darrell), one class over any backbone.
 
+``fcn4s`` continues the paper's skip pattern one level further (``score_pool2`` on the
+stride-4 map, ``upscore_pool3``, ``upscore4``); the paper stops at pool3 ("diminishing
+returns" on VOC), but thin classes (poles, signs) on street scenes are 1-4 px wide, under
+one stride-8 cell. It has no Caffe geometry, so only ``align="same"``.
+
 Layer names follow the authors' Caffe nets (``score_fr``, ``score_pool4``, ``score_pool3``,
 ``upscore2``, ``upscore_pool4``, ``upscore8``/``upscore16``/``upscore32``) so conversions
 map one to one. Score layers are zero-initialised (as the authors do); the deconvolutions
@@ -18,6 +23,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fcnseg.errors import ConfigError
 from fcnseg.models import register_model
 from fcnseg.models.backbones import build_backbone
 from fcnseg.models.upsample import make_upsampler
@@ -27,7 +33,7 @@ PAPER_CROPS = {"fcn32s": (0, 0, 19), "fcn16s": (5, 0, 27), "fcn8s": (5, 9, 31)}
 # with unpooling the maps stay in the pooled frames: only fc6's valid 7x7 conv (3 px each
 # side) and conv1_1's 100 px padding need undoing
 PAPER_UNPOOL_PAD, PAPER_UNPOOL_CROP = 3, 100
-VARIANTS = {"fcn32s": 0, "fcn16s": 1, "fcn8s": 2}
+VARIANTS = {"fcn32s": 0, "fcn16s": 1, "fcn8s": 2, "fcn4s": 3}
 
 
 class FCN(nn.Module):
@@ -54,6 +60,11 @@ class FCN(nn.Module):
         K = num_classes
         ch, st = backbone.out_channels, backbone.strides
         if align == "paper":
+            if variant not in PAPER_CROPS:
+                raise ConfigError(
+                    f"{variant} has no Caffe geometry (the authors' nets stop at fcn8s); "
+                    "use align='same'"
+                )
             geometry = "caffe"
             if upsample == "unpool":
                 self.pre_pad, crops = PAPER_UNPOOL_PAD, (0, 0, PAPER_UNPOOL_CROP)
@@ -62,6 +73,7 @@ class FCN(nn.Module):
         else:
             geometry, self.pre_pad, crops = backbone.geometry, 0, (0, 0, 0)
         self.crop_pool4, self.crop_pool3, self.crop_final = crops
+        self.crop_pool2 = 0
 
         def up(from_key: str, to_stride: int) -> nn.Module:
             return make_upsampler(
@@ -81,14 +93,20 @@ class FCN(nn.Module):
             self.upscore2 = up("out", st["pool4"])
         if skips == 1:
             self.upscore16 = up("pool4", 1)
-        if skips == 2:
+        if skips >= 2:
             self.score_pool3 = nn.Conv2d(ch["pool3"], K, 1)
             self.upscore_pool4 = up("pool4", st["pool3"])
+        if skips == 2:
             self.upscore8 = up("pool3", 1)
+        if skips == 3:
+            self.score_pool2 = nn.Conv2d(ch["pool2"], K, 1)
+            self.upscore_pool3 = up("pool3", st["pool2"])
+            self.upscore4 = up("pool2", 1)
         for m in (
             self.score_fr,
             getattr(self, "score_pool4", None),
             getattr(self, "score_pool3", None),
+            getattr(self, "score_pool2", None),
         ):
             if m is not None:
                 nn.init.zeros_(m.weight)
@@ -122,7 +140,15 @@ class FCN(nn.Module):
             score = self.fuse(
                 self.upscore_pool4(score, feats), self.score_pool3(feats["pool3"]), self.crop_pool3
             )
-            out = self.upscore8(score, feats)
+            if self.variant == "fcn8s":
+                out = self.upscore8(score, feats)
+            else:
+                score = self.fuse(
+                    self.upscore_pool3(score, feats),
+                    self.score_pool2(feats["pool2"]),
+                    self.crop_pool2,
+                )
+                out = self.upscore4(score, feats)
         c = self.crop_final
         return out[..., c : c + H, c : c + W]
 

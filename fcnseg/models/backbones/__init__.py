@@ -20,6 +20,7 @@ name       VGG16                       ResNet
 ``conv3``  conv3_3 (stride 4)          layer1 (stride 4)
 ``conv4``  conv4_3 (stride 8)          layer2 (stride 8)
 ``conv5``  conv5_3 (stride 16)         layer3 (stride 16, or 8 dilated)
+``pool2``  pool2 (stride 4)            layer1 (stride 4)
 ``pool3``  pool3 (stride 8)            layer2 (stride 8)
 ``pool4``  pool4 (stride 16)           layer3 (stride 16, or 8 dilated)
 ``pool5``  pool5 (stride 32)           layer4 (stride 32, or 16/8 dilated)
@@ -28,7 +29,7 @@ name       VGG16                       ResNet
 
 ``conv{k}`` is the last map before the stride changes at level ``k`` (the seed net's
 skips), ``pool{k}`` the first map after it (FCN's skips), ``out`` the map the FCN score
-layer reads. VGG also gives ``conv1``/``pool1``/``pool2``; ResNets also ``layer1``..``layer4``.
+layer reads. VGG also gives ``conv1``/``pool1``; ResNets also ``layer1``..``layer4``.
 """
 
 from __future__ import annotations

@@ -86,7 +86,7 @@ _SPECS: dict[str, tuple[type[nn.Module], tuple[int, int, int, int]]] = {
 
 
 class ResNet(nn.Module):
-    """ResNet trunk returning ``conv2..5``, ``pool3..5``, ``out``, ``layer1..4`` (and ``idx2..5``).
+    """ResNet trunk returning ``conv2..5``, ``pool2..5``, ``out``, ``layer1..4`` (and ``idx2..5``).
 
     ResNets downsample with strided convolutions and have one max-pool (after the stem).
     With ``return_indices`` the stem pool's switches are ``idx2``; for the strided stages
@@ -129,10 +129,10 @@ class ResNet(nn.Module):
         s3 = 8 if dilate[1] else 16
         s4 = 8 if dilate[1] else (16 if dilate[2] else 32)
         chans = {"conv2": 64, "conv3": 64 * e, "conv4": 128 * e, "conv5": 256 * e}
-        chans |= {"pool3": 128 * e, "pool4": 256 * e, "pool5": 512 * e, "out": 512 * e}
+        chans |= {"pool2": 64 * e, "pool3": 128 * e, "pool4": 256 * e, "pool5": 512 * e, "out": 512 * e}
         chans |= {"layer1": 64 * e, "layer2": 128 * e, "layer3": 256 * e, "layer4": 512 * e}
         strides = {"conv2": 2, "conv3": 4, "conv4": 8, "conv5": s3}
-        strides |= {"pool3": 8, "pool4": s3, "pool5": s4, "out": s4}
+        strides |= {"pool2": 4, "pool3": 8, "pool4": s3, "pool5": s4, "out": s4}
         strides |= {"layer1": 4, "layer2": 8, "layer3": s3, "layer4": s4}
         self.out_channels: dict[str, int] = chans
         self.strides: dict[str, int] = strides
@@ -192,7 +192,7 @@ class ResNet(nn.Module):
                 feats[f"conv{k}"] = x
                 if k in self.switch_channels:
                     _, feats[f"idx{k}"] = F.max_pool2d(x, 2, 2, ceil_mode=True, return_indices=True)
-            if k >= 4:
+            if k >= 3:
                 feats[f"pool{k - 1}"] = x
         feats["out"] = x
         return feats
