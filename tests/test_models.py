@@ -453,7 +453,7 @@ def test_config_rebuilds_the_model(kw):
         (dict(name="fcn8s", align="center"), ["center", "paper"]),
         (dict(name="fcn8s", output_stride=4), ["output_stride", "4"]),
         (dict(name="seed", align="paper"), ["seed", "paper"]),
-        (dict(name="fcn4s"), ["fcn4s", "fcn8s"]),
+        (dict(name="fcn2s"), ["fcn2s", "fcn4s", "fcn8s"]),
         (dict(name="fcn8s", num_classes=0), ["num_classes", "0"]),
         (dict(name="fcn8s", in_channels=0), ["in_channels"]),
     ],

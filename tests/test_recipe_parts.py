@@ -64,6 +64,9 @@ def test_camvid_and_imagenet_configs_resolve(name):
     cfg = resolve_config(config_file=REPO / "configs" / name)
     parse_tta(cfg["eval_tta"])  # a readable TTA spec (or none)
     if name == "camvid.yaml":
-        assert cfg["weights"] is None and cfg["max_minutes"] == 30 and cfg["train_split"] == "train"
+        assert cfg["weights"] is None and cfg["max_minutes"] == 30
+        # chosen on val training on train alone; shipped on train + val for the test score
+        assert (cfg["train_split"], cfg["val_split"], cfg["model"]) == ("trainval", "val", "fcn4s")
+        assert cfg["preload"] and cfg["hard_pixels"] == 0.25 and cfg["eval_every"] > 100
     else:
         assert cfg["weights"] == "imagenet"
