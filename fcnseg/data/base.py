@@ -424,7 +424,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
     def preload(self) -> int:
         """Decode every pair once and keep it in memory; `load` then reads from there.
-        Returns the bytes held (CamVid train: 367 pairs, 254 MB).
+        Returns the bytes held (CamVid train: 367 pairs, 242 MiB).
 
         For small datasets read for many epochs on few cores, where decoding each PNG again
         every epoch takes CPU time from the model. DataLoader workers forked afterwards share

@@ -431,7 +431,7 @@ class _Trainer:
         if cfg["preload"]:
             t0 = time.perf_counter()
             held = self.train_ds.preload()
-            log.info("preloaded %d training pairs (%.0f MB) in %.1fs", len(self.train_ds), held / 2**20, time.perf_counter() - t0)
+            log.info("preloaded %d training pairs (%.0f MiB) in %.1fs", len(self.train_ds), held / 2**20, time.perf_counter() - t0)
         self.sampler = EpochSampler(self.train_ds, num_replicas=self.dist.world_size, rank=self.dist.rank, seed=cfg["seed"])
         self.batches_per_epoch = self.sampler.num_samples // cfg["batch_size"]
         self.steps_per_epoch = self.batches_per_epoch // cfg["accum_steps"]
