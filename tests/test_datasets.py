@@ -273,7 +273,12 @@ def test_preload_serves_the_same_pairs_read_only_without_touching_disk(camvid_ro
     assert all(np.array_equal(ds.load(i)[0], fresh[i][0]) for i in range(len(ds)))
     # excluding a pair keeps the others' memory copies lined up with their paths
     ds.exclude([ds.samples[0][0]])
-    assert np.array_equal(ds.load(0)[1], fresh[1][1])
+    assert len(ds) == 3 and np.array_equal(ds.load(0)[1], fresh[1][1])
+    # datasets without files preload too (their pairs are generated once)
+    syn = build_dataset("synthetic", split="train", size=32, length=3)
+    made = [syn.load(i) for i in range(3)]
+    assert syn.preload() == 3 * 32 * 32 * 4
+    assert all(np.array_equal(syn.load(i)[0], made[i][0]) and not syn.load(i)[0].flags.writeable for i in range(3))
 
 
 # ------------------------------------------------------------------ decoding

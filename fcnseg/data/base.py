@@ -375,7 +375,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.unpaired: list[tuple[Path, str]] = []
         self.label_map = LabelMap()
         self.root: Path | None = None
-        self._decoded: dict[tuple[Path, Path], tuple[np.ndarray, np.ndarray]] | None = None
+        self._decoded: list[tuple[np.ndarray, np.ndarray]] | None = None  # see `preload`
 
     @property
     def num_classes(self) -> int:
@@ -404,11 +404,14 @@ class SegmentationDataset(torch.utils.data.Dataset):
         return self.label_map(self.read_mask_raw(path), path)
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """The raw pair: image uint8 (H, W, 3) RGB, mask uint8 (H, W) (read-only arrays when
-        `preload` has run)."""
-        decoded = getattr(self, "_decoded", None)
-        if decoded is not None and self.samples[index] in decoded:
-            return decoded[self.samples[index]]
+        """The raw pair: image uint8 (H, W, 3) RGB, mask uint8 (H, W); from memory (read-only
+        arrays) once `preload` has run, else decoded by `read_pair`."""
+        if self._decoded is not None:
+            return self._decoded[index]
+        return self.read_pair(index)
+
+    def read_pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Decode pair `index` from its files (datasets without files override this)."""
         image_path, mask_path = self.samples[index]
         image = self.read_image(image_path)
         mask = self.read_mask(mask_path)
@@ -429,17 +432,12 @@ class SegmentationDataset(torch.utils.data.Dataset):
         For small datasets read for many epochs on few cores, where decoding each PNG again
         every epoch takes CPU time from the model. DataLoader workers forked afterwards share
         the arrays copy-on-write; they are marked read-only so no transform can alter them."""
-        decoded: dict[tuple[Path, Path], tuple[np.ndarray, np.ndarray]] = {}
-        self._decoded = None
-        total = 0
-        for index, key in enumerate(self.samples):
-            image, mask = self.load(index)
+        decoded = [self.read_pair(index) for index in range(len(self))]
+        for image, mask in decoded:
             image.flags.writeable = False
             mask.flags.writeable = False
-            decoded[key] = (image, mask)
-            total += image.nbytes + mask.nbytes
         self._decoded = decoded
-        return total
+        return sum(image.nbytes + mask.nbytes for image, mask in decoded)
 
     def __getitem__(self, index: int):
         image, mask = self.load(index)
@@ -457,6 +455,9 @@ class SegmentationDataset(torch.utils.data.Dataset):
             if os.path.abspath(s[0]) not in bad and os.path.abspath(s[1]) not in bad
         ]
         dropped = len(self.samples) - len(keep)
+        if self._decoded is not None:
+            kept = set(keep)
+            self._decoded = [d for s, d in zip(self.samples, self._decoded, strict=True) if s in kept]
         self.samples = keep
         return dropped
 

@@ -213,7 +213,7 @@ class Synthetic(SegmentationDataset):
             f"seed={self.seed}, num_classes={self.num_classes})"
         )
 
-    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def read_pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """image uint8 (H, W, 3), mask uint8 (H, W); a pure function of (seed, split, index)."""
         if not -self.length <= index < self.length:
             raise IndexError(f"index {index} out of range for {self.length} samples")

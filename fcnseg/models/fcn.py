@@ -73,7 +73,6 @@ class FCN(nn.Module):
         else:
             geometry, self.pre_pad, crops = backbone.geometry, 0, (0, 0, 0)
         self.crop_pool4, self.crop_pool3, self.crop_final = crops
-        self.crop_pool2 = 0
 
         def up(from_key: str, to_stride: int) -> nn.Module:
             return make_upsampler(
@@ -143,11 +142,8 @@ class FCN(nn.Module):
             if self.variant == "fcn8s":
                 out = self.upscore8(score, feats)
             else:
-                score = self.fuse(
-                    self.upscore_pool3(score, feats),
-                    self.score_pool2(feats["pool2"]),
-                    self.crop_pool2,
-                )
+                # no offset: fcn4s has only the "same" alignment
+                score = self.fuse(self.upscore_pool3(score, feats), self.score_pool2(feats["pool2"]), 0)
                 out = self.upscore4(score, feats)
         c = self.crop_final
         return out[..., c : c + H, c : c + W]
