@@ -15,7 +15,7 @@ from fcnseg.errors import ConfigError
 from fcnseg.models.backbones import BACKBONES, build_backbone
 from fcnseg.models.upsample import UPSAMPLE_MODES, bilinear_kernel, deconv, interpolate, unpool
 
-MODELS = ("fcn32s", "fcn16s", "fcn8s", "fcn4s", "seed")
+MODELS = ("fcn32s", "fcn16s", "fcn8s", "fcn4s", "fpn", "seed")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -100,7 +100,7 @@ def test_output_size_larger_odd_inputs(name, backbone, upsample, size):
 
 
 @pytest.mark.parametrize("output_stride", [8, 16])
-@pytest.mark.parametrize("name", ["fcn8s", "seed"])
+@pytest.mark.parametrize("name", ["fcn8s", "fpn", "seed"])
 @pytest.mark.parametrize("upsample", UPSAMPLE_MODES)
 def test_dilated_resnet(name, upsample, output_stride):
     model = quick_model(
@@ -380,6 +380,41 @@ def test_fcn4s_adds_a_stride4_skip_to_fcn8s(backbone):
         build_model("fcn4s", num_classes=3, align="paper")
 
 
+def test_fpn_fuses_features_not_scores():
+    """fcn4s adds per-tap class scores, so the taps' contributions add up; fpn mixes them
+    through 3x3 conv + BN + ReLU before its one score layer, so they do not."""
+    from fcnseg.models.fpn import TAPS, WIDTH
+
+    torch.manual_seed(0)
+    m = build_model("fpn", backbone="resnet18", num_classes=5, upsample="bilinear").eval()
+    names = {n: tuple(p.shape) for n, p in m.named_parameters() if not n.startswith("backbone.")}
+    assert [names[f"lateral.{i}.weight"] for i in range(4)] == [(WIDTH, c, 1, 1) for c in (512, 256, 128, 64)]
+    assert names["score.weight"] == (5, WIDTH, 1, 1) and not hasattr(m.backbone, "fc6")
+    assert TAPS == ("pool5", "pool4", "pool3", "pool2")
+
+    def outputs(model, taps):
+        shapes = {"out": (512, 2, 2), "pool5": (512, 2, 2), "pool4": (256, 4, 4), "pool3": (128, 8, 8), "pool2": (64, 16, 16)}
+        gen = torch.Generator().manual_seed(1)
+        full = {k: torch.randn(1, *shape, generator=gen) for k, shape in shapes.items()}
+
+        def run(keep):
+            feats = {k: (v if k in keep else torch.zeros_like(v)) for k, v in full.items()}
+            model.backbone.forward = lambda x: feats
+            with torch.no_grad():
+                return model(torch.zeros(1, 3, 64, 64))
+
+        both, coarse, fine, none = run(taps), run(taps[:1]), run(taps[1:]), run(())
+        return (both - coarse - fine + none).abs().max().item(), both.abs().max().item()
+
+    fcn4s = build_model("fcn4s", backbone="resnet18", num_classes=5, upsample="bilinear").eval()
+    for layer in (fcn4s.score_fr, fcn4s.score_pool4, fcn4s.score_pool3, fcn4s.score_pool2):
+        nn.init.normal_(layer.weight)
+    interaction, scale = outputs(fcn4s, ("out", "pool2"))
+    assert scale > 1 and interaction < 1e-5 * scale  # additive, up to rounding
+    interaction, scale = outputs(m, ("pool5", "pool2"))
+    assert scale > 0.1 and interaction > 5e-3 * scale  # not additive (the ReLUs switch)
+
+
 def test_vgg_trunk_is_shared_and_seed_has_no_fc():
     from fcnseg.models.backbones.vgg import VGG
 
@@ -453,6 +488,7 @@ def test_config_rebuilds_the_model(kw):
         (dict(name="fcn8s", align="center"), ["center", "paper"]),
         (dict(name="fcn8s", output_stride=4), ["output_stride", "4"]),
         (dict(name="seed", align="paper"), ["seed", "paper"]),
+        (dict(name="fpn", align="paper"), ["fpn", "paper"]),
         (dict(name="fcn2s"), ["fcn2s", "fcn4s", "fcn8s"]),
         (dict(name="fcn8s", num_classes=0), ["num_classes", "0"]),
         (dict(name="fcn8s", in_channels=0), ["in_channels"]),

@@ -193,6 +193,7 @@ def test_config_precedence_defaults_yaml_flags(tmp_path):
         ("eval_tta: flip,scales=big\n", "TTA scale 'big'"),  # caught before training, not after
         ("hard_pixels: 0\n", r"hard_pixels is the fraction of pixels the loss keeps: in \(0, 1\], got 0"),
         ("hard_pixels: 1.5\n", "hard_pixels is the fraction"),
+        ("ema: 1\n", r"ema is the decay of the weight average per step: in \[0, 1\) \(0: off, e.g. 0.999\), got 1.0"),
     ],
 )
 def test_bad_config_file_is_a_config_error(tmp_path, text, fragment):
@@ -333,6 +334,68 @@ def test_resume_reproduces_an_uninterrupted_run_exactly(tmp_path, monkeypatch):
     a = json.loads((straight / "metrics.json").read_text())["final"]
     c = json.loads((mid / "metrics.json").read_text())["final"]
     assert a == c
+
+
+def test_ema_average_ramps_its_decay_and_copies_integer_buffers():
+    from torch.optim.swa_utils import AveragedModel
+
+    from fcnseg.engine.train import ema_average
+
+    net = nn.BatchNorm1d(1)
+    avg = AveragedModel(net, multi_avg_fn=ema_average(0.5), use_buffers=True)
+    expected = None
+    for step, w in enumerate([1.0, 3.0, 7.0, 5.0]):
+        with torch.no_grad():
+            net.weight.fill_(w)
+            net.num_batches_tracked.fill_(10 * step)
+        avg.update_parameters(net)
+        if expected is None:  # the first update copies
+            expected = w
+        else:  # after n = step updates the decay is min(0.5, (1 + n) / (10 + n))
+            d = min(0.5, (1 + step) / (10 + step))
+            expected = d * expected + (1 - d) * w
+        assert avg.module.weight.item() == pytest.approx(expected)
+        assert avg.module.num_batches_tracked.item() == 10 * step
+    # n = 1, 2, 3: decays 2/11, 3/12, 4/13 (< 0.5), so the average follows the weights closely
+    assert expected == pytest.approx((((1 * 2 / 11 + 3 * 9 / 11) * 3 / 12 + 7 * 9 / 12) * 4 / 13) + 5 * 9 / 13)
+
+
+def test_ema_run_saves_the_average_and_resumes_it_exactly(tmp_path, monkeypatch):
+    from fcnseg.engine import train as train_mod
+    from fcnseg.engine.checkpoint import load_checkpoint, model_from_checkpoint
+    from fcnseg.engine.evaluate import evaluate
+    from fcnseg.data import build_dataset
+    from fcnseg.data.transforms import eval_transforms
+
+    straight = train_mod.train(tiny(tmp_path / "a", epochs=2, ema=0.9))
+    ckpt = load_checkpoint(straight / "last.pt")
+    assert ckpt["ema_updates"] == ckpt["step"] == 4
+    raw, avg = ckpt["train_model"], ckpt["model"]
+    moved = [k for k in raw if raw[k].is_floating_point() and not torch.equal(raw[k], avg[k])]
+    assert len(moved) > 0.9 * sum(1 for k in raw if raw[k].is_floating_point())
+    # validation scored the average: evaluating the checkpoint's "model" gives metrics.json's figure
+    model = model_from_checkpoint(ckpt)
+    ds = build_dataset("synthetic", split="val", transforms=eval_transforms(mean=ckpt["mean"], std=ckpt["std"]), size=64, length=8)
+    again = evaluate(model, ds, batch_size=4)
+    assert again["mean_iou"] == pytest.approx(json.loads((straight / "metrics.json").read_text())["final"]["mean_iou"], abs=1e-6)
+
+    # interrupted after its first epoch and resumed: the same average, bit for bit
+    orig_end = train_mod._Trainer._end_of_epoch
+
+    def end_then_interrupt(self):
+        orig_end(self)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod._Trainer, "_end_of_epoch", end_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train_mod.train(tiny(tmp_path / "b", epochs=2, ema=0.9))
+    monkeypatch.setattr(train_mod._Trainer, "_end_of_epoch", orig_end)
+    train_mod.train({"resume": "auto", "out": str(tmp_path / "b")})
+    resumed = load_checkpoint(tmp_path / "b" / "last.pt")
+    assert resumed["ema_updates"] == 4
+    for key in avg:
+        assert torch.equal(resumed["model"][key], avg[key]), key
+        assert torch.equal(resumed["train_model"][key], raw[key]), key
 
 
 def test_max_minutes_stops_with_a_complete_run(tmp_path):

@@ -3,7 +3,9 @@
 A checkpoint is a dict (docs/design.md): ``model`` (state dict, unwrapped from DDP and
 torch.compile), ``model_config`` (``build_model`` kwargs), ``optimizer``, ``scheduler``,
 ``scaler``, ``epoch``, ``step``, ``best_miou``, ``config`` (resolved train config),
-``classes``, ``palette``, ``mean``, ``std``, ``rng``.
+``classes``, ``palette``, ``mean``, ``std``, ``rng``. With ``ema`` training, ``model`` is
+the weight average (what validation scored) and ``train_model`` the optimiser's weights,
+with ``ema_updates`` the number of steps averaged (for resuming).
 """
 
 from __future__ import annotations

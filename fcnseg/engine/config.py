@@ -74,6 +74,7 @@ class TrainConfig:
     class_weights: str = "none"
     hard_pixels: float = 1.0  # < 1: the loss averages only this fraction of hardest pixels
     aux_loss: float = 0.0  # weight of an auxiliary stride-16 loss; 0 = off
+    ema: float = 0.0  # decay of an exponential moving average of the weights, which validation and checkpoints use; 0 = off
     # numerics / hardware
     precision: str = "auto"
     device: str = "auto"
@@ -240,6 +241,8 @@ def validate(cfg: dict) -> None:
         raise ConfigError("weight_decay and aux_loss must be >= 0 and momentum in [0, 1)")
     if not 0 < cfg["hard_pixels"] <= 1:
         raise ConfigError(f"hard_pixels is the fraction of pixels the loss keeps: in (0, 1], got {cfg['hard_pixels']}")
+    if not 0 <= cfg["ema"] < 1:
+        raise ConfigError(f"ema is the decay of the weight average per step: in [0, 1) (0: off, e.g. 0.999), got {cfg['ema']}")
     if cfg["clip_grad"] is not None and cfg["clip_grad"] <= 0:
         raise ConfigError(f"clip_grad must be > 0 (or none), got {cfg['clip_grad']}")
     if cfg["max_minutes"] is not None and cfg["max_minutes"] <= 0:

@@ -163,6 +163,28 @@ def segmentation_loss(
     return total / denom.clamp(min=1)
 
 
+# --------------------------------------------------------------------------- weight average
+
+
+def ema_average(decay: float):
+    """``multi_avg_fn`` for ``torch.optim.swa_utils.AveragedModel``: an exponential moving
+    average of the weights whose decay ramps up as ``min(decay, (1 + n) / (10 + n))`` after
+    ``n`` updates (as TensorFlow's and timm's EMA do), so a short run's average is not
+    dominated by its random initial weights. Integer buffers (BatchNorm's batch counter)
+    follow the model."""
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
+        n = float(n_averaged)
+        d = min(decay, (1.0 + n) / (10.0 + n))
+        if torch.is_floating_point(averaged[0]):
+            torch._foreach_lerp_(averaged, current, 1.0 - d)
+        else:
+            torch._foreach_copy_(averaged, current)
+
+    return update
+
+
 # --------------------------------------------------------------------------- data order
 
 
@@ -521,6 +543,14 @@ class _Trainer:
         if cfg["freeze_backbone"]:
             for p in self.model.backbone.parameters():
                 p.requires_grad_(False)
+        # with ema the average is what validation, best.pt and the checkpoints' "model" hold;
+        # made before _TrainNet hooks the model and DDP converts its BatchNorm layers
+        self.ema: torch.optim.swa_utils.AveragedModel | None = None
+        self.eval_model: nn.Module = self.model
+        if cfg["ema"]:
+            self.ema = torch.optim.swa_utils.AveragedModel(self.model, multi_avg_fn=ema_average(cfg["ema"]), use_buffers=True)
+            self.ema.module.eval()
+            self.eval_model = self.ema.module
         self.net = _TrainNet(self.model, self.num_classes, aux=cfg["aux_loss"] > 0)
         if self.dist.enabled and self.device.type == "cuda":
             self.net = nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
@@ -529,6 +559,10 @@ class _Trainer:
         self.net.to(self.device)
         if self.precision.channels_last:
             self.net.to(memory_format=torch.channels_last)
+        if self.ema is not None:
+            self.ema.to(self.device)
+            if self.precision.channels_last:
+                self.ema.to(memory_format=torch.channels_last)
 
     def _check_weights_classes(self, path: Path) -> None:
         """A full fcnseg checkpoint given as --weights must predict the dataset's classes."""
@@ -544,7 +578,13 @@ class _Trainer:
             )
 
     def _restore(self, ckpt: dict) -> None:
-        self.model.load_state_dict(ckpt["model"])
+        self.model.load_state_dict(ckpt.get("train_model") or ckpt["model"])
+        if self.ema is not None:
+            if ckpt.get("ema_updates"):
+                self.ema.module.load_state_dict(ckpt["model"])
+                self.ema.n_averaged.fill_(int(ckpt["ema_updates"]))
+            else:  # resumed from a run without ema: the average starts here
+                log.info("ema: the checkpoint has no weight average; it starts from the resumed weights")
         if self.net.aux_head is not None and ckpt.get("aux_head") is not None:
             self.net.aux_head.load_state_dict(ckpt["aux_head"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -663,6 +703,8 @@ class _Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
             self.step += 1
             self.batch_in_epoch = b + 1
             window_steps += 1
@@ -702,7 +744,7 @@ class _Trainer:
         from fcnseg.engine.evaluate import evaluate
 
         return evaluate(
-            self.model, self.val_ds, device=self.device, precision=self.precision,
+            self.eval_model, self.val_ds, device=self.device, precision=self.precision,
             batch_size=self.cfg["eval_batch_size"], num_workers=self.cfg["workers"],
             distributed=self.dist.enabled, mean=self.mean, std=self.std, max_images=max_images,
             tta=self.cfg["eval_tta"],  # best.pt is chosen as `fcnseg eval` will score it
@@ -823,7 +865,9 @@ class _Trainer:
         if not self.main:
             return
         state = {
-            "model": self.model.state_dict(),
+            "model": self.eval_model.state_dict(),  # what validation scored: the average under ema
+            "train_model": self.model.state_dict() if self.ema is not None else None,
+            "ema_updates": int(self.ema.n_averaged) if self.ema is not None else 0,
             "model_config": dict(self.model.config),
             "aux_head": self.net.aux_head.state_dict() if self.net.aux_head is not None else None,
             "optimizer": self.optimizer.state_dict(),
@@ -859,17 +903,18 @@ class _Trainer:
             mean = torch.tensor(self.mean).view(3, 1, 1)
             std = torch.tensor(self.std).view(3, 1, 1)
             images, targets, preds = [], [], []
-            self.model.eval()
+            self.eval_model.eval()
             try:
                 for i in range(n):
                     image, mask = self.val_ds.load(i)
                     x = (torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255 - mean) / std
-                    score = segment(self.model, [x], out_sizes=[np.shape(mask)], device=self.device, precision=self.precision)[0]
+                    score = segment(self.eval_model, [x], out_sizes=[np.shape(mask)], device=self.device, precision=self.precision)[0]
                     images.append(image)
                     targets.append(np.asarray(mask))
                     preds.append(score.argmax(0).cpu().numpy())
             finally:
-                self.model.train()
+                if self.eval_model is self.model:
+                    self.model.train()
             save_sample_grid(images, targets, preds, self.palette, self.run_dir / "samples" / f"{tag}.png", title=f"{tag} (step {self.step})")
         plot_curves(self.events, self.run_dir / "curves.png")
 

@@ -1,7 +1,8 @@
 """Models built by name: a plain dict registry filled by ``@register_model``.
 
 ``build_model("fcn8s", backbone="vgg16", num_classes=21)`` and ``list_models()``; the
-architectures live in ``fcn.py`` (fcn32s/16s/8s) and ``seed.py`` (the tutorial's net), the
+architectures live in ``fcn.py`` (fcn32s/16s/8s/4s), ``fpn.py`` (the same skips fused on
+features) and ``seed.py`` (the tutorial's net), the
 backbones in ``backbones/`` (one contract: a dict of named feature maps), the upsamplers
 (deconv / bilinear / unpool, and the pixel geometry that aligns them) in ``upsample.py``,
 pretrained weights in ``fcnseg/weights.py``.
@@ -99,6 +100,7 @@ def build_model(
 
 # the builders register themselves on import
 from fcnseg.models import fcn as _fcn  # noqa: E402,F401
+from fcnseg.models import fpn as _fpn  # noqa: E402,F401
 from fcnseg.models import seed as _seed  # noqa: E402,F401
 
 __all__ = ["MODELS", "build_model", "list_models", "register_model"]
