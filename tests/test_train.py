@@ -361,11 +361,11 @@ def test_ema_average_ramps_its_decay_and_copies_integer_buffers():
 
 
 def test_ema_run_saves_the_average_and_resumes_it_exactly(tmp_path, monkeypatch):
+    from fcnseg.data import build_dataset
+    from fcnseg.data.transforms import eval_transforms
     from fcnseg.engine import train as train_mod
     from fcnseg.engine.checkpoint import load_checkpoint, model_from_checkpoint
     from fcnseg.engine.evaluate import evaluate
-    from fcnseg.data import build_dataset
-    from fcnseg.data.transforms import eval_transforms
 
     straight = train_mod.train(tiny(tmp_path / "a", epochs=2, ema=0.9))
     ckpt = load_checkpoint(straight / "last.pt")
