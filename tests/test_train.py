@@ -273,6 +273,24 @@ def losses(run: Path) -> dict[int, float]:
     return {e["step"]: e["loss"] for e in events if e["event"] == "train"}
 
 
+def train_interrupted_after_first_epoch(monkeypatch, cfg: dict) -> Path:
+    """Runs ``cfg`` until its first epoch has ended (checkpoint written), then stops it as a
+    Ctrl-C would; returns the run directory, ready for ``--resume``."""
+    from fcnseg.engine import train as train_mod
+
+    orig_end = train_mod._Trainer._end_of_epoch
+
+    def end_then_interrupt(self):
+        orig_end(self)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod._Trainer, "_end_of_epoch", end_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train_mod.train(cfg)
+    monkeypatch.setattr(train_mod._Trainer, "_end_of_epoch", orig_end)
+    return Path(cfg["out"])
+
+
 def test_run_directory_files_and_checkpoint_contents(tmp_path):
     from fcnseg.engine.checkpoint import load_checkpoint, model_from_checkpoint
     from fcnseg.engine.train import train
@@ -313,17 +331,7 @@ def test_resume_reproduces_an_uninterrupted_run_exactly(tmp_path, monkeypatch):
     assert sorted(ref) == [1, 2, 3, 4] and (straight / "step_3.pt").is_file()
 
     # interrupted after its first epoch, then --resume
-    orig_end = train_mod._Trainer._end_of_epoch
-
-    def end_then_interrupt(self):
-        orig_end(self)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(train_mod._Trainer, "_end_of_epoch", end_then_interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        train_mod.train(tiny(tmp_path / "b", epochs=2))
-    monkeypatch.setattr(train_mod._Trainer, "_end_of_epoch", orig_end)
-    split = tmp_path / "b"
+    split = train_interrupted_after_first_epoch(monkeypatch, tiny(tmp_path / "b", epochs=2))
     assert losses(split) == {k: v for k, v in ref.items() if k <= 2}
     train_mod.train({"resume": "auto", "out": str(split)})
     assert losses(split) == ref
@@ -380,17 +388,8 @@ def test_ema_run_saves_the_average_and_resumes_it_exactly(tmp_path, monkeypatch)
     assert again["mean_iou"] == pytest.approx(json.loads((straight / "metrics.json").read_text())["final"]["mean_iou"], abs=1e-6)
 
     # interrupted after its first epoch and resumed: the same average, bit for bit
-    orig_end = train_mod._Trainer._end_of_epoch
-
-    def end_then_interrupt(self):
-        orig_end(self)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(train_mod._Trainer, "_end_of_epoch", end_then_interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        train_mod.train(tiny(tmp_path / "b", epochs=2, ema=0.9))
-    monkeypatch.setattr(train_mod._Trainer, "_end_of_epoch", orig_end)
-    train_mod.train({"resume": "auto", "out": str(tmp_path / "b")})
+    split = train_interrupted_after_first_epoch(monkeypatch, tiny(tmp_path / "b", epochs=2, ema=0.9))
+    train_mod.train({"resume": "auto", "out": str(split)})
     resumed = load_checkpoint(tmp_path / "b" / "last.pt")
     assert resumed["ema_updates"] == 4
     for key in avg:
