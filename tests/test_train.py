@@ -182,6 +182,13 @@ def test_config_precedence_defaults_yaml_flags(tmp_path):
     args = build_parser().parse_args(["train", "--scale", "0.75", "1.25", "--eval-tta", "flip,scales=0.75,1", "--class-weights", "median_sqrt"])
     assert overrides_from_args(args) == {"scale": [0.75, 1.25], "eval_tta": "flip,scales=0.75,1", "class_weights": "median_sqrt"}
     assert resolve_config(overrides_from_args(args))["scale"] == [0.75, 1.25]
+    # progressive stages: the flag form and the YAML form resolve to the same checked dicts
+    args = build_parser().parse_args(["train", "--progressive", "0.25:96x128:0.3-0.5", "0.5:144X192:0.5-0.75"])
+    stages = resolve_config(overrides_from_args(args))["progressive"]
+    assert stages == [{"until": 0.25, "crop": [96, 128], "scale": [0.3, 0.5]}, {"until": 0.5, "crop": [144, 192], "scale": [0.5, 0.75]}]
+    yml.write_text("progressive:\n  - {until: 0.25, crop: [96, 128], scale: [0.3, 0.5]}\n  - {until: 0.5, crop: [144, 192], scale: [0.5, 0.75]}\n")
+    assert resolve_config({}, config_file=yml)["progressive"] == stages
+    assert resolve_config({})["progressive"] == []
 
 
 @pytest.mark.parametrize(
@@ -194,6 +201,11 @@ def test_config_precedence_defaults_yaml_flags(tmp_path):
         ("hard_pixels: 0\n", r"hard_pixels is the fraction of pixels the loss keeps: in \(0, 1\], got 0"),
         ("hard_pixels: 1.5\n", "hard_pixels is the fraction"),
         ("ema: 1\n", r"ema is the decay of the weight average per step: in \[0, 1\) \(0: off, e.g. 0.999\), got 1.0"),
+        ("progressive: [0.5]\n", r"a progressive stage is \{until: F, crop: \[H, W\], scale: \[MIN, MAX\]\} or 'F:HxW:MIN-MAX'"),
+        ("progressive: [{until: 0.5, crop: [32, 32]}]\n", "a progressive stage is"),  # scale missing
+        ("progressive: [{until: 1.0, crop: [32, 32], scale: [1, 1]}]\n", "with 0 < F < 1"),
+        ("progressive: [{until: 0.5, crop: [32, 32], scale: [1, 0.5]}]\n", "0 < MIN <= MAX"),
+        ("progressive: [{until: 0.6, crop: 32, scale: [1, 1]}, {until: 0.3, crop: 48, scale: [1, 1]}]\n", r"in order of `until`.*\[0.6, 0.3\]"),
     ],
 )
 def test_bad_config_file_is_a_config_error(tmp_path, text, fragment):
@@ -416,6 +428,75 @@ def test_max_minutes_stops_with_a_complete_run(tmp_path):
     assert ckpt["step"] == result["steps"]
     # the lr schedule was fitted to the budget, not to the 1000 epochs asked for
     assert ckpt["scheduler"]["total_steps"] < 1000 * 4
+
+
+def test_progressive_stages_switch_crops_and_resume_exactly(tmp_path, monkeypatch):
+    """Progressive resizing by steps: the first half of the planned steps on 32x32 crops of
+    half-scale frames, the rest on the main 64x64 crops; a run resumed from a checkpoint of
+    either stage continues bit for bit."""
+    from fcnseg.engine import train as train_mod
+
+    seen: list[tuple[int, int]] = []
+    orig_loss = train_mod.segmentation_loss
+
+    def loss(logits, masks, *a, **kw):
+        seen.append(tuple(masks.shape[-2:]))
+        return orig_loss(logits, masks, *a, **kw)
+
+    monkeypatch.setattr(train_mod, "segmentation_loss", loss)
+    orig_save = train_mod._Trainer._save
+
+    def save(self, name):
+        orig_save(self, name)
+        if name == "last.pt" and self.main:
+            (self.run_dir / f"step_{self.step}.pt").write_bytes((self.run_dir / name).read_bytes())
+
+    monkeypatch.setattr(train_mod._Trainer, "_save", save)
+    cfg = tiny(tmp_path / "a", epochs=4, ckpt_every_steps=1, progressive=[{"until": 0.5, "crop": [32, 32], "scale": [0.5, 0.5]}])
+    straight = train_mod.train(cfg)
+    assert seen == [(32, 32)] * 4 + [(64, 64)] * 4  # 8 planned steps: 4 on the stage's crops
+    events = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
+    assert [(e["step"], e["stage"]) for e in events if e["event"] == "stage"] == [(4, 1)]
+    ref = losses(straight)
+    assert sorted(ref) == list(range(1, 9))
+    for k in (3, 6):  # resumed from inside the first stage and from the second
+        seen.clear()
+        run = train_mod.train({"resume": str(straight / f"step_{k}.pt"), "out": str(tmp_path / f"from_{k}")})
+        assert losses(run) == {s: v for s, v in ref.items() if s > k}
+        assert seen == [(32, 32)] * max(0, 4 - k) + [(64, 64)] * min(4, 8 - k)
+
+
+def test_progressive_budget_splits_the_time_and_fits_the_schedule(tmp_path):
+    """Under max_minutes the stage ends at its fraction of the budget, and the lr schedule's
+    length counts the cheaper steps of the early stage and the dearer ones after it."""
+    import types
+
+    from fcnseg.engine.train import _Trainer, train
+
+    # the estimate itself: 10 s spent of 100; 4000 steps of 0.01 s fit before the stage ends
+    # at 50 s, then (99 - 50) s of 0.04 s steps (4x the pixels), 1 s being kept for the end
+    t = _Trainer.__new__(_Trainer)
+    t.cfg, t.budget, t.step, t.stage, t.steps_per_epoch, t.planned_steps = {"eval_every": 1}, 100.0, 7, 0, 10, 10**6
+    t.stages = [{"until": 0.5, "crop": [10, 10], "scale": [1, 1]}, {"until": 1.0, "crop": [20, 20], "scale": [1, 1]}]
+    t.timing = {"steps": 5, "step_s": 0.05, "epoch_end_s": [], "eval_s": 0.0, "save_s": 0.0, "draw_s": 0.0}
+    t.px_step_s, t.total_steps = 1e-4, 0
+    t.bar = types.SimpleNamespace(total=0, refresh=lambda: None)
+    t.schedule = types.SimpleNamespace(total_steps=0)
+    t._elapsed = lambda: 10.0
+    t._revise_total_steps()
+    assert t.total_steps == t.schedule.total_steps == 7 + 4000 + 1225
+    t.stage, t._elapsed = 1, (lambda: 60.0)  # in the last stage: its own step time only
+    t._revise_total_steps()
+    assert t.total_steps == 7 + int(39 / 0.04)
+
+    run = train(tiny(tmp_path / "run", epochs=1000, max_minutes=0.25, eval_every=1000, log_every=2, progressive=[{"until": 0.5, "crop": [32, 32], "scale": [0.5, 0.5]}]))
+    events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    switch = [e for e in events if e["event"] == "stage"]
+    assert len(switch) == 1 and 7.5 <= switch[0]["time_s"] <= 7.5 + 3
+    result = json.loads((run / "metrics.json").read_text())
+    assert result["stopped"] == "max_minutes" and result["time_s"] <= 15 + 5
+    ckpt = torch.load(run / "last.pt", weights_only=False)
+    assert ckpt["scheduler"]["total_steps"] <= result["steps"] + 5  # the schedule ended with the budget
 
 
 def _write_yaml(path: Path, cfg: dict) -> Path:

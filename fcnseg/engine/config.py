@@ -60,6 +60,10 @@ class TrainConfig:
     scale: list = field(default_factory=lambda: [1.0, 1.0])  # random rescaling; recipes use e.g. [0.5, 2.0]
     hflip: bool = True
     color_jitter: float = 0.2
+    # progressive resizing: earlier parts of the run on other crops/scales (e.g. smaller frames,
+    # more epochs per second), each [{until, crop, scale}] with `until` the fraction of the run
+    # (of max_minutes, else of the planned steps) it lasts to; crop/scale above apply after the last
+    progressive: list = field(default_factory=list)
     # optimisation
     epochs: int = 8
     batch_size: int = 8
@@ -210,6 +214,28 @@ def resolve_config(overrides: dict | TrainConfig | None = None, *, config_file: 
     return cfg
 
 
+def parse_stage(spec: str | dict) -> dict:
+    """One ``progressive`` stage from ``{"until": F, "crop": [H, W], "scale": [MIN, MAX]}`` or
+    the flag form ``"F:HxW:MIN-MAX"`` (e.g. ``0.5:144x192:0.375-0.625``), checked."""
+    form = "a progressive stage is {until: F, crop: [H, W], scale: [MIN, MAX]} or 'F:HxW:MIN-MAX' (e.g. 0.5:144x192:0.375-0.625)"
+    try:
+        if isinstance(spec, str):
+            until, crop, scale = spec.split(":")
+            spec = {"until": float(until), "crop": [int(c) for c in crop.lower().split("x")], "scale": [float(v) for v in scale.split("-")]}
+        if not isinstance(spec, dict) or set(spec) != {"until", "crop", "scale"}:
+            raise ValueError
+        crop = [spec["crop"]] if isinstance(spec["crop"], int) else list(spec["crop"])
+        until, scale = float(spec["until"]), [float(v) for v in spec["scale"]]
+        crop = crop * 2 if len(crop) == 1 else crop
+        if len(crop) != 2 or not all(float(c).is_integer() and c > 0 for c in crop) or len(scale) != 2:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ConfigError(f"{form}; got {spec!r}") from None
+    if not 0 < until < 1 or not 0 < scale[0] <= scale[1]:
+        raise ConfigError(f"{form}, with 0 < F < 1 and 0 < MIN <= MAX; got {spec!r}")
+    return {"until": until, "crop": [int(c) for c in crop], "scale": scale}
+
+
 def validate(cfg: dict) -> None:
     """Range and choice checks that need no model or dataset."""
 
@@ -229,6 +255,10 @@ def validate(cfg: dict) -> None:
     if len(cfg["scale"]) != 2 or not 0 < cfg["scale"][0] <= cfg["scale"][1]:
         raise ConfigError(f"scale must be [min, max] with 0 < min <= max, got {cfg['scale']!r}")
     cfg["scale"] = [float(s) for s in cfg["scale"]]
+    cfg["progressive"] = [parse_stage(stage) for stage in cfg["progressive"]]
+    untils = [stage["until"] for stage in cfg["progressive"]]
+    if untils != sorted(set(untils)):
+        raise ConfigError(f"progressive stages must be in order of `until`, each later than the one before; got {untils}")
     for key in ("epochs", "batch_size", "accum_steps", "eval_every", "log_every", "eval_batch_size"):
         if cfg[key] < 1:
             raise ConfigError(f"{key} must be >= 1, got {cfg[key]}")

@@ -421,13 +421,15 @@ class _Trainer:
 
     def _build_data(self) -> None:
         from fcnseg.data import build_dataset
-        from fcnseg.data.transforms import train_transforms
         from fcnseg.weights import preprocessing
 
         cfg = self.cfg
         pre = preprocessing(cfg["backbone"], cfg["weights"] or "imagenet")  # ImageNet statistics
         self.mean, self.std = [float(v) for v in pre["mean"]], [float(v) for v in pre["std"]]
-        tf = train_transforms(cfg["crop"], mean=self.mean, std=self.std, scale=tuple(cfg["scale"]), hflip=cfg["hflip"], color_jitter=cfg["color_jitter"])
+        # the stages of the run: the progressive ones, then the main crop/scale to the end
+        self.stages = [*cfg["progressive"], {"until": 1.0, "crop": cfg["crop"], "scale": cfg["scale"]}]
+        self.stage = 0
+        tf = self._stage_transforms(self.stages[-1])
         opts = dict(cfg["data_options"])
         self.train_ds = build_dataset(cfg["data"], root=cfg["data_root"], split=cfg["train_split"], transforms=tf, **opts)
         # raw pairs: evaluate() normalises with mean/std and scores at the label's own size
@@ -463,17 +465,6 @@ class _Trainer:
                 f"optimizer step of batch_size {cfg['batch_size']} x accum_steps {cfg['accum_steps']} x "
                 f"{self.dist.world_size} processes; lower --batch-size"
             )
-        self.loader = DataLoader(
-            SeededDataset(self.train_ds, cfg["seed"]),
-            batch_size=cfg["batch_size"],
-            sampler=self.sampler,
-            num_workers=cfg["workers"],
-            drop_last=True,
-            pin_memory=self.device.type == "cuda",
-            persistent_workers=cfg["workers"] > 0,  # no re-fork and refill at each epoch
-            # the loader's own base seed comes from this generator, not the global RNG
-            generator=torch.Generator().manual_seed(cfg["seed"]),
-        )
         self.class_weight = None
         if cfg["class_weights"] in ("median", "median_sqrt"):
             from fcnseg.data.stats import median_frequency_weights
@@ -484,6 +475,44 @@ class _Trainer:
             self.class_weight = torch.tensor(w, dtype=torch.float32, device=self.device)
             what = "median-frequency" if cfg["class_weights"] == "median" else "square-root median-frequency"
             log.info("%s class weights: %s", what, ", ".join(f"{c}={v:.2f}" for c, v in zip(self.classes, w, strict=True)))
+
+    def _stage_transforms(self, stage: dict):
+        from fcnseg.data.transforms import train_transforms
+
+        cfg = self.cfg
+        return train_transforms(stage["crop"], mean=self.mean, std=self.std, scale=tuple(stage["scale"]), hflip=cfg["hflip"], color_jitter=cfg["color_jitter"])
+
+    def _build_loader(self) -> None:
+        """The training loader of the current stage (its transforms); built again when a
+        progressive stage ends (the persistent workers hold a copy of the dataset)."""
+        cfg = self.cfg
+        self.train_ds.transforms = self._stage_transforms(self.stages[self.stage])
+        self.loader = DataLoader(
+            SeededDataset(self.train_ds, cfg["seed"]),
+            batch_size=cfg["batch_size"],
+            sampler=self.sampler,
+            num_workers=cfg["workers"],
+            drop_last=True,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=cfg["workers"] > 0,  # no re-fork and refill at each epoch
+            # the loader's own base seed comes from this generator, not the global RNG
+            generator=torch.Generator().manual_seed(cfg["seed"] + 1000 * self.stage),
+        )
+
+    def _stage_at(self) -> int:
+        """The stage the run is in now: by the fraction of max_minutes spent, else of the
+        planned steps done."""
+        done = self._elapsed() / self.budget if self.budget is not None else self.step / max(1, self.planned_steps)
+        return next(i for i, stage in enumerate(self.stages) if done < stage["until"] or i == len(self.stages) - 1)
+
+    def _next_stage(self) -> None:
+        self.stage = self._stage_at()
+        stage = self.stages[self.stage]
+        self.loader = None  # shuts the old workers down
+        self._build_loader()
+        self.stage_timing = {"steps": 0, "step_s": 0.0}  # measured again on the new crops
+        log.info("step %d: stage %d of %d, crops %dx%d of frames scaled %.3g-%.3g", self.step, self.stage + 1, len(self.stages), *stage["crop"], *stage["scale"])
+        self._record({"event": "stage", "epoch": self.step / self.steps_per_epoch, "step": self.step, "stage": self.stage, "time_s": self._elapsed()})
 
     def _val_source(self) -> dict:
         """build_dataset keywords of the validation data (the training dataset by default)."""
@@ -646,6 +675,10 @@ class _Trainer:
         self.timing = {"steps": 0, "step_s": 0.0, "epoch_end_s": [], "eval_s": None, "save_s": 0.0, "draw_s": 0.0}
         if self.budget is not None:
             self.timing["eval_s"] = self._probe_eval_time()
+        self.stage = self._stage_at()
+        self.stage_timing = {"steps": 0, "step_s": 0.0}
+        self.px_step_s: float | None = None  # seconds per step per crop pixel, as last measured
+        self._build_loader()
         self.stop: str | None = None
         from tqdm import tqdm
 
@@ -714,6 +747,11 @@ class _Trainer:
                 dt = now - window_t0
                 self.timing["steps"] += window_steps
                 self.timing["step_s"] += dt
+                self.stage_timing["steps"] += window_steps
+                self.stage_timing["step_s"] += dt
+                if self.stage_timing["steps"]:
+                    h, w = self.stages[self.stage]["crop"]
+                    self.px_step_s = self.stage_timing["step_s"] / self.stage_timing["steps"] / (h * w)
                 loss_value = float(ddp.all_reduce_sum(loss_sum.clone()).item()) / (window_steps * self.dist.world_size)
                 ips = window_steps * cfg["batch_size"] * accum * self.dist.world_size / max(dt, 1e-9)
                 self._record({"event": "train", "epoch": self.step / self.steps_per_epoch, "step": self.step, "loss": loss_value, "lr": self.schedule.last_lr, "images_per_s": ips, "time_s": self._elapsed()})
@@ -727,6 +765,9 @@ class _Trainer:
             if self.budget is not None and (self.step >= self.total_steps or self._out_of_time()):
                 self.stop = "max_minutes"
                 return self.batch_in_epoch == used
+            if self.stage < len(self.stages) - 1 and self._stage_at() != self.stage:
+                self._next_stage()
+                return self.batch_in_epoch == used  # the rest of the epoch runs on the new loader
         return True
 
     def _end_of_epoch(self) -> None:
@@ -822,24 +863,33 @@ class _Trainer:
     def _out_of_time(self) -> bool:
         if self.budget is None:
             return False
-        step_s = self.timing["step_s"] / self.timing["steps"] if self.timing["steps"] else 0.0
-        late = self._elapsed() + self._reserve_s() + step_s >= self.budget
+        late = self._elapsed() + self._reserve_s() + self._step_s(self.stage) >= self.budget
         if self.dist.enabled:  # every rank must stop at the same step
             flag = torch.tensor([int(late)], device=self.device if self.device.type == "cuda" else "cpu")
             late = bool(ddp.all_reduce_sum(flag).item())
         return late
 
+    def _step_s(self, stage: int) -> float:
+        """Seconds per step on the crops of ``stage``: measured on the current stage's crops,
+        scaled by crop area for the others (throughput goes with pixels); 0 before any."""
+        h, w = self.stages[stage]["crop"]
+        return self.px_step_s * h * w if self.px_step_s else 0.0
+
     def _revise_total_steps(self) -> None:
         """Under ``max_minutes``: the steps that fit in the time left, from the measured step
-        time and end-of-epoch overhead, so the lr schedule ends when the budget does."""
+        time (per stage, under ``progressive``) and end-of-epoch overhead, so the lr schedule
+        ends when the budget does."""
         if self.budget is None or self.timing["steps"] < 3:
             return
-        step_s = self.timing["step_s"] / self.timing["steps"]
         ends = self.timing["epoch_end_s"]
         per_epoch = (sum(ends) / len(ends)) if ends else (self.timing["eval_s"] or 0.0) / self.cfg["eval_every"]
-        per_step = step_s + per_epoch / self.steps_per_epoch
-        left = self.budget - self._elapsed() - self._reserve_s()
-        estimate = self.step + max(0, int(left / per_step))
+        now, end = self._elapsed(), self.budget - self._reserve_s()
+        left = 0.0  # steps that fit in what is left of this stage and the later ones
+        for j in range(self.stage, len(self.stages)):
+            stage_end = end if j == len(self.stages) - 1 else min(end, self.stages[j]["until"] * self.budget)
+            left += max(0.0, stage_end - now) / (self._step_s(j) + per_epoch / self.steps_per_epoch)
+            now = max(now, stage_end)
+        estimate = self.step + max(0, int(left))
         total = int(ddp.broadcast_object(min(self.planned_steps, max(estimate, self.step + 1))))
         if total != self.total_steps:
             self.total_steps = self.schedule.total_steps = total
