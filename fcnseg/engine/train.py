@@ -505,8 +505,17 @@ class _Trainer:
         done = self._elapsed() / self.budget if self.budget is not None else self.step / max(1, self.planned_steps)
         return next(i for i, stage in enumerate(self.stages) if done < stage["until"] or i == len(self.stages) - 1)
 
+    def _stage_ended(self) -> bool:
+        if self.stage == len(self.stages) - 1:
+            return False
+        ended = self._stage_at() != self.stage
+        if self.dist.enabled:  # every rank changes crops at the same step
+            flag = torch.tensor([int(ended)], device=self.device if self.device.type == "cuda" else "cpu")
+            ended = bool(ddp.all_reduce_sum(flag).item())
+        return ended
+
     def _next_stage(self) -> None:
-        self.stage = self._stage_at()
+        self.stage = max(self.stage + 1, self._stage_at())
         stage = self.stages[self.stage]
         self.loader = None  # shuts the old workers down
         self._build_loader()
@@ -765,7 +774,7 @@ class _Trainer:
             if self.budget is not None and (self.step >= self.total_steps or self._out_of_time()):
                 self.stop = "max_minutes"
                 return self.batch_in_epoch == used
-            if self.stage < len(self.stages) - 1 and self._stage_at() != self.stage:
+            if self._stage_ended():
                 self._next_stage()
                 return self.batch_in_epoch == used  # the rest of the epoch runs on the new loader
         return True
