@@ -430,10 +430,12 @@ def test_max_minutes_stops_with_a_complete_run(tmp_path):
     assert ckpt["scheduler"]["total_steps"] < 1000 * 4
 
 
-def test_progressive_stages_switch_crops_and_resume_exactly(tmp_path, monkeypatch):
+@pytest.mark.parametrize("unit", ["step", "pixels"])
+def test_progressive_stages_switch_crops_and_resume_exactly(tmp_path, monkeypatch, unit):
     """Progressive resizing by steps: the first half of the planned steps on 32x32 crops of
-    half-scale frames, the rest on the main 64x64 crops; a run resumed from a checkpoint of
-    either stage continues bit for bit."""
+    half-scale frames, the rest on the main 64x64 crops; the lr schedule counts steps or
+    pixel-weighted steps (a 32x32 step is a quarter of a 64x64 one); a run resumed from a
+    checkpoint of either stage continues bit for bit."""
     from fcnseg.engine import train as train_mod
 
     seen: list[tuple[int, int]] = []
@@ -452,11 +454,15 @@ def test_progressive_stages_switch_crops_and_resume_exactly(tmp_path, monkeypatc
             (self.run_dir / f"step_{self.step}.pt").write_bytes((self.run_dir / name).read_bytes())
 
     monkeypatch.setattr(train_mod._Trainer, "_save", save)
-    cfg = tiny(tmp_path / "a", epochs=4, ckpt_every_steps=1, progressive=[{"until": 0.5, "crop": [32, 32], "scale": [0.5, 0.5]}])
+    cfg = tiny(tmp_path / "a", epochs=4, ckpt_every_steps=1, schedule_unit=unit, progressive=[{"until": 0.5, "crop": [32, 32], "scale": [0.5, 0.5]}])
     straight = train_mod.train(cfg)
     assert seen == [(32, 32)] * 4 + [(64, 64)] * 4  # 8 planned steps: 4 on the stage's crops
     events = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
     assert [(e["step"], e["stage"]) for e in events if e["event"] == "stage"] == [(4, 1)]
+    # the lr each step ran at: poly over 8 steps, or over 4 x 0.25 + 4 = 5 pixel-weighted ones
+    positions, total = ([0, 1, 2, 3, 4, 5, 6, 7], 8) if unit == "step" else ([0, 0.25, 0.5, 0.75, 1, 2, 3, 4], 5)
+    lrs = [e["lr"] for e in events if e["event"] == "train"]
+    assert lrs == pytest.approx([lr_at(p, base_lr=2e-3, total_steps=total, warmup_steps=2) for p in positions])
     ref = losses(straight)
     assert sorted(ref) == list(range(1, 9))
     for k in (3, 6):  # resumed from inside the first stage and from the second
@@ -476,7 +482,7 @@ def test_progressive_budget_splits_the_time_and_fits_the_schedule(tmp_path):
     # the estimate itself: 10 s spent of 100; 4000 steps of 0.01 s fit before the stage ends
     # at 50 s, then (99 - 50) s of 0.04 s steps (4x the pixels), 1 s being kept for the end
     t = _Trainer.__new__(_Trainer)
-    t.cfg, t.budget, t.step, t.stage, t.steps_per_epoch, t.planned_steps = {"eval_every": 1}, 100.0, 7, 0, 10, 10**6
+    t.cfg, t.budget, t.step, t.stage, t.steps_per_epoch, t.planned_steps = {"eval_every": 1, "schedule_unit": "step"}, 100.0, 7, 0, 10, 10**6
     t.stages = [{"until": 0.5, "crop": [10, 10], "scale": [1, 1]}, {"until": 1.0, "crop": [20, 20], "scale": [1, 1]}]
     t.timing = {"steps": 5, "step_s": 0.05, "epoch_end_s": [], "eval_s": 0.0, "save_s": 0.0, "draw_s": 0.0}
     t.px_step_s, t.total_steps = 1e-4, 0
@@ -485,6 +491,11 @@ def test_progressive_budget_splits_the_time_and_fits_the_schedule(tmp_path):
     t._elapsed = lambda: 10.0
     t._revise_total_steps()
     assert t.total_steps == t.schedule.total_steps == 7 + 4000 + 1225
+    # counted in pixels, the 4000 small steps are 1000 steps of the main crop's size
+    t.cfg["schedule_unit"], t.position = "pixels", 3.5
+    t._revise_total_steps()
+    assert t.total_steps == 7 + 4000 + 1225 and t.schedule.total_steps == pytest.approx(3.5 + 1000 + 1225)
+    t.cfg["schedule_unit"] = "step"
     t.stage, t._elapsed = 1, (lambda: 60.0)  # in the last stage: its own step time only
     t._revise_total_steps()
     assert t.total_steps == 7 + int(39 / 0.04)

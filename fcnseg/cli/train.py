@@ -62,6 +62,7 @@ def register(subparsers) -> None:
     g.add_argument("--momentum", type=float, metavar="M")
     g.add_argument("--weight-decay", type=float, metavar="WD")
     g.add_argument("--schedule", choices=("poly", "cosine", "constant"))
+    g.add_argument("--schedule-unit", choices=("step", "pixels"), help="what the lr schedule counts: steps, or steps weighted by their crop's pixels (with --progressive: follows wall time)")
     g.add_argument("--warmup-steps", type=int, metavar="N")
     g.add_argument("--clip-grad", type=float, metavar="NORM")
     g.add_argument("--class-weights", choices=CLASS_WEIGHTS)

@@ -22,6 +22,9 @@ from fcnseg.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("poly", "cosine", "constant")
+# what the lr schedule counts: optimizer steps, or steps weighted by their crop's pixels
+# (a progressive stage at a quarter of the pixels advances it a quarter step: ~wall time)
+SCHEDULE_UNITS = ("step", "pixels")
 # median: median(freq) / freq(c) (Eigen & Fergus; SegNet); median_sqrt: its square root, a
 # softer balance that trades some class-average accuracy for IoU (docs/camvid.md)
 CLASS_WEIGHTS = ("none", "median", "median_sqrt")
@@ -73,6 +76,7 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     schedule: str = "poly"
+    schedule_unit: str = "step"  # or "pixels" (see SCHEDULE_UNITS; matters with progressive)
     warmup_steps: int = 20
     clip_grad: float | None = None
     class_weights: str = "none"
@@ -245,6 +249,7 @@ def validate(cfg: dict) -> None:
 
     choice("optimizer", OPTIMIZERS)
     choice("schedule", SCHEDULES)
+    choice("schedule_unit", SCHEDULE_UNITS)
     choice("class_weights", CLASS_WEIGHTS)
     crop = cfg["crop"]
     if len(crop) == 1:

@@ -96,7 +96,7 @@ class LRSchedule:
         return {"total_steps": self.total_steps, "base_lr": self.base_lr, "warmup_steps": self.warmup_steps, "schedule": self.schedule}
 
     def load_state_dict(self, state: dict) -> None:
-        self.total_steps = int(state["total_steps"])
+        self.total_steps = state["total_steps"]
 
 
 # --------------------------------------------------------------------------- optimisation
@@ -393,9 +393,11 @@ class _Trainer:
         self.planned_steps = cfg["epochs"] * spe
         groups = param_groups(self.net, cfg["weight_decay"])
         self.optimizer = build_optimizer(groups, name=cfg["optimizer"], lr=cfg["lr"], momentum=cfg["momentum"], device=self.device)
-        self.schedule = LRSchedule(self.optimizer, base_lr=cfg["lr"], total_steps=self.planned_steps, warmup_steps=cfg["warmup_steps"], schedule=cfg["schedule"])
+        self.schedule = LRSchedule(self.optimizer, base_lr=cfg["lr"], total_steps=self._planned_units(), warmup_steps=cfg["warmup_steps"], schedule=cfg["schedule"])
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.use_scaler)
         self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
+        self.position = 0.0  # where the lr schedule is: steps, or pixel-weighted steps (schedule_unit)
+        self.resumed_total: int | None = None
         self.best_miou: float = -math.inf
         self.best: dict | None = None
         self.last_eval: dict | None = None
@@ -403,9 +405,11 @@ class _Trainer:
         if self.ckpt is not None:
             self._restore(self.ckpt)
             if not cfg["max_minutes"]:  # --epochs may have been changed for the rest of the run
-                self.schedule.total_steps = self.planned_steps
+                self.schedule.total_steps = self._planned_units()
         self.ckpt = None  # free the memory
-        self.total_steps = self.schedule.total_steps
+        self.total_steps = self.planned_steps  # revised from the measured speed under max_minutes
+        if cfg["max_minutes"] and self.resumed_total is not None:
+            self.total_steps = int(self.resumed_total)
 
         self.train_net: nn.Module = self.net
         if cfg["compile"]:
@@ -630,6 +634,9 @@ class _Trainer:
         if ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         self.epoch, self.step = int(ckpt["epoch"]), int(ckpt["step"])
+        self.position = float(ckpt.get("schedule_position", self.step))
+        # older checkpoints: the schedule's length was the step count
+        self.resumed_total = ckpt.get("total_steps", ckpt["scheduler"]["total_steps"])
         self.batch_in_epoch = int(ckpt.get("batch_in_epoch", 0))
         self.best_miou = ckpt.get("best_miou", -math.inf)
         self.best = ckpt.get("best")
@@ -719,7 +726,7 @@ class _Trainer:
         self.bar.set_description(f"epoch {self.epoch + 1}/{cfg['epochs']}")
         loss_sum = torch.zeros((), device=self.device)
         window_steps, window_t0 = 0, time.monotonic()
-        self.schedule.apply(self.step)
+        self.schedule.apply(self.position)
         it = iter(self.loader)
         for b in range(self.batch_in_epoch, used):
             images, masks = next(it)
@@ -748,6 +755,7 @@ class _Trainer:
             if self.ema is not None:
                 self.ema.update_parameters(self.model)
             self.step += 1
+            self.position += self._unit(self.stage)
             self.batch_in_epoch = b + 1
             window_steps += 1
             self.bar.update(1)
@@ -768,7 +776,7 @@ class _Trainer:
                 loss_sum.zero_()
                 window_steps, window_t0 = 0, time.monotonic()
                 self._revise_total_steps()
-            self.schedule.apply(self.step)
+            self.schedule.apply(self.position)
             if cfg["ckpt_every_steps"] and self.step % cfg["ckpt_every_steps"] == 0 and self.batch_in_epoch < used:
                 self._save("last.pt")
             if self.budget is not None and (self.step >= self.total_steps or self._out_of_time()):
@@ -878,6 +886,24 @@ class _Trainer:
             late = bool(ddp.all_reduce_sum(flag).item())
         return late
 
+    def _unit(self, stage: int) -> float:
+        """How far one step of ``stage`` moves the lr schedule: 1, or under
+        ``schedule_unit: pixels`` its crop's pixels over the main crop's."""
+        if self.cfg["schedule_unit"] == "step":
+            return 1.0
+        (h, w), (mh, mw) = self.stages[stage]["crop"], self.stages[-1]["crop"]
+        return h * w / (mh * mw)
+
+    def _planned_units(self) -> float:
+        """The schedule's length for ``epochs`` (no time budget): the planned steps, each stage's
+        share (by ``until``) weighted by ``_unit``."""
+        n, done, units = self.planned_steps, 0, 0.0
+        for j, stage in enumerate(self.stages):
+            end = n if j == len(self.stages) - 1 else math.ceil(stage["until"] * n)
+            units += max(0, end - done) * self._unit(j)
+            done = max(done, end)
+        return units if self.cfg["schedule_unit"] == "pixels" else n
+
     def _step_s(self, stage: int) -> float:
         """Seconds per step on the crops of ``stage``: measured on the current stage's crops,
         scaled by crop area for the others (throughput goes with pixels); 0 before any."""
@@ -893,17 +919,22 @@ class _Trainer:
         ends = self.timing["epoch_end_s"]
         per_epoch = (sum(ends) / len(ends)) if ends else (self.timing["eval_s"] or 0.0) / self.cfg["eval_every"]
         now, end = self._elapsed(), self.budget - self._reserve_s()
-        left = 0.0  # steps that fit in what is left of this stage and the later ones
+        left, units = 0.0, 0.0  # steps that fit in what is left of this stage and the later ones
         for j in range(self.stage, len(self.stages)):
             stage_end = end if j == len(self.stages) - 1 else min(end, self.stages[j]["until"] * self.budget)
-            left += max(0.0, stage_end - now) / (self._step_s(j) + per_epoch / self.steps_per_epoch)
+            steps = max(0.0, stage_end - now) / (self._step_s(j) + per_epoch / self.steps_per_epoch)
+            left, units = left + steps, units + steps * self._unit(j)
             now = max(now, stage_end)
         estimate = self.step + max(0, int(left))
         total = int(ddp.broadcast_object(min(self.planned_steps, max(estimate, self.step + 1))))
         if total != self.total_steps:
-            self.total_steps = self.schedule.total_steps = total
+            self.total_steps = total
             self.bar.total = total
             self.bar.refresh()
+        if self.cfg["schedule_unit"] == "step":
+            self.schedule.total_steps = total
+        else:
+            self.schedule.total_steps = float(ddp.broadcast_object(self.position + units))
 
     @torch.no_grad()
     def _probe_eval_time(self) -> float:
@@ -935,6 +966,8 @@ class _Trainer:
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
             "step": self.step,
+            "schedule_position": self.position,
+            "total_steps": self.total_steps,
             "best_miou": self.best_miou,
             "best": self.best,
             "last_eval": self.last_eval,
