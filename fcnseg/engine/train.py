@@ -766,9 +766,8 @@ class _Trainer:
                 self.timing["step_s"] += dt
                 self.stage_timing["steps"] += window_steps
                 self.stage_timing["step_s"] += dt
-                if self.stage_timing["steps"]:
-                    h, w = self.stages[self.stage]["crop"]
-                    self.px_step_s = self.stage_timing["step_s"] / self.stage_timing["steps"] / (h * w)
+                h, w = self.stages[self.stage]["crop"]
+                self.px_step_s = self.stage_timing["step_s"] / self.stage_timing["steps"] / (h * w)
                 loss_value = float(ddp.all_reduce_sum(loss_sum.clone()).item()) / (window_steps * self.dist.world_size)
                 ips = window_steps * cfg["batch_size"] * accum * self.dist.world_size / max(dt, 1e-9)
                 self._record({"event": "train", "epoch": self.step / self.steps_per_epoch, "step": self.step, "loss": loss_value, "lr": self.schedule.last_lr, "images_per_s": ips, "time_s": self._elapsed()})
@@ -898,11 +897,13 @@ class _Trainer:
         """The schedule's length for ``epochs`` (no time budget): the planned steps, each stage's
         share (by ``until``) weighted by ``_unit``."""
         n, done, units = self.planned_steps, 0, 0.0
+        if self.cfg["schedule_unit"] == "step":
+            return n
         for j, stage in enumerate(self.stages):
             end = n if j == len(self.stages) - 1 else math.ceil(stage["until"] * n)
             units += max(0, end - done) * self._unit(j)
             done = max(done, end)
-        return units if self.cfg["schedule_unit"] == "pixels" else n
+        return units
 
     def _step_s(self, stage: int) -> float:
         """Seconds per step on the crops of ``stage``: measured on the current stage's crops,
