@@ -472,6 +472,24 @@ def test_progressive_stages_switch_crops_and_resume_exactly(tmp_path, monkeypatc
         assert seen == [(32, 32)] * max(0, 4 - k) + [(64, 64)] * min(4, 8 - k)
 
 
+def test_progressive_switch_logs_the_steps_of_the_ended_stage(tmp_path):
+    """A stage that ends inside a logging window logs that window's steps first (their mean
+    loss, on the ended stage's timing); the windows then restart on the new crops."""
+    from fcnseg.engine.train import train
+
+    stage = [{"until": 0.25, "crop": [32, 32], "scale": [0.5, 0.5]}]
+    common = dict(data_options={"size": 64, "length": 32}, epochs=2, progressive=stage)
+    every = losses(train(tiny(tmp_path / "every", **common)))  # 16 steps, each logged
+    assert sorted(every) == list(range(1, 17))
+    windows = losses(train(tiny(tmp_path / "by3", log_every=3, **common)))
+    # every 3rd step, the switch after step 4, the epoch end at step 8 and the last step
+    assert sorted(windows) == [3, 4, 6, 8, 9, 12, 15, 16]
+    start = 0
+    for end in sorted(windows):
+        assert windows[end] == pytest.approx(sum(every[s] for s in range(start + 1, end + 1)) / (end - start), rel=1e-5), end
+        start = end
+
+
 def test_progressive_budget_splits_the_time_and_fits_the_schedule(tmp_path):
     """Under max_minutes the stage ends at its fraction of the budget, and the lr schedule's
     length counts the cheaper steps of the early stage and the dearer ones after it."""
@@ -504,8 +522,11 @@ def test_progressive_budget_splits_the_time_and_fits_the_schedule(tmp_path):
     events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     switch = [e for e in events if e["event"] == "stage"]
     assert len(switch) == 1 and 7.5 <= switch[0]["time_s"] <= 7.5 + 3
+    logged = [e["step"] for e in events if e["event"] == "train"]
+    assert switch[0]["step"] in logged  # the ended stage's last steps are logged at the switch
     result = json.loads((run / "metrics.json").read_text())
     assert result["stopped"] == "max_minutes" and result["time_s"] <= 15 + 5
+    assert logged[-1] == result["steps"]  # ... and the steps before the stop
     ckpt = torch.load(run / "last.pt", weights_only=False)
     assert ckpt["scheduler"]["total_steps"] <= result["steps"] + 5  # the schedule ended with the budget
 

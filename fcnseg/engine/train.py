@@ -725,9 +725,9 @@ class _Trainer:
             self.model.backbone.eval()  # frozen BN statistics stay as loaded
         self.bar.set_description(f"epoch {self.epoch + 1}/{cfg['epochs']}")
         loss_sum = torch.zeros((), device=self.device)
-        window_steps, window_t0 = 0, time.monotonic()
         self.schedule.apply(self.position)
         it = iter(self.loader)
+        window_steps, window_t0 = 0, time.monotonic()  # after the (re)started workers fork
         for b in range(self.batch_in_epoch, used):
             images, masks = next(it)
             images = images.to(self.device, non_blocking=True)
@@ -760,18 +760,7 @@ class _Trainer:
             window_steps += 1
             self.bar.update(1)
             if self.step % cfg["log_every"] == 0 or self.batch_in_epoch == used:
-                now = time.monotonic()
-                dt = now - window_t0
-                self.timing["steps"] += window_steps
-                self.timing["step_s"] += dt
-                self.stage_timing["steps"] += window_steps
-                self.stage_timing["step_s"] += dt
-                h, w = self.stages[self.stage]["crop"]
-                self.px_step_s = self.stage_timing["step_s"] / self.stage_timing["steps"] / (h * w)
-                loss_value = float(ddp.all_reduce_sum(loss_sum.clone()).item()) / (window_steps * self.dist.world_size)
-                ips = window_steps * cfg["batch_size"] * accum * self.dist.world_size / max(dt, 1e-9)
-                self._record({"event": "train", "epoch": self.step / self.steps_per_epoch, "step": self.step, "loss": loss_value, "lr": self.schedule.last_lr, "images_per_s": ips, "time_s": self._elapsed()})
-                self.bar.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{ips:.1f}", lr=f"{self.schedule.last_lr:.2e}")
+                self._log_window(window_steps, time.monotonic() - window_t0, loss_sum, accum)
                 loss_sum.zero_()
                 window_steps, window_t0 = 0, time.monotonic()
                 self._revise_total_steps()
@@ -780,11 +769,29 @@ class _Trainer:
                 self._save("last.pt")
             if self.budget is not None and (self.step >= self.total_steps or self._out_of_time()):
                 self.stop = "max_minutes"
-                return self.batch_in_epoch == used
-            if self._stage_ended():
-                self._next_stage()
-                return self.batch_in_epoch == used  # the rest of the epoch runs on the new loader
+            elif not self._stage_ended():
+                continue
+            if window_steps:  # the steps since the last log line, on this stage's crops
+                self._log_window(window_steps, time.monotonic() - window_t0, loss_sum, accum)
+            if not self.stop:
+                self._next_stage()  # the rest of the epoch runs on the new loader
+            return self.batch_in_epoch == used
         return True
+
+    def _log_window(self, steps: int, dt: float, loss_sum: torch.Tensor, accum: int) -> None:
+        """Log the mean loss and images/s of the last ``steps`` steps (``dt`` seconds) and add
+        them to the step timing (whole run and current stage) the time budget is planned on."""
+        cfg = self.cfg
+        self.timing["steps"] += steps
+        self.timing["step_s"] += dt
+        self.stage_timing["steps"] += steps
+        self.stage_timing["step_s"] += dt
+        h, w = self.stages[self.stage]["crop"]
+        self.px_step_s = self.stage_timing["step_s"] / self.stage_timing["steps"] / (h * w)
+        loss_value = float(ddp.all_reduce_sum(loss_sum.clone()).item()) / (steps * self.dist.world_size)
+        ips = steps * cfg["batch_size"] * accum * self.dist.world_size / max(dt, 1e-9)
+        self._record({"event": "train", "epoch": self.step / self.steps_per_epoch, "step": self.step, "loss": loss_value, "lr": self.schedule.last_lr, "images_per_s": ips, "time_s": self._elapsed()})
+        self.bar.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{ips:.1f}", lr=f"{self.schedule.last_lr:.2e}")
 
     def _end_of_epoch(self) -> None:
         cfg = self.cfg
