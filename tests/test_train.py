@@ -479,15 +479,23 @@ def test_progressive_switch_logs_the_steps_of_the_ended_stage(tmp_path):
 
     stage = [{"until": 0.25, "crop": [32, 32], "scale": [0.5, 0.5]}]
     common = dict(data_options={"size": 64, "length": 32}, epochs=2, progressive=stage)
-    every = losses(train(tiny(tmp_path / "every", **common)))  # 16 steps, each logged
+    def lrs(run: Path) -> dict[int, float]:
+        events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return {e["step"]: e["lr"] for e in events if e["event"] == "train"}
+
+    each = train(tiny(tmp_path / "every", **common))  # 16 steps, each logged
+    every = losses(each)
     assert sorted(every) == list(range(1, 17))
-    windows = losses(train(tiny(tmp_path / "by3", log_every=3, **common)))
+    by3 = train(tiny(tmp_path / "by3", log_every=3, **common))
+    windows = losses(by3)
     # every 3rd step, the switch after step 4, the epoch end at step 8 and the last step
     assert sorted(windows) == [3, 4, 6, 8, 9, 12, 15, 16]
     start = 0
     for end in sorted(windows):
         assert windows[end] == pytest.approx(sum(every[s] for s in range(start + 1, end + 1)) / (end - start), rel=1e-5), end
         start = end
+    every_lr = lrs(each)
+    assert lrs(by3) == {s: every_lr[s] for s in windows}  # each line: the rate of its last step
 
 
 def test_progressive_budget_splits_the_time_and_fits_the_schedule(tmp_path):

@@ -760,10 +760,11 @@ class _Trainer:
             window_steps += 1
             self.bar.update(1)
             if self.step % cfg["log_every"] == 0 or self.batch_in_epoch == used:
-                self._log_window(window_steps, time.monotonic() - window_t0, loss_sum, accum)
+                self._log_window(window_steps, time.monotonic() - window_t0, loss_sum, accum, self.schedule.last_lr)
                 loss_sum.zero_()
                 window_steps, window_t0 = 0, time.monotonic()
                 self._revise_total_steps()
+            step_lr = self.schedule.last_lr  # the rate this step ran at
             self.schedule.apply(self.position)
             if cfg["ckpt_every_steps"] and self.step % cfg["ckpt_every_steps"] == 0 and self.batch_in_epoch < used:
                 self._save("last.pt")
@@ -772,15 +773,16 @@ class _Trainer:
             elif not self._stage_ended():
                 continue
             if window_steps:  # the steps since the last log line, on this stage's crops
-                self._log_window(window_steps, time.monotonic() - window_t0, loss_sum, accum)
+                self._log_window(window_steps, time.monotonic() - window_t0, loss_sum, accum, step_lr)
             if not self.stop:
                 self._next_stage()  # the rest of the epoch runs on the new loader
             return self.batch_in_epoch == used
         return True
 
-    def _log_window(self, steps: int, dt: float, loss_sum: torch.Tensor, accum: int) -> None:
-        """Log the mean loss and images/s of the last ``steps`` steps (``dt`` seconds) and add
-        them to the step timing (whole run and current stage) the time budget is planned on."""
+    def _log_window(self, steps: int, dt: float, loss_sum: torch.Tensor, accum: int, lr: float) -> None:
+        """Log the mean loss and images/s of the last ``steps`` steps (``dt`` seconds; ``lr``:
+        the rate of the last one) and add them to the step timing (whole run and current
+        stage) the time budget is planned on."""
         cfg = self.cfg
         self.timing["steps"] += steps
         self.timing["step_s"] += dt
@@ -790,8 +792,8 @@ class _Trainer:
         self.px_step_s = self.stage_timing["step_s"] / self.stage_timing["steps"] / (h * w)
         loss_value = float(ddp.all_reduce_sum(loss_sum.clone()).item()) / (steps * self.dist.world_size)
         ips = steps * cfg["batch_size"] * accum * self.dist.world_size / max(dt, 1e-9)
-        self._record({"event": "train", "epoch": self.step / self.steps_per_epoch, "step": self.step, "loss": loss_value, "lr": self.schedule.last_lr, "images_per_s": ips, "time_s": self._elapsed()})
-        self.bar.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{ips:.1f}", lr=f"{self.schedule.last_lr:.2e}")
+        self._record({"event": "train", "epoch": self.step / self.steps_per_epoch, "step": self.step, "loss": loss_value, "lr": lr, "images_per_s": ips, "time_s": self._elapsed()})
+        self.bar.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{ips:.1f}", lr=f"{lr:.2e}")
 
     def _end_of_epoch(self) -> None:
         cfg = self.cfg
