@@ -479,6 +479,7 @@ def test_progressive_switch_logs_the_steps_of_the_ended_stage(tmp_path):
 
     stage = [{"until": 0.25, "crop": [32, 32], "scale": [0.5, 0.5]}]
     common = dict(data_options={"size": 64, "length": 32}, epochs=2, progressive=stage)
+
     def lrs(run: Path) -> dict[int, float]:
         events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         return {e["step"]: e["lr"] for e in events if e["event"] == "train"}
