@@ -759,12 +759,12 @@ class _Trainer:
             self.batch_in_epoch = b + 1
             window_steps += 1
             self.bar.update(1)
+            step_lr = self.schedule.last_lr  # the rate this step ran at
             if self.step % cfg["log_every"] == 0 or self.batch_in_epoch == used:
-                self._log_window(window_steps, time.monotonic() - window_t0, loss_sum, accum, self.schedule.last_lr)
+                self._log_window(window_steps, time.monotonic() - window_t0, loss_sum, accum, step_lr)
                 loss_sum.zero_()
                 window_steps, window_t0 = 0, time.monotonic()
                 self._revise_total_steps()
-            step_lr = self.schedule.last_lr  # the rate this step ran at
             self.schedule.apply(self.position)
             if cfg["ckpt_every_steps"] and self.step % cfg["ckpt_every_steps"] == 0 and self.batch_in_epoch < used:
                 self._save("last.pt")
