@@ -533,3 +533,18 @@ def test_compiled_bilinear_fcn_trains_and_matches_eager():
     y = torch.compile(m)(x)
     y.float().mean().backward()
     assert torch.allclose(y, m(x), atol=1e-4)
+
+
+@pytest.mark.parametrize("name, blocks", [("resnet18", 8), ("resnet50", 16)])
+def test_zero_init_residual_makes_every_block_the_identity_branch(name, blocks):
+    from fcnseg.models.backbones.resnet import BasicBlock, Bottleneck, zero_init_residual
+
+    torch.manual_seed(0)
+    net = build_backbone(name).eval()
+    assert zero_init_residual(net) == blocks
+    x = torch.randn(2, 64 * (4 if name == "resnet50" else 1), 8, 8)
+    block = next(m for m in net.modules() if isinstance(m, BasicBlock | Bottleneck) and m.downsample is None)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), torch.relu(x))  # the residual branch adds exactly 0
+        y = net(torch.randn(1, 3, 64, 64))["out"]
+    assert y.abs().sum() > 0  # the downsampling shortcuts still carry the signal

@@ -745,3 +745,21 @@ def test_preload_and_persistent_workers_train_the_same_model(tmp_path, caplog):
     run = train({**cfg, "out": str(tmp_path / "tv"), "train_split": "trainval", "epochs": 1})
     assert "2 of the 2 validation images (val) are also training images (trainval)" in caplog.text
     assert json.loads((run / "metrics.json").read_text())["val_images_in_train"] == 2
+
+
+def test_zero_init_residual_trains_from_identity_blocks_and_refuses_pretrained_weights(tmp_path):
+    from fcnseg.engine.checkpoint import load_checkpoint
+    from fcnseg.engine.train import train
+
+    scales = {}
+    for zero in (False, True):
+        run = train(tiny(tmp_path / f"run{zero}", zero_init_residual=zero, lr=1e-3))
+        state = load_checkpoint(run / "last.pt")["model"]
+        scales[zero] = torch.stack([v.abs().max() for k, v in state.items() if k.endswith("bn2.weight")])
+    assert len(scales[True]) == 8
+    assert scales[True].max() < 0.01  # 2 AdamW steps of lr <= 1e-3 from 0
+    assert scales[False].min() > 0.9  # the default keeps BatchNorm's scale at ~1
+    with pytest.raises(ConfigError, match="zero_init_residual is an initialisation for training from scratch"):
+        train(tiny(tmp_path / "w", zero_init_residual=True, weights="imagenet"))
+    with pytest.raises(ConfigError, match="zero_init_residual needs a ResNet backbone, not 'vgg16'"):
+        train(tiny(tmp_path / "v", zero_init_residual=True, backbone="vgg16"))

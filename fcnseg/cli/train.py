@@ -47,6 +47,7 @@ def register(subparsers) -> None:
     g.add_argument("--weights", metavar="imagenet|PATH", help="pretrained backbone weights")
     g.add_argument("--init-from", metavar="CKPT", help="copy the tensors whose name and shape match (staged FCN-32s → 16s → 8s)")
     g.add_argument("--freeze-backbone", action="store_true")
+    g.add_argument("--zero-init-residual", action="store_true", help="from scratch: start each ResNet block's residual branch at zero (its last BatchNorm scale 0)")
     g.add_argument("--upsample", metavar="MODE", help="deconv, bilinear, ...")
     g.add_argument("--align", metavar="MODE", help="same or paper")
     g.add_argument("--output-stride", type=int, metavar="S")

@@ -58,6 +58,7 @@ class TrainConfig:
     output_stride: int = 32
     init_from: str | None = None  # a checkpoint whose name+shape-matching tensors are copied
     freeze_backbone: bool = False
+    zero_init_residual: bool = False  # from scratch: each ResNet block starts as the identity
     # augmentation (train split only; masks are always resized NEAREST)
     crop: list = field(default_factory=lambda: [128, 128])  # [H, W]
     scale: list = field(default_factory=lambda: [1.0, 1.0])  # random rescaling; recipes use e.g. [0.5, 2.0]
@@ -278,6 +279,8 @@ def validate(cfg: dict) -> None:
         raise ConfigError(f"hard_pixels is the fraction of pixels the loss keeps: in (0, 1], got {cfg['hard_pixels']}")
     if not 0 <= cfg["ema"] < 1:
         raise ConfigError(f"ema is the decay of the weight average per step: in [0, 1) (0: off, e.g. 0.999), got {cfg['ema']}")
+    if cfg["zero_init_residual"] and cfg["weights"]:
+        raise ConfigError(f"zero_init_residual is an initialisation for training from scratch; with weights={cfg['weights']!r} it would erase the pretrained residual branches (drop one of the two)")
     if cfg["clip_grad"] is not None and cfg["clip_grad"] <= 0:
         raise ConfigError(f"clip_grad must be > 0 (or none), got {cfg['clip_grad']}")
     if cfg["max_minutes"] is not None and cfg["max_minutes"] <= 0:

@@ -563,6 +563,15 @@ class _Trainer:
         if len(self.train_ds) == 0 or len(self.val_ds) == 0:
             raise DataError(f"{cfg['data']}: no usable pairs left after --skip-check")
 
+    def _zero_init_residual(self) -> None:
+        from fcnseg.models.backbones.resnet import ResNet, zero_init_residual
+
+        cfg = self.cfg
+        backbone = getattr(self.model, "backbone", None)
+        if not isinstance(backbone, ResNet):
+            raise ConfigError(f"zero_init_residual needs a ResNet backbone, not {cfg['backbone']!r} (set zero_init_residual: false)")
+        log.info("zero_init_residual: %d residual branches start at zero", zero_init_residual(backbone))
+
     def _build_model(self) -> None:
         from fcnseg.models import build_model
 
@@ -574,6 +583,8 @@ class _Trainer:
             cfg["model"], backbone=cfg["backbone"], num_classes=self.num_classes, weights=weights,
             upsample=cfg["upsample"], align=cfg["align"], output_stride=cfg["output_stride"],
         )
+        if cfg["zero_init_residual"]:
+            self._zero_init_residual()
         if cfg["init_from"] and self.ckpt is None:
             src = load_checkpoint(cfg["init_from"])
             loaded, left, unused = load_matching(self.model, src["model"])

@@ -85,6 +85,20 @@ _SPECS: dict[str, tuple[type[nn.Module], tuple[int, int, int, int]]] = {
 }
 
 
+def zero_init_residual(module: nn.Module) -> int:
+    """Sets the scale of the last BatchNorm of every residual branch in ``module`` to zero, so
+    each block starts as the identity (Goyal et al., "Accurate, Large Minibatch SGD", 2017).
+    An initialisation for training from scratch; returns the number of blocks changed."""
+    n = 0
+    with torch.no_grad():
+        for m in module.modules():
+            bn = m.bn3 if isinstance(m, Bottleneck) else m.bn2 if isinstance(m, BasicBlock) else None
+            if bn is not None:
+                bn.weight.zero_()
+                n += 1
+    return n
+
+
 class ResNet(nn.Module):
     """ResNet trunk returning ``conv2..5``, ``pool2..5``, ``out``, ``layer1..4`` (and ``idx2..5``).
 
