@@ -15,7 +15,7 @@ from fcnseg.errors import ConfigError
 from fcnseg.models.backbones import BACKBONES, build_backbone
 from fcnseg.models.upsample import UPSAMPLE_MODES, bilinear_kernel, deconv, interpolate, unpool
 
-MODELS = ("fcn32s", "fcn16s", "fcn8s", "fcn4s", "fpn", "seed")
+MODELS = ("fcn32s", "fcn16s", "fcn8s", "fcn4s", "fcn2s", "fpn", "seed")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -378,6 +378,31 @@ def test_fcn4s_adds_a_stride4_skip_to_fcn8s(backbone):
         assert (m(x) - y).abs().max() > 1e-3
     with pytest.raises(ConfigError, match="fcn4s has no Caffe geometry"):
         build_model("fcn4s", num_classes=3, align="paper")
+
+
+@pytest.mark.parametrize("backbone", ["vgg16", "resnet18"])
+def test_fcn2s_adds_a_stride2_skip_to_fcn4s(backbone):
+    torch.manual_seed(0)
+    m = build_model("fcn2s", backbone=backbone, num_classes=3, upsample="bilinear").eval()
+    m4 = build_model("fcn4s", backbone=backbone, num_classes=3, upsample="bilinear").eval()
+    with torch.no_grad():
+        for layer in (m4.score_fr, m4.score_pool4, m4.score_pool3, m4.score_pool2):
+            nn.init.normal_(layer.weight, std=0.1)
+    missing, unexpected = m.load_state_dict(m4.state_dict(), strict=False)
+    assert sorted(missing) == ["score_conv2.bias", "score_conv2.weight"] and not unexpected
+    assert m.score_conv2.weight.abs().sum() == 0
+    assert m.score_conv2.in_channels == {"vgg16": 128, "resnet18": 64}[backbone]
+    x = torch.randn(1, 3, 45, 67)
+    with torch.no_grad():
+        assert m.backbone(x)["conv2"].shape[-2:] == (23, 34)
+        y, y4 = m(x), m4(x)
+        assert y.shape == y4.shape == (1, 3, 45, 67)
+        if backbone == "resnet18":
+            torch.testing.assert_close(y, y4)  # corner-aligned x2 twice = x4: at zero, fcn2s is fcn4s
+        nn.init.normal_(m.score_conv2.weight, std=0.1)
+        assert (m(x) - y).abs().max() > 1e-3
+    with pytest.raises(ConfigError, match="fcn2s has no Caffe geometry"):
+        build_model("fcn2s", num_classes=3, align="paper")
 
 
 def test_fpn_fuses_features_not_scores():

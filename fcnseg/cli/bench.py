@@ -18,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "inference batches; report images/s, ms per step, peak memory, FLOPs per image and "
         "achieved TFLOP/s against the measured matmul peak.",
     )
-    p.add_argument("--model", default="fcn8s", help="model name (fcn32s, fcn16s, fcn8s, fcn4s, fpn, seed)")
+    p.add_argument("--model", default="fcn8s", help="model name (fcn32s, fcn16s, fcn8s, fcn4s, fcn2s, fpn, seed)")
     p.add_argument("--backbone", default="vgg16", help="backbone name (vgg16, resnet18, ...)")
     p.add_argument(
         "--size",

@@ -3,7 +3,9 @@
 ``fcn4s`` continues the paper's skip pattern one level further (``score_pool2`` on the
 stride-4 map, ``upscore_pool3``, ``upscore4``); the paper stops at pool3 ("diminishing
 returns" on VOC), but thin classes (poles, signs) on street scenes are 1-4 px wide, under
-one stride-8 cell. It has no Caffe geometry, so only ``align="same"``.
+one stride-8 cell. ``fcn2s`` goes one level further still (``score_conv2`` on the stride-2
+map, VGG's conv2_2 or ResNet's stem; ``upscore_pool2``, ``upscore2x``). Neither has Caffe
+geometry, so only ``align="same"``.
 
 Layer names follow the authors' Caffe nets (``score_fr``, ``score_pool4``, ``score_pool3``,
 ``upscore2``, ``upscore_pool4``, ``upscore8``/``upscore16``/``upscore32``) so conversions
@@ -33,7 +35,7 @@ PAPER_CROPS = {"fcn32s": (0, 0, 19), "fcn16s": (5, 0, 27), "fcn8s": (5, 9, 31)}
 # with unpooling the maps stay in the pooled frames: only fc6's valid 7x7 conv (3 px each
 # side) and conv1_1's 100 px padding need undoing
 PAPER_UNPOOL_PAD, PAPER_UNPOOL_CROP = 3, 100
-VARIANTS = {"fcn32s": 0, "fcn16s": 1, "fcn8s": 2, "fcn4s": 3}
+VARIANTS = {"fcn32s": 0, "fcn16s": 1, "fcn8s": 2, "fcn4s": 3, "fcn2s": 4}
 
 
 class FCN(nn.Module):
@@ -97,15 +99,21 @@ class FCN(nn.Module):
             self.upscore_pool4 = up("pool4", st["pool3"])
         if skips == 2:
             self.upscore8 = up("pool3", 1)
-        if skips == 3:
+        if skips >= 3:
             self.score_pool2 = nn.Conv2d(ch["pool2"], K, 1)
             self.upscore_pool3 = up("pool3", st["pool2"])
+        if skips == 3:
             self.upscore4 = up("pool2", 1)
+        if skips == 4:
+            self.score_conv2 = nn.Conv2d(ch["conv2"], K, 1)
+            self.upscore_pool2 = up("pool2", st["conv2"])
+            self.upscore2x = up("conv2", 1)
         for m in (
             self.score_fr,
             getattr(self, "score_pool4", None),
             getattr(self, "score_pool3", None),
             getattr(self, "score_pool2", None),
+            getattr(self, "score_conv2", None),
         ):
             if m is not None:
                 nn.init.zeros_(m.weight)
@@ -142,9 +150,13 @@ class FCN(nn.Module):
             if self.variant == "fcn8s":
                 out = self.upscore8(score, feats)
             else:
-                # no offset: fcn4s has only the "same" alignment
+                # no offsets: fcn4s and fcn2s have only the "same" alignment
                 score = self.fuse(self.upscore_pool3(score, feats), self.score_pool2(feats["pool2"]), 0)
-                out = self.upscore4(score, feats)
+                if self.variant == "fcn4s":
+                    out = self.upscore4(score, feats)
+                else:
+                    score = self.fuse(self.upscore_pool2(score, feats), self.score_conv2(feats["conv2"]), 0)
+                    out = self.upscore2x(score, feats)
         c = self.crop_final
         return out[..., c : c + H, c : c + W]
 
