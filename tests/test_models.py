@@ -514,7 +514,7 @@ def test_config_rebuilds_the_model(kw):
         (dict(name="fcn8s", output_stride=4), ["output_stride", "4"]),
         (dict(name="seed", align="paper"), ["seed", "paper"]),
         (dict(name="fpn", align="paper"), ["fpn", "paper"]),
-        (dict(name="fcn2s"), ["fcn2s", "fcn4s", "fcn8s"]),
+        (dict(name="fcn64s"), ["fcn64s", "fcn32s", "fcn2s"]),
         (dict(name="fcn8s", num_classes=0), ["num_classes", "0"]),
         (dict(name="fcn8s", in_channels=0), ["in_channels"]),
     ],
