@@ -353,56 +353,37 @@ def test_zero_initialised_skips_leave_fcn8s_a_pure_upsampling_of_score_fr(backbo
 
 
 @pytest.mark.parametrize("backbone", ["vgg16", "resnet18"])
-def test_fcn4s_adds_a_stride4_skip_to_fcn8s(backbone):
-    # the fcn8s layers plus score_pool2 on the stride-4 map (fcn8s weights load one to one)
+@pytest.mark.parametrize(
+    ("variant", "parent", "layer", "key", "hw"),
+    [("fcn4s", "fcn8s", "score_pool2", "pool2", (12, 17)), ("fcn2s", "fcn4s", "score_conv2", "conv2", (23, 34))],
+)
+def test_finer_fcn_adds_one_skip_to_its_parent(backbone, variant, parent, layer, key, hw):
+    # the parent's layers plus one score layer on the next finer map (parent weights load one to one)
     torch.manual_seed(0)
-    m = build_model("fcn4s", backbone=backbone, num_classes=3, upsample="bilinear").eval()
-    m8 = build_model("fcn8s", backbone=backbone, num_classes=3, upsample="bilinear").eval()
+    m = build_model(variant, backbone=backbone, num_classes=3, upsample="bilinear").eval()
+    mp = build_model(parent, backbone=backbone, num_classes=3, upsample="bilinear").eval()
     with torch.no_grad():
-        for layer in (m8.score_fr, m8.score_pool4, m8.score_pool3):
-            nn.init.normal_(layer.weight, std=0.1)
-    missing, unexpected = m.load_state_dict(m8.state_dict(), strict=False)
-    assert sorted(missing) == ["score_pool2.bias", "score_pool2.weight"] and not unexpected
-    assert m.score_pool2.weight.abs().sum() == 0  # zero-initialised like the paper's skips
-    assert m.score_pool2.in_channels == {"vgg16": 128, "resnet18": 64}[backbone]
+        for name, p in mp.named_parameters():
+            if name.startswith("score_") and name.endswith(".weight"):
+                nn.init.normal_(p, std=0.1)
+    missing, unexpected = m.load_state_dict(mp.state_dict(), strict=False)
+    assert sorted(missing) == [f"{layer}.bias", f"{layer}.weight"] and not unexpected
+    new = getattr(m, layer)
+    assert new.weight.abs().sum() == 0  # zero-initialised like the paper's skips
+    assert new.in_channels == {"vgg16": 128, "resnet18": 64}[backbone]
     x = torch.randn(1, 3, 45, 67)
     with torch.no_grad():
-        assert m.backbone(x)["pool2"].shape[-2:] == (12, 17)
-        y, y8 = m(x), m8(x)
-        assert y.shape == y8.shape == (1, 3, 45, 67)
+        assert m.backbone(x)[key].shape[-2:] == hw
+        y, yp = m(x), mp(x)
+        assert y.shape == yp.shape == (1, 3, 45, 67)
         if backbone == "resnet18":
-            # corner-aligned bilinear x2 then x4 is the x8 interpolation: with the new skip
-            # at zero, fcn4s is exactly fcn8s
-            torch.testing.assert_close(y, y8)
-        nn.init.normal_(m.score_pool2.weight, std=0.1)  # the new skip reaches the output
+            # corner-aligned bilinear x2 then the rest is the parent's single interpolation:
+            # with the new skip at zero, the finer net is exactly its parent
+            torch.testing.assert_close(y, yp)
+        nn.init.normal_(new.weight, std=0.1)  # the new skip reaches the output
         assert (m(x) - y).abs().max() > 1e-3
-    with pytest.raises(ConfigError, match="fcn4s has no Caffe geometry"):
-        build_model("fcn4s", num_classes=3, align="paper")
-
-
-@pytest.mark.parametrize("backbone", ["vgg16", "resnet18"])
-def test_fcn2s_adds_a_stride2_skip_to_fcn4s(backbone):
-    torch.manual_seed(0)
-    m = build_model("fcn2s", backbone=backbone, num_classes=3, upsample="bilinear").eval()
-    m4 = build_model("fcn4s", backbone=backbone, num_classes=3, upsample="bilinear").eval()
-    with torch.no_grad():
-        for layer in (m4.score_fr, m4.score_pool4, m4.score_pool3, m4.score_pool2):
-            nn.init.normal_(layer.weight, std=0.1)
-    missing, unexpected = m.load_state_dict(m4.state_dict(), strict=False)
-    assert sorted(missing) == ["score_conv2.bias", "score_conv2.weight"] and not unexpected
-    assert m.score_conv2.weight.abs().sum() == 0
-    assert m.score_conv2.in_channels == {"vgg16": 128, "resnet18": 64}[backbone]
-    x = torch.randn(1, 3, 45, 67)
-    with torch.no_grad():
-        assert m.backbone(x)["conv2"].shape[-2:] == (23, 34)
-        y, y4 = m(x), m4(x)
-        assert y.shape == y4.shape == (1, 3, 45, 67)
-        if backbone == "resnet18":
-            torch.testing.assert_close(y, y4)  # corner-aligned x2 twice = x4: at zero, fcn2s is fcn4s
-        nn.init.normal_(m.score_conv2.weight, std=0.1)
-        assert (m(x) - y).abs().max() > 1e-3
-    with pytest.raises(ConfigError, match="fcn2s has no Caffe geometry"):
-        build_model("fcn2s", num_classes=3, align="paper")
+    with pytest.raises(ConfigError, match=f"{variant} has no Caffe geometry"):
+        build_model(variant, num_classes=3, align="paper")
 
 
 def test_fpn_fuses_features_not_scores():
