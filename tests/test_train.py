@@ -15,6 +15,7 @@ from torch import nn
 from fcnseg.engine.config import TrainConfig, resolve_config
 from fcnseg.engine.train import (
     EpochSampler,
+    lovasz_softmax_loss,
     lr_at,
     param_groups,
     sample_seed,
@@ -114,6 +115,70 @@ def test_hard_pixel_loss_averages_the_hardest_fraction():
     assert segmentation_loss(logits, torch.full_like(target, 255), hard_pixels=0.5).item() == 0.0
 
 
+def _lovasz_by_definition(prob: torch.Tensor, labels: torch.Tensor, k: int) -> float:
+    """The Lovász extension written out from the paper's definition (per class, loops): for
+    errors m sorted down, sum_i m_i (J(first i mistakes) - J(first i-1)), with the Jaccard
+    loss of a mistake set M being 1 - (|gt| - |M in gt|) / (|gt| + |M outside gt|)."""
+    losses = []
+    for c in range(k):
+        gt = labels == c
+        if not gt.any():
+            continue
+        m = (gt.double() - prob[:, c].double()).abs()
+        order = sorted(range(len(m)), key=lambda i: -m[i].item())
+        total, prev, in_gt, out_gt = 0.0, 0.0, 0, 0
+        for i in order:
+            in_gt, out_gt = in_gt + int(gt[i]), out_gt + int(not gt[i])
+            j = 1 - (int(gt.sum()) - in_gt) / (int(gt.sum()) + out_gt)
+            total += m[i].item() * (j - prev)
+            prev = j
+        losses.append(total)
+    return sum(losses) / len(losses)
+
+
+def test_lovasz_softmax_matches_its_definition_and_one_minus_iou_on_hard_predictions():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 4, 5, 6, generator=g)
+    target = torch.randint(0, 3, (2, 5, 6), generator=g)  # class 3 absent: not averaged
+    target[0, 0] = 255
+    keep = target.flatten() != 255
+    prob = logits.permute(0, 2, 3, 1).reshape(-1, 4).softmax(1)[keep]
+    want = _lovasz_by_definition(prob, target.flatten()[keep], 4)
+    assert lovasz_softmax_loss(logits, target, max_pixels=None).item() == pytest.approx(want, rel=1e-5)
+    # confident predictions: the loss is exactly 1 - the mean IoU over the classes present
+    pred = torch.randint(0, 4, (2, 5, 6), generator=g)
+    hard = F.one_hot(pred, 4).permute(0, 3, 1, 2).float() * 60
+    ious = [((pred == c) & (target == c)).sum() / (((pred == c) | (target == c)) & (target != 255)).sum() for c in range(3)]
+    assert lovasz_softmax_loss(hard, target, max_pixels=None).item() == pytest.approx(1 - torch.stack(ious).mean().item(), abs=1e-6)
+    assert lovasz_softmax_loss(hard, torch.where(target == 255, 255, pred), max_pixels=None).item() == pytest.approx(0.0, abs=1e-6)
+    assert lovasz_softmax_loss(logits, torch.full_like(target, 255)).item() == 0.0
+
+
+def test_lovasz_softmax_sample_is_labelled_pixels_and_its_gradient_lowers_the_loss():
+    g = torch.Generator().manual_seed(2)
+    target = torch.randint(0, 5, (2, 40, 50), generator=g)
+    target[:, :20] = 255  # half unlabelled
+    logits = torch.zeros(2, 5, 40, 50, requires_grad=True)
+    loss = lovasz_softmax_loss(logits, target, max_pixels=1000, generator=g)
+    loss.backward()
+    touched = logits.grad.abs().sum(1) > 0
+    # only sampled labelled pixels get gradient: at most 1000 of the 2000 labelled
+    assert not touched[:, :20].any() and 300 < touched[:, 20:].sum() <= 1000
+    # a 1x1 conv on noisy one-hot features, trained on the sampled loss alone, drives the
+    # full-pixel loss (the 1 - mean IoU surrogate) from 0.8 (uniform) well down
+    feats = F.one_hot(target.clamp(max=4), 5).permute(0, 3, 1, 2).float() + 0.3 * torch.randn(2, 5, 40, 50, generator=g)
+    head = nn.Conv2d(5, 5, 1)
+    nn.init.zeros_(head.weight), nn.init.zeros_(head.bias)
+    before = lovasz_softmax_loss(head(feats), target, max_pixels=None).item()
+    opt = torch.optim.Adam(head.parameters(), lr=0.1)
+    for _ in range(40):
+        opt.zero_grad()
+        lovasz_softmax_loss(head(feats), target, max_pixels=1000, generator=g).backward()
+        opt.step()
+    assert before == pytest.approx(0.8, abs=1e-6)
+    assert lovasz_softmax_loss(head(feats), target, max_pixels=None).item() < 0.25  # 0.14 measured
+
+
 def test_epoch_sampler_is_a_function_of_seed_and_epoch_and_resumes_mid_epoch():
     data = list(range(10))
     s = EpochSampler(data, num_replicas=1, rank=0, seed=3)
@@ -200,6 +265,7 @@ def test_config_precedence_defaults_yaml_flags(tmp_path):
         ("eval_tta: flip,scales=big\n", "TTA scale 'big'"),  # caught before training, not after
         ("hard_pixels: 0\n", r"hard_pixels is the fraction of pixels the loss keeps: in \(0, 1\], got 0"),
         ("hard_pixels: 1.5\n", "hard_pixels is the fraction"),
+        ("lovasz: -1\n", "weight_decay, aux_loss and lovasz must be >= 0"),
         ("ema: 1\n", r"ema is the decay of the weight average per step: in \[0, 1\) \(0: off, e.g. 0.999\), got 1.0"),
         ("progressive: [0.5]\n", r"a progressive stage is \{until: F, crop: \[H, W\], scale: \[MIN, MAX\]\} or 'F:HxW:MIN-MAX'"),
         ("progressive: [{until: 0.5, crop: [32, 32]}]\n", "a progressive stage is"),  # scale missing
@@ -644,17 +710,22 @@ def test_bad_argument_in_a_real_process_prints_one_line(tmp_path):
     assert len(lines) == 1 and "resnet7" in lines[0], proc.stderr
 
 
-def test_aux_loss_class_weights_accumulation_and_clipping_run(tmp_path, caplog):
+def test_aux_loss_lovasz_class_weights_accumulation_and_clipping_run(tmp_path, caplog, monkeypatch):
     import logging
 
+    import fcnseg.engine.train as train_mod
     from fcnseg.engine.checkpoint import load_checkpoint, model_from_checkpoint
-    from fcnseg.engine.train import train
 
+    calls = []
+    real = train_mod.lovasz_softmax_loss
+    monkeypatch.setattr(train_mod, "lovasz_softmax_loss", lambda logits, target: calls.append(logits.shape) or real(logits, target))
     caplog.set_level(logging.INFO, logger="fcnseg")
-    run = train(tiny(tmp_path / "run", aux_loss=0.4, class_weights="median", accum_steps=2, batch_size=2, clip_grad=1.0, optimizer="sgd", lr=0.01))
+    cfg = tiny(tmp_path / "run", aux_loss=0.4, lovasz=0.5, class_weights="median", accum_steps=2, batch_size=2, clip_grad=1.0, optimizer="sgd", lr=0.01)
+    run = train_mod.train(cfg)
     assert "median-frequency class weights: pet=" in caplog.text
     ckpt = load_checkpoint(run / "last.pt")
     assert ckpt["step"] == 2  # 8 images / (batch 2 x 2 accumulated) = 2 optimizer steps
+    assert len(calls) == 4 and calls[0][:2] == (2, 3)  # the Lovász term on each micro-batch's full-size logits
     assert ckpt["aux_head"]["weight"].shape == (3, 256, 1, 1)  # on ResNet-18's stride-16 layer3
     assert model_from_checkpoint(ckpt) is not None  # the aux head is not part of the model
     assert all(math.isfinite(v) for v in losses(run).values())

@@ -68,6 +68,7 @@ def register(subparsers) -> None:
     g.add_argument("--clip-grad", type=float, metavar="NORM")
     g.add_argument("--class-weights", choices=CLASS_WEIGHTS)
     g.add_argument("--hard-pixels", type=float, metavar="F", help="average the loss over the hardest fraction F of each batch's pixels (bootstrapped cross-entropy; 1: all)")
+    g.add_argument("--lovasz", type=float, metavar="W", help="add W x the Lovász-softmax loss (a mean-IU surrogate; Berman et al. 2018) to the cross-entropy (0: off)")
     g.add_argument("--ema", type=float, metavar="D", help="validate and save an exponential moving average of the weights with decay D per step (e.g. 0.999; 0: off)")
     g = p.add_argument_group("hardware")
     g.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"))

@@ -83,6 +83,7 @@ class TrainConfig:
     class_weights: str = "none"
     hard_pixels: float = 1.0  # < 1: the loss averages only this fraction of hardest pixels
     aux_loss: float = 0.0  # weight of an auxiliary stride-16 loss; 0 = off
+    lovasz: float = 0.0  # weight of a Lovász-softmax (mean-IU surrogate) loss added to the cross-entropy; 0 = off
     ema: float = 0.0  # decay of an exponential moving average of the weights, which validation and checkpoints use; 0 = off
     # numerics / hardware
     precision: str = "auto"
@@ -273,8 +274,8 @@ def validate(cfg: dict) -> None:
             raise ConfigError(f"{key} must be >= 0, got {cfg[key]}")
     if cfg["lr"] <= 0:
         raise ConfigError(f"lr must be > 0, got {cfg['lr']}")
-    if cfg["weight_decay"] < 0 or cfg["aux_loss"] < 0 or not 0 <= cfg["momentum"] < 1:
-        raise ConfigError("weight_decay and aux_loss must be >= 0 and momentum in [0, 1)")
+    if cfg["weight_decay"] < 0 or cfg["aux_loss"] < 0 or cfg["lovasz"] < 0 or not 0 <= cfg["momentum"] < 1:
+        raise ConfigError("weight_decay, aux_loss and lovasz must be >= 0 and momentum in [0, 1)")
     if not 0 < cfg["hard_pixels"] <= 1:
         raise ConfigError(f"hard_pixels is the fraction of pixels the loss keeps: in (0, 1], got {cfg['hard_pixels']}")
     if not 0 <= cfg["ema"] < 1:

@@ -163,6 +163,50 @@ def segmentation_loss(
     return total / denom.clamp(min=1)
 
 
+def lovasz_softmax_loss(
+    logits: torch.Tensor, target: torch.Tensor, max_pixels: int | None = 65536, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Lovász-softmax loss (Berman, Rannen Triki & Blaschko, CVPR 2018): the Lovász
+    extension of each class's Jaccard loss ``1 - IoU`` evaluated on the softmax
+    probabilities, averaged over the classes present in the labelled pixels — a convex,
+    differentiable surrogate of the mean IU the benchmark scores.
+
+    ``logits`` (N, K, H, W), ``target`` (N, H, W) int64 with ``IGNORE_INDEX`` excluded. The
+    batch's pixels are pooled (the dataset-level IoU of the batch, not a per-image mean).
+    With ``max_pixels``, the loss is taken over ``max_pixels`` positions drawn uniformly
+    (with replacement) from the batch, its labelled ones (each class needs a sort of the
+    pixel errors; a 2^16 sample keeps that cheap on full-resolution crops); None: over all
+    labelled pixels. A batch with no labelled pixel gives 0."""
+    n, k = logits.shape[:2]
+    flat = logits.reshape(n, k, -1)  # (N, K, HW), a view
+    labels = target.reshape(-1)
+    if max_pixels is not None and labels.numel() > max_pixels:
+        # uniform positions (with replacement), then the labelled ones among them: no pass
+        # over the whole batch beyond this gather
+        idx = torch.randint(labels.numel(), (max_pixels,), generator=generator, device=labels.device)
+        idx = idx[labels[idx] != IGNORE_INDEX]
+    else:
+        idx = (labels != IGNORE_INDEX).nonzero().squeeze(1)
+    if idx.numel() == 0:
+        return logits.sum() * 0.0
+    hw = flat.shape[2]
+    prob = flat[idx // hw, :, idx % hw].float().softmax(dim=1)  # (P, K)
+    labels = labels[idx]
+    fg = F.one_hot(labels, k).to(prob.dtype).t()  # (K, P): each class's sort is contiguous
+    present = fg.sum(1) > 0
+    errors = (fg - prob.t()).abs()
+    errors_sorted, perm = errors.sort(dim=1, descending=True)
+    fg_sorted = fg.gather(1, perm)
+    # gradient of the Lovász extension of the Jaccard loss (Alg. 1 of the paper), per class
+    gts = fg_sorted.sum(1, keepdim=True)
+    intersection = gts - fg_sorted.cumsum(1)
+    union = gts + (1.0 - fg_sorted).cumsum(1)
+    jaccard = 1.0 - intersection / union
+    grad = torch.cat([jaccard[:, :1], jaccard[:, 1:] - jaccard[:, :-1]], dim=1)
+    per_class = (errors_sorted * grad).sum(1)
+    return per_class[present].mean()
+
+
 # --------------------------------------------------------------------------- weight average
 
 
@@ -751,6 +795,8 @@ class _Trainer:
                 with self.precision.autocast(self.device):
                     logits, aux = self.train_net(images)
                     loss = segmentation_loss(logits, masks, self.class_weight, cfg["hard_pixels"])
+                    if cfg["lovasz"]:
+                        loss = loss + cfg["lovasz"] * lovasz_softmax_loss(logits, masks)
                     if aux is not None:
                         loss = loss + cfg["aux_loss"] * segmentation_loss(aux, masks, self.class_weight, cfg["hard_pixels"])
                 self.scaler.scale(loss / accum).backward()
