@@ -266,6 +266,7 @@ def test_config_precedence_defaults_yaml_flags(tmp_path):
         ("hard_pixels: 0\n", r"hard_pixels is the fraction of pixels the loss keeps: in \(0, 1\], got 0"),
         ("hard_pixels: 1.5\n", "hard_pixels is the fraction"),
         ("lovasz: -1\n", "weight_decay, aux_loss and lovasz must be >= 0"),
+        ("balanced_crops: 2\n", r"balanced_crops is the fraction of class-centred training crops: in \[0, 1\], got 2"),
         ("ema: 1\n", r"ema is the decay of the weight average per step: in \[0, 1\) \(0: off, e.g. 0.999\), got 1.0"),
         ("progressive: [0.5]\n", r"a progressive stage is \{until: F, crop: \[H, W\], scale: \[MIN, MAX\]\} or 'F:HxW:MIN-MAX'"),
         ("progressive: [{until: 0.5, crop: [32, 32]}]\n", "a progressive stage is"),  # scale missing
@@ -710,22 +711,26 @@ def test_bad_argument_in_a_real_process_prints_one_line(tmp_path):
     assert len(lines) == 1 and "resnet7" in lines[0], proc.stderr
 
 
-def test_aux_loss_lovasz_class_weights_accumulation_and_clipping_run(tmp_path, caplog, monkeypatch):
+def test_aux_loss_lovasz_balanced_crops_class_weights_accumulation_and_clipping_run(tmp_path, caplog, monkeypatch):
     import logging
 
+    import fcnseg.data.transforms as tf_mod
     import fcnseg.engine.train as train_mod
     from fcnseg.engine.checkpoint import load_checkpoint, model_from_checkpoint
 
-    calls = []
+    calls, pipelines = [], []
     real = train_mod.lovasz_softmax_loss
     monkeypatch.setattr(train_mod, "lovasz_softmax_loss", lambda logits, target: calls.append(logits.shape) or real(logits, target))
+    real_tf = tf_mod.train_transforms
+    monkeypatch.setattr(tf_mod, "train_transforms", lambda *a, **k: pipelines.append(real_tf(*a, **k)) or pipelines[-1])
     caplog.set_level(logging.INFO, logger="fcnseg")
-    cfg = tiny(tmp_path / "run", aux_loss=0.4, lovasz=0.5, class_weights="median", accum_steps=2, batch_size=2, clip_grad=1.0, optimizer="sgd", lr=0.01)
+    cfg = tiny(tmp_path / "run", aux_loss=0.4, lovasz=0.5, balanced_crops=0.5, class_weights="median", accum_steps=2, batch_size=2, clip_grad=1.0, optimizer="sgd", lr=0.01)
     run = train_mod.train(cfg)
     assert "median-frequency class weights: pet=" in caplog.text
     ckpt = load_checkpoint(run / "last.pt")
     assert ckpt["step"] == 2  # 8 images / (batch 2 x 2 accumulated) = 2 optimizer steps
     assert len(calls) == 4 and calls[0][:2] == (2, 3)  # the Lovász term on each micro-batch's full-size logits
+    assert pipelines and all("_ClassBalancedCrop" in repr(p) for p in pipelines)
     assert ckpt["aux_head"]["weight"].shape == (3, 256, 1, 1)  # on ResNet-18's stride-16 layer3
     assert model_from_checkpoint(ckpt) is not None  # the aux head is not part of the model
     assert all(math.isfinite(v) for v in losses(run).values())

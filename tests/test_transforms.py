@@ -40,7 +40,7 @@ def test_no_transform_invents_label_values():
     rng = np.random.default_rng(0)
     ops = [
         Resize((37, 53)), Resize(91), RandomScale((0.3, 2.5)), RandomScale((0.5, 2), base_size=40),
-        RandomCrop(48), HorizontalFlip(p=1.0), ColorJitter(0.4),
+        RandomCrop(48), RandomCrop(48, balanced_crops=1.0), HorizontalFlip(p=1.0), ColorJitter(0.4),
         train_transforms(40, mean=MEAN, std=STD, scale=(0.25, 3.0)),
     ]  # fmt: skip
     for trial in range(60):
@@ -73,6 +73,35 @@ def test_random_crop_pads_mask_with_ignore_and_image_with_fill():
     assert (msk == 255).sum() == 400 - 120 and (msk == 1).sum() == 120
     assert ((img == 50).all(2) == (msk == 1)).all()
     assert (img[msk == 255] == [1, 2, 3]).all()
+
+
+def test_balanced_crops_hold_a_rare_class_as_often_as_a_common_one():
+    # a 4-pixel class-3 patch in a corner, the rest class 0 (and an unlabelled strip):
+    # uniform 40x40 crops rarely hold it; class-centred crops hold it half the time
+    # (two classes present, each drawn with probability 1/2), even on a frame smaller
+    # than the crop (padding), and the patch's pixels come through unchanged
+    image = np.zeros((100, 150, 3), np.uint8)
+    mask = np.zeros((100, 150), np.uint8)
+    mask[10:12, 140:142] = 3
+    mask[90:, :5] = 255
+
+    def rate(op, m, n=600):
+        op.set_random_seed(0)
+        outs = [op(image[: m.shape[0], : m.shape[1]], m)[1] for _ in range(n)]
+        assert all(o.shape == (40, 40) for o in outs)
+        return np.mean([(o == 3).sum() == 4 for o in outs]), np.mean([(o == 3).any() for o in outs])
+
+    full_rate, _ = rate(RandomCrop(40), mask)
+    assert full_rate < 0.05  # 2 % measured
+    full_rate, any_rate = rate(RandomCrop(40, balanced_crops=1.0), mask)
+    assert 0.44 < any_rate < 0.60 and full_rate > 0.3
+    _, half = rate(RandomCrop(40, balanced_crops=0.5), mask)
+    assert 0.18 < half < 0.35  # 0.5 x 0.5 + a little from the uniform half
+    small = mask[:30, 130:].copy()  # 30x20: padded to 40x40 first
+    _, any_rate = rate(RandomCrop(40, balanced_crops=1.0), small)
+    assert any_rate == 1.0  # the whole padded frame fits in the crop
+    with pytest.raises(ConfigError, match=r"balanced_crops=1.5: the fraction of class-centred crops must be in \[0, 1\]"):
+        RandomCrop(40, balanced_crops=1.5)
 
 
 def test_flip_is_joint():

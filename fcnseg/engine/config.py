@@ -64,6 +64,7 @@ class TrainConfig:
     scale: list = field(default_factory=lambda: [1.0, 1.0])  # random rescaling; recipes use e.g. [0.5, 2.0]
     hflip: bool = True
     color_jitter: float = 0.2
+    balanced_crops: float = 0.0  # fraction of crops placed around a pixel of a class drawn uniformly from the frame's classes
     # progressive resizing: earlier parts of the run on other crops/scales (e.g. smaller frames,
     # more epochs per second), each [{until, crop, scale}] with `until` the fraction of the run
     # (of max_minutes, else of the planned steps) it lasts to; crop/scale above apply after the last
@@ -276,6 +277,8 @@ def validate(cfg: dict) -> None:
         raise ConfigError(f"lr must be > 0, got {cfg['lr']}")
     if cfg["weight_decay"] < 0 or cfg["aux_loss"] < 0 or cfg["lovasz"] < 0 or not 0 <= cfg["momentum"] < 1:
         raise ConfigError("weight_decay, aux_loss and lovasz must be >= 0 and momentum in [0, 1)")
+    if not 0 <= cfg["balanced_crops"] <= 1:
+        raise ConfigError(f"balanced_crops is the fraction of class-centred training crops: in [0, 1], got {cfg['balanced_crops']}")
     if not 0 < cfg["hard_pixels"] <= 1:
         raise ConfigError(f"hard_pixels is the fraction of pixels the loss keeps: in (0, 1], got {cfg['hard_pixels']}")
     if not 0 <= cfg["ema"] < 1:

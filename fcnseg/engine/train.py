@@ -528,7 +528,7 @@ class _Trainer:
         from fcnseg.data.transforms import train_transforms
 
         cfg = self.cfg
-        return train_transforms(stage["crop"], mean=self.mean, std=self.std, scale=tuple(stage["scale"]), hflip=cfg["hflip"], color_jitter=cfg["color_jitter"])
+        return train_transforms(stage["crop"], mean=self.mean, std=self.std, scale=tuple(stage["scale"]), hflip=cfg["hflip"], color_jitter=cfg["color_jitter"], balanced_crops=cfg["balanced_crops"])
 
     def _build_loader(self) -> None:
         """The training loader of the current stage (its transforms); built again when a
