@@ -164,7 +164,7 @@ def segmentation_loss(
 
 
 def lovasz_softmax_loss(
-    logits: torch.Tensor, target: torch.Tensor, max_pixels: int | None = 65536, generator: torch.Generator | None = None
+    logits: torch.Tensor, target: torch.Tensor, max_pixels: int | None = 32768, generator: torch.Generator | None = None
 ) -> torch.Tensor:
     """Lovász-softmax loss (Berman, Rannen Triki & Blaschko, CVPR 2018): the Lovász
     extension of each class's Jaccard loss ``1 - IoU`` evaluated on the softmax
@@ -175,7 +175,7 @@ def lovasz_softmax_loss(
     batch's pixels are pooled (the dataset-level IoU of the batch, not a per-image mean).
     With ``max_pixels``, the loss is taken over ``max_pixels`` positions drawn uniformly
     (with replacement) from the batch, its labelled ones (each class needs a sort of the
-    pixel errors; a 2^16 sample keeps that cheap on full-resolution crops); None: over all
+    pixel errors; a 2^15 sample keeps that cheap: ~30 ms a batch on 2 cores); None: over all
     labelled pixels. A batch with no labelled pixel gives 0."""
     n, k = logits.shape[:2]
     flat = logits.reshape(n, k, -1)  # (N, K, HW), a view
