@@ -53,6 +53,7 @@ def _imagenet(file_name: str, source: str) -> dict:
 # backbone -> weights name -> entry. The VGG entries must be IMAGENET1K_V1: torchvision's
 # VGG16_Weights.IMAGENET1K_FEATURES has NaN classifier weights, useless for fc6/fc7.
 WEIGHTS: dict[str, dict[str, dict]] = {
+    "resnet10": {},  # no published checkpoint: from scratch only
     "vgg16": {
         "imagenet": _imagenet("vgg16-397923af.pth", "torchvision VGG16_Weights.IMAGENET1K_V1")
     },
@@ -86,10 +87,9 @@ def preprocessing(backbone: str, weights: str | PathLike | None = "imagenet") ->
     statistics for every backbone; it raises ``ConfigError`` for an unknown backbone."""
     if backbone not in WEIGHTS:
         raise ConfigError(f"unknown backbone {backbone!r}; choose one of {', '.join(WEIGHTS)}")
-    if isinstance(weights, str) and weights in WEIGHTS[backbone]:
-        entry = WEIGHTS[backbone][weights]
-    else:
-        entry = WEIGHTS[backbone]["imagenet"]
+    entry = WEIGHTS[backbone].get(weights if isinstance(weights, str) else "imagenet")
+    if entry is None:  # a file, or a backbone with no published checkpoint (resnet10)
+        return {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
     return {"mean": tuple(entry["mean"]), "std": tuple(entry["std"])}
 
 
@@ -316,6 +316,12 @@ def load_weights(model: nn.Module, weights: str | PathLike, *, progress: bool = 
         load_backbone_state(model.backbone, state, source=entry["url"])
         return
     path = Path(weights)
+    if weights == "imagenet" and not path.is_file():
+        raise WeightsError(
+            f"backbone {backbone_name!r} has no published ImageNet checkpoint; train it from "
+            "scratch (weights: null) or choose a backbone that has one: "
+            + ", ".join(k for k, v in WEIGHTS.items() if "imagenet" in v)
+        )
     if not path.is_file():
         known = ", ".join(WEIGHTS.get(backbone_name, {})) or "none"
         raise WeightsError(

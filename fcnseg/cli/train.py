@@ -43,7 +43,7 @@ def register(subparsers) -> None:
     g.add_argument("--preload", action="store_true", help="decode the training pairs into memory once (small datasets)")
     g = p.add_argument_group("model")
     g.add_argument("--model", metavar="NAME", help="fcn32s, fcn16s, fcn8s, fcn4s, fcn2s, fpn, seed")
-    g.add_argument("--backbone", metavar="NAME", help="vgg16, vgg16_bn, resnet18, ...")
+    g.add_argument("--backbone", metavar="NAME", help="vgg16, vgg16_bn, resnet10, resnet18, ...")
     g.add_argument("--weights", metavar="imagenet|PATH", help="pretrained backbone weights")
     g.add_argument("--init-from", metavar="CKPT", help="copy the tensors whose name and shape match (staged FCN-32s → 16s → 8s)")
     g.add_argument("--freeze-backbone", action="store_true")
