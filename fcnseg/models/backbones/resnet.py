@@ -1,6 +1,6 @@
 """ResNet-10/18/34/50/101 (torchvision's V1.5 layout and state-dict keys, ``fc`` omitted).
 
-ResNet-10 (one BasicBlock per stage, as in timm's ``resnet10t`` without its deep stem) has
+ResNet-10 (one BasicBlock per stage: timm's ``resnet10t`` block counts, torchvision's stem) has
 no torchvision checkpoint: it is for training from scratch, where it makes ~1.6x the
 steps per second of ResNet-18 (docs/camvid.md, rows AK-AM).
 
