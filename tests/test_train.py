@@ -266,6 +266,7 @@ def test_config_precedence_defaults_yaml_flags(tmp_path):
         ("hard_pixels: 0\n", r"hard_pixels is the fraction of pixels the loss keeps: in \(0, 1\], got 0"),
         ("hard_pixels: 1.5\n", "hard_pixels is the fraction"),
         ("lovasz: -1\n", "weight_decay, aux_loss and lovasz must be >= 0"),
+        ("copy_paste: -0.5\n", r"copy_paste is the probability that a training crop receives pasted pixels: in \[0, 1\], got -0.5"),
         ("balanced_crops: 2\n", r"balanced_crops is the fraction of class-centred training crops: in \[0, 1\], got 2"),
         ("ema: 1\n", r"ema is the decay of the weight average per step: in \[0, 1\) \(0: off, e.g. 0.999\), got 1.0"),
         ("progressive: [0.5]\n", r"a progressive stage is \{until: F, crop: \[H, W\], scale: \[MIN, MAX\]\} or 'F:HxW:MIN-MAX'"),
@@ -734,6 +735,36 @@ def test_aux_loss_lovasz_balanced_crops_class_weights_accumulation_and_clipping_
     assert ckpt["aux_head"]["weight"].shape == (3, 256, 1, 1)  # on ResNet-18's stride-16 layer3
     assert model_from_checkpoint(ckpt) is not None  # the aux head is not part of the model
     assert all(math.isfinite(v) for v in losses(run).values())
+
+
+def test_copy_paste_runs_on_the_named_classes_or_the_rare_ones(tmp_path, caplog, monkeypatch):
+    """copy_paste > 0: every training batch goes through copy_paste with the classes the config
+    names (or, by default, those whose median-frequency weight is above 1); an unknown class
+    name stops the run before training with the dataset's class list."""
+    import logging
+
+    import fcnseg.data.transforms as tf_mod
+    from fcnseg.data import build_dataset
+    from fcnseg.data.stats import median_frequency_weights
+    from fcnseg.engine.train import train
+
+    calls = []
+    real = tf_mod.copy_paste
+    monkeypatch.setattr(tf_mod, "copy_paste", lambda im, m, classes, p: calls.append((im.shape, list(classes), p)) or real(im, m, classes, p))
+    caplog.set_level(logging.INFO, logger="fcnseg")
+    train(tiny(tmp_path / "named", copy_paste=0.5, paste_classes=["border", "0"]))
+    assert "copy-paste (p=0.5) of pet, border" in caplog.text
+    assert calls == [((4, 3, 64, 64), [0, 2], 0.5)] * 2  # both steps of the epoch
+    calls.clear()
+    cfg = tiny(tmp_path / "default", copy_paste=1.0)
+    train(cfg)
+    weights = median_frequency_weights(build_dataset("synthetic", split="train", **cfg["data_options"]))
+    rare = [c for c, w in enumerate(weights) if w > 1.0]
+    assert rare and len(rare) < len(weights) and calls and calls[0][1] == rare
+    with pytest.raises(ConfigError, match=r"paste_classes: synthetic has no class 'cat'; its classes are pet, background, border"):
+        train(tiny(tmp_path / "bad", copy_paste=0.5, paste_classes=["cat"]))
+    with pytest.raises(ConfigError, match=r"class index 7 is outside 0..2"):
+        train(tiny(tmp_path / "bad2", copy_paste=0.5, paste_classes=[7]))
 
 
 def test_square_root_median_class_weights(tmp_path, caplog):

@@ -17,6 +17,7 @@ from fcnseg.data.transforms import (
     RandomScale,
     Resize,
     ToTensor,
+    copy_paste,
     eval_transforms,
     pad_collate,
     train_transforms,
@@ -206,3 +207,49 @@ def test_set_random_seed_makes_a_sample_reproducible():
     t.set_random_seed(8)
     c = t(image, mask)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and not torch.equal(a[0], c[0])
+
+
+def test_copy_paste_moves_exactly_the_chosen_classes_from_another_crop():
+    g = torch.Generator().manual_seed(0)
+    n, h, w = 6, 20, 24
+    masks = torch.randint(0, 4, (n, h, w), generator=g)
+    masks[:, :3] = 255  # padding: never pasted
+    images = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 3, h, w).contiguous()  # crop i is all i
+    before = images.clone(), masks.clone()
+    out_img, out_mask = copy_paste(images, masks, [1, 3], 1.0, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(images, before[0]) and torch.equal(masks, before[1])  # inputs untouched
+    sources = []
+    for i in range(n):
+        foreign = out_img[i, 0] != i
+        values = out_img[i, 0][foreign].unique()
+        assert len(values) == 1, i  # one source crop per crop
+        j = int(values)
+        assert j != i
+        sources.append(j)
+        rare = (masks[j] == 1) | (masks[j] == 3)
+        assert torch.equal(foreign, rare)  # exactly the source's class-1/3 pixels, at the same place
+        assert torch.equal(out_mask[i][rare], masks[j][rare])
+        assert torch.equal(out_mask[i][~rare], masks[i][~rare]) and (out_mask[i][:3] == 255).all()
+        assert (out_img[i, 1:] == out_img[i, :1]).all()  # all channels move together
+    assert sorted(sources) == list(range(n))  # every crop is a source once
+
+
+def test_copy_paste_rate_and_no_ops():
+    n, h, w = 8, 8, 8
+    masks = torch.zeros(n, h, w, dtype=torch.long)
+    masks[:, 2:5, 2:5] = 1
+    images = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 3, h, w).contiguous()
+    g = torch.Generator().manual_seed(0)
+    changed = 0
+    for _ in range(250):
+        out, _ = copy_paste(images, masks, [1], 0.3, generator=g)
+        changed += int((out[:, 0, 3, 3] != images[:, 0, 3, 3]).sum())  # a crop took another's class-1 square
+    assert changed / (250 * n) == pytest.approx(0.3, abs=0.03)
+    assert copy_paste(images, masks, [1], 0.0)[0] is images  # p = 0, no classes, a batch of one: no-ops
+    assert copy_paste(images, masks, [], 1.0)[0] is images
+    one = images[:1]
+    assert copy_paste(one, masks[:1], [1], 1.0)[0] is one
+    with pytest.raises(ConfigError, match=r"copy_paste=1.5: the probability .* must be in \[0, 1\]"):
+        copy_paste(images, masks, [1], 1.5)
+    with pytest.raises(ValueError, match="differ in batch or size"):
+        copy_paste(images, masks[:, :4], [1], 1.0)

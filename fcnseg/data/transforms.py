@@ -299,3 +299,34 @@ def pad_collate(batch: Sequence[Pair]) -> tuple[torch.Tensor, torch.Tensor]:
         images.append(img)
         masks.append(msk.long())
     return torch.stack(images), torch.stack(masks)
+
+
+def copy_paste(
+    images: torch.Tensor, masks: torch.Tensor, classes: Sequence[int], p: float, *, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class copy-paste on a batch (ClassMix, Olsson et al. 2021; the semantic-segmentation
+    form of Ghiasi et al. 2021's copy-paste): with probability `p` each crop receives, at the
+    same place, every pixel of `classes` from another crop of the batch, image and label alike.
+    Objects of those classes thus appear over other backgrounds than the ones they were seen on.
+
+    `images` `(N, C, H, W)` and `masks` `(N, H, W)` (255 = ignore, never pasted) of one crop
+    size; the sources are a random derangement of the batch (no crop pastes onto itself).
+    Returns new tensors; the inputs are not modified. A batch of one is returned as is."""
+    if not 0 <= p <= 1:
+        raise ConfigError(f"copy_paste={p!r}: the probability that a crop receives pasted pixels must be in [0, 1]")
+    n = images.shape[0]
+    if n < 2 or p == 0 or not len(classes):
+        return images, masks
+    if images.shape[-2:] != masks.shape[-2:] or images.shape[0] != masks.shape[0]:
+        raise ValueError(f"copy_paste: images {tuple(images.shape)} and masks {tuple(masks.shape)} differ in batch or size")
+    order = torch.randperm(n, generator=generator)
+    src = torch.empty_like(order)
+    src[order] = order.roll(1)  # crop order[i] takes from order[i - 1]: a single cycle, never itself
+    take = torch.rand(n, generator=generator) < p
+    lut = torch.zeros(256, dtype=torch.bool, device=masks.device)
+    lut[torch.as_tensor(list(classes), dtype=torch.long, device=masks.device)] = True
+    src, take = src.to(masks.device), take.to(masks.device)
+    paste = lut[masks[src].clamp(0, 255)] & take.view(n, 1, 1)
+    images = torch.where(paste.unsqueeze(1), images[src], images)
+    masks = torch.where(paste, masks[src], masks)
+    return images, masks

@@ -65,6 +65,8 @@ class TrainConfig:
     hflip: bool = True
     color_jitter: float = 0.2
     balanced_crops: float = 0.0  # fraction of crops placed around a pixel of a class drawn uniformly from the frame's classes
+    copy_paste: float = 0.0  # probability that a crop receives the paste_classes pixels of another crop of its batch
+    paste_classes: list | None = None  # class names (or indices) copy_paste moves; None: the classes rarer than the median
     # progressive resizing: earlier parts of the run on other crops/scales (e.g. smaller frames,
     # more epochs per second), each [{until, crop, scale}] with `until` the fraction of the run
     # (of max_minutes, else of the planned steps) it lasts to; crop/scale above apply after the last
@@ -279,6 +281,8 @@ def validate(cfg: dict) -> None:
         raise ConfigError("weight_decay, aux_loss and lovasz must be >= 0 and momentum in [0, 1)")
     if not 0 <= cfg["balanced_crops"] <= 1:
         raise ConfigError(f"balanced_crops is the fraction of class-centred training crops: in [0, 1], got {cfg['balanced_crops']}")
+    if not 0 <= cfg["copy_paste"] <= 1:
+        raise ConfigError(f"copy_paste is the probability that a training crop receives pasted pixels: in [0, 1], got {cfg['copy_paste']}")
     if not 0 < cfg["hard_pixels"] <= 1:
         raise ConfigError(f"hard_pixels is the fraction of pixels the loss keeps: in (0, 1], got {cfg['hard_pixels']}")
     if not 0 <= cfg["ema"] < 1:

@@ -148,13 +148,14 @@ def segmentation_loss(
     Hengel 2016): the mean (class-weighted) loss of the ``hard_pixels`` fraction of the
     batch's pixels with the highest loss; the easy rest gives no gradient. Ignored pixels
     are never kept (with fewer labelled pixels than that, all labelled pixels are)."""
+    logits = logits.float().contiguous()  # on channels_last logits cross_entropy is slower on CPU (~85 vs ~72 ms a full-res batch)
     if hard_pixels < 1.0:
-        per = F.cross_entropy(logits.float(), target, weight=weight, ignore_index=IGNORE_INDEX, reduction="none").flatten()
+        per = F.cross_entropy(logits, target, weight=weight, ignore_index=IGNORE_INDEX, reduction="none").flatten()
         k = max(1, math.ceil(hard_pixels * per.numel()))
         threshold = per.kthvalue(per.numel() - k + 1).values  # the k-th largest loss
         keep = (per >= threshold) & (target.flatten() != IGNORE_INDEX)
         return (per * keep).sum() / keep.sum().clamp(min=1)
-    total = F.cross_entropy(logits.float(), target, weight=weight, ignore_index=IGNORE_INDEX, reduction="sum")
+    total = F.cross_entropy(logits, target, weight=weight, ignore_index=IGNORE_INDEX, reduction="sum")
     valid = target != IGNORE_INDEX
     if weight is None:
         denom = valid.sum()
@@ -514,15 +515,43 @@ class _Trainer:
                 f"{self.dist.world_size} processes; lower --batch-size"
             )
         self.class_weight = None
+        median_weights = None  # median-frequency weights, computed once if anything needs them
         if cfg["class_weights"] in ("median", "median_sqrt"):
             from fcnseg.data.stats import median_frequency_weights
 
-            w = median_frequency_weights(self.train_ds)
+            w = median_weights = median_frequency_weights(self.train_ds)
             if cfg["class_weights"] == "median_sqrt":
                 w = [math.sqrt(v) for v in w]
             self.class_weight = torch.tensor(w, dtype=torch.float32, device=self.device)
             what = "median-frequency" if cfg["class_weights"] == "median" else "square-root median-frequency"
             log.info("%s class weights: %s", what, ", ".join(f"{c}={v:.2f}" for c, v in zip(self.classes, w, strict=True)))
+        self.paste_classes: list[int] = []
+        if cfg["copy_paste"]:
+            self.paste_classes = self._resolve_paste_classes(median_weights)
+            log.info("copy-paste (p=%g) of %s", cfg["copy_paste"], ", ".join(self.classes[c] for c in self.paste_classes))
+
+    def _resolve_paste_classes(self, median_weights: list[float] | None) -> list[int]:
+        """`paste_classes` as class indices: names or indices from the config, else the classes
+        rarer than the median one (median-frequency weight above 1)."""
+        names = self.cfg["paste_classes"]
+        if names is None:
+            if median_weights is None:
+                from fcnseg.data.stats import median_frequency_weights
+
+                median_weights = median_frequency_weights(self.train_ds)
+            return [c for c, w in enumerate(median_weights) if w > 1.0]
+        out = []
+        for name in names:
+            if isinstance(name, int) or str(name).isdigit():
+                c = int(name)
+                if not 0 <= c < len(self.classes):
+                    raise ConfigError(f"paste_classes: class index {c} is outside 0..{len(self.classes) - 1} of {self.cfg['data']}; classes: {', '.join(self.classes)}")
+            elif name in self.classes:
+                c = self.classes.index(name)
+            else:
+                raise ConfigError(f"paste_classes: {self.cfg['data']} has no class {name!r}; its classes are {', '.join(self.classes)} (names or indices)")
+            out.append(c)
+        return sorted(set(out))
 
     def _stage_transforms(self, stage: dict):
         from fcnseg.data.transforms import train_transforms
@@ -770,6 +799,8 @@ class _Trainer:
     def _train_epoch(self) -> bool:
         """Runs the rest of the current epoch; True when it was completed. Under a time
         budget it may stop early (``self.stop`` set)."""
+        from fcnseg.data.transforms import copy_paste
+
         cfg = self.cfg
         accum = cfg["accum_steps"]
         used = self.steps_per_epoch * accum
@@ -787,6 +818,8 @@ class _Trainer:
             images, masks = next(it)
             images = images.to(self.device, non_blocking=True)
             masks = masks.to(self.device, non_blocking=True)
+            if self.paste_classes:
+                images, masks = copy_paste(images, masks, self.paste_classes, cfg["copy_paste"])
             if self.precision.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             last_micro = (b + 1) % accum == 0
