@@ -421,6 +421,40 @@ def test_fpn_fuses_features_not_scores():
     assert scale > 0.1 and interaction > 5e-3 * scale  # not additive (the ReLUs switch)
 
 
+def test_pyramid_pooling_context_sees_the_whole_image():
+    """context="ppm": ResNet-18's receptive field (~435 px) does not reach across a 64x1024
+    frame, so without a context module the scores at its left edge ignore its right edge;
+    the pyramid pooling module's 1x1 bin (a global average) carries it over. The module's
+    shapes are PSPNet's: four bins of C/4 channels, a 3x3 fuse to C/2 for score_fr."""
+    torch.manual_seed(0)
+
+    def left_edge_change(context):
+        m = build_model("fcn8s", backbone="resnet18", num_classes=3, upsample="bilinear", context=context).eval()
+        for layer in (m.score_fr, m.score_pool4, m.score_pool3):
+            nn.init.normal_(layer.weight)
+        x = torch.randn(1, 3, 64, 1024)
+        y = x.clone()
+        y[..., 960:] += 3.0  # the right edge only
+        with torch.no_grad():
+            a, b = m(x), m(y)
+        assert a.shape == (1, 3, 64, 1024)
+        return (a[..., :64] - b[..., :64]).abs().max().item(), m
+
+    without, _ = left_edge_change(None)
+    with_ppm, m = left_edge_change("ppm")
+    assert without == 0.0 and with_ppm > 1e-3
+    ppm = m.context
+    assert ppm.bins == (1, 2, 3, 6) and [s[0].weight.shape for s in ppm.stages] == [(128, 512, 1, 1)] * 4
+    assert ppm.fuse[0].weight.shape == (256, 1024, 3, 3) and m.score_fr.weight.shape == (3, 256, 1, 1)
+    assert m.config["context"] == "ppm" and "context" not in build_model("fcn8s", backbone="resnet18", num_classes=3).config
+    for shape in ((2, 3, 33, 47), (2, 3, 144, 192)):  # maps smaller than the 6x6 bins still work
+        assert m(torch.randn(*shape)).shape == (2, 3, *shape[-2:])
+    with pytest.raises(ConfigError, match="context='ppm' is for the FCN models"):
+        build_model("fpn", backbone="resnet18", num_classes=3, context="ppm")
+    with pytest.raises(ConfigError, match="unknown context 'aspp'; choose one of ppm"):
+        build_model("fcn8s", backbone="resnet18", num_classes=3, context="aspp")
+
+
 def test_vgg_trunk_is_shared_and_seed_has_no_fc():
     from fcnseg.models.backbones.vgg import VGG
 

@@ -767,6 +767,18 @@ def test_copy_paste_runs_on_the_named_classes_or_the_rare_ones(tmp_path, caplog,
         train(tiny(tmp_path / "bad2", copy_paste=0.5, paste_classes=[7]))
 
 
+def test_context_ppm_trains_and_its_checkpoint_rebuilds_it(tmp_path):
+    from fcnseg.engine.checkpoint import load_checkpoint, model_from_checkpoint
+    from fcnseg.engine.train import train
+
+    run = train(tiny(tmp_path / "run", model="fcn4s", context="ppm"))
+    ckpt = load_checkpoint(run / "last.pt")
+    assert ckpt["model_config"]["context"] == "ppm"
+    model = model_from_checkpoint(ckpt)
+    assert model.context is not None and model.state_dict().keys() == ckpt["model"].keys()
+    assert all(math.isfinite(v) for v in losses(run).values())
+
+
 def test_square_root_median_class_weights(tmp_path, caplog):
     """class_weights=median_sqrt weighs the loss by the square root of the median-frequency
     weights (logged per class)."""

@@ -51,6 +51,7 @@ def register(subparsers) -> None:
     g.add_argument("--upsample", metavar="MODE", help="deconv, bilinear, ...")
     g.add_argument("--align", metavar="MODE", help="same or paper")
     g.add_argument("--output-stride", type=int, metavar="S")
+    g.add_argument("--context", choices=("ppm",), help="a context module on the backbone's last map before the FCN score layer: ppm (PSPNet's pyramid pooling)")
     g.add_argument("--aux-loss", type=float, metavar="W", help="weight of an auxiliary stride-16 loss (0: off)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch-size", type=int, metavar="B", help="per process")

@@ -56,6 +56,7 @@ class TrainConfig:
     upsample: str = "bilinear"
     align: str = "same"
     output_stride: int = 32
+    context: str | None = None  # "ppm": a pyramid pooling module on the last map (FCN models)
     init_from: str | None = None  # a checkpoint whose name+shape-matching tensors are copied
     freeze_backbone: bool = False
     zero_init_residual: bool = False  # from scratch: each ResNet block starts as the identity

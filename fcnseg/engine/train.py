@@ -654,7 +654,7 @@ class _Trainer:
             self._check_weights_classes(Path(weights))
         self.model = build_model(
             cfg["model"], backbone=cfg["backbone"], num_classes=self.num_classes, weights=weights,
-            upsample=cfg["upsample"], align=cfg["align"], output_stride=cfg["output_stride"],
+            upsample=cfg["upsample"], align=cfg["align"], output_stride=cfg["output_stride"], context=cfg["context"],
         )
         if cfg["zero_init_residual"]:
             self._zero_init_residual()

@@ -50,6 +50,7 @@ def build_model(
     upsample: str = "deconv",
     align: str = "same",
     output_stride: int = 32,
+    context: str | None = None,
     progress: bool = True,
 ) -> nn.Module:
     """Build model ``name`` (see ``list_models()``); ``forward(x: (N, in_channels, H, W))``
@@ -59,7 +60,8 @@ def build_model(
     downloaded and hash-checked), or a path to a torchvision-format backbone state dict
     or an fcnseg checkpoint. ``upsample``: ``"deconv"``, ``"bilinear"`` or ``"unpool"``.
     ``align``: ``"same"`` or ``"paper"`` (Caffe FCN geometry, VGG FCNs only).
-    ``output_stride``: 32, or 16/8 for ResNets (dilated). Conflicts raise ``ConfigError``.
+    ``output_stride``: 32, or 16/8 for ResNets (dilated). ``context``: ``None``, or ``"ppm"``
+    (a pyramid pooling module before the FCN models' ``score_fr``). Conflicts raise ``ConfigError``.
     The model's ``.config`` holds these arguments minus ``weights``/``progress``.
     """
     from fcnseg.models.backbones import BACKBONES
@@ -81,6 +83,10 @@ def build_model(
         raise ConfigError(f"unknown align {align!r}; choose one of {', '.join(ALIGNS)}")
     if output_stride not in (8, 16, 32):
         raise ConfigError(f"output_stride must be 8, 16 or 32, not {output_stride!r}")
+    from fcnseg.models.fcn import VARIANTS as FCN_VARIANTS
+
+    if context is not None and name not in FCN_VARIANTS:
+        raise ConfigError(f"context={context!r} is for the FCN models (fcn32s ... fcn2s), not {name!r}")
     config = dict(
         name=name,
         backbone=backbone,
@@ -90,6 +96,8 @@ def build_model(
         align=align,
         output_stride=output_stride,
     )
+    if context is not None:  # only when set: checkpoints from before the option still load
+        config["context"] = context
     model = MODELS[name](**{k: v for k, v in config.items() if k != "name"}, config=config)
     if weights is not None:
         from fcnseg.weights import load_weights

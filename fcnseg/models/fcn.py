@@ -12,6 +12,12 @@ Layer names follow the authors' Caffe nets (``score_fr``, ``score_pool4``, ``sco
 map one to one. Score layers are zero-initialised (as the authors do); the deconvolutions
 are bilinear-initialised and learnable.
 
+``context="ppm"`` puts PSPNet's pyramid pooling module (Zhao et al. 2017) between the
+backbone's last map and ``score_fr``: the map average-pooled into 1x1, 2x2, 3x3 and 6x6 bins,
+each reduced to a quarter of the channels (1x1 conv + BN + ReLU) and upsampled back, then
+concatenated with the map and fused by a 3x3 conv + BN + ReLU to half its channels — every
+stride-32 score then sees the whole image, not only its receptive field.
+
 Fusion: ``up`` (the upsampled coarser scores) and ``skip`` (the finer score map, read from
 offset ``c``) are summed over their common extent ``up[:h, :w] + skip[c:c+h, c:c+w]``,
 ``h = min(up_h, skip_h - c)``. With ``align="same"`` ``c = 0`` and ``up`` is the larger
@@ -22,6 +28,7 @@ pool4, 9 for pool3; final crop 31), which reproduces their Caffe ``crop`` layers
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -36,6 +43,32 @@ PAPER_CROPS = {"fcn32s": (0, 0, 19), "fcn16s": (5, 0, 27), "fcn8s": (5, 9, 31)}
 # side) and conv1_1's 100 px padding need undoing
 PAPER_UNPOOL_PAD, PAPER_UNPOOL_CROP = 3, 100
 VARIANTS = {"fcn32s": 0, "fcn16s": 1, "fcn8s": 2, "fcn4s": 3, "fcn2s": 4}
+CONTEXTS = ("ppm",)
+
+
+class PyramidPooling(nn.Module):
+    """PSPNet's pyramid pooling module: ``(N, C, h, w) -> (N, out_channels, h, w)``."""
+
+    def __init__(self, in_channels: int, out_channels: int, bins: tuple[int, ...] = (1, 2, 3, 6)) -> None:
+        super().__init__()
+        mid = in_channels // 4
+        self.bins = bins
+        self.stages = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(in_channels, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(inplace=True)) for _ in bins
+        )
+        self.fuse = nn.Sequential(
+            nn.Conv2d(in_channels + mid * len(bins), out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        size = x.shape[-2:]
+        pooled = [
+            F.interpolate(stage(F.adaptive_avg_pool2d(x, b)), size=size, mode="bilinear", align_corners=False)
+            for b, stage in zip(self.bins, self.stages, strict=True)
+        ]
+        return self.fuse(torch.cat([x, *pooled], dim=1))
 
 
 class FCN(nn.Module):
@@ -50,10 +83,13 @@ class FCN(nn.Module):
         upsample: str,
         align: str,
         config: dict,
+        context: str | None = None,
     ) -> None:
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"unknown FCN variant {variant!r}")
+        if context is not None and context not in CONTEXTS:
+            raise ConfigError(f"unknown context {context!r}; choose one of {', '.join(CONTEXTS)} (or none)")
         self.backbone = backbone
         self.config = dict(config)
         self.variant, self.num_classes = variant, num_classes
@@ -86,7 +122,12 @@ class FCN(nn.Module):
                 geometry=geometry,
             )
 
-        self.score_fr = nn.Conv2d(ch["out"], K, 1)
+        self.context = None
+        top = ch["out"]
+        if context == "ppm":
+            self.context = PyramidPooling(top, top // 2)
+            top //= 2
+        self.score_fr = nn.Conv2d(top, K, 1)
         if skips == 0:
             self.upscore32 = up("out", 1)
         if skips >= 1:
@@ -130,7 +171,8 @@ class FCN(nn.Module):
         """``x``: ``(N, C, H, W)``, any ``H, W >= 32`` -> logits ``(N, num_classes, H, W)``."""
         H, W = x.shape[-2:]
         feats = self.backbone(x)
-        score = self.score_fr(feats["out"])
+        top = feats["out"] if self.context is None else self.context(feats["out"])
+        score = self.score_fr(top)
         if self.pre_pad:
             score = F.pad(score, (self.pre_pad,) * 4)
         if self.variant == "fcn32s":
@@ -171,6 +213,7 @@ def _builder(variant: str):
         align: str,
         output_stride: int,
         config: dict,
+        context: str | None = None,
     ) -> FCN:
         trunk = build_backbone(
             backbone,
@@ -187,6 +230,7 @@ def _builder(variant: str):
             upsample=upsample,
             align=align,
             config=config,
+            context=context,
         )
 
     build.__name__ = variant
