@@ -58,6 +58,7 @@ def register(subparsers) -> None:
     g.add_argument("--accum-steps", type=int, metavar="N", help="gradient accumulation")
     g.add_argument("--crop", type=int, nargs="+", metavar="PX", help="training crop: H [W]")
     g.add_argument("--scale", type=float, nargs=2, metavar=("MIN", "MAX"), help="random rescaling of training images before the crop")
+    g.add_argument("--color-jitter", type=float, metavar="S", help="brightness, contrast and saturation of training crops scaled by factors in [1 - S, 1 + S] (0: off)")
     g.add_argument("--balanced-crops", type=float, metavar="P", help="place a fraction P of the training crops around a pixel of a class drawn uniformly from the frame's classes (rare classes as often as common ones; 0: uniform crops)")
     g.add_argument("--copy-paste", type=float, metavar="P", help="class copy-paste: with probability P a training crop receives, at the same place, the --paste-classes pixels of another crop of its batch (0: off)")
     g.add_argument("--paste-classes", nargs="+", metavar="NAME", help="the classes --copy-paste moves, by name or index (default: those rarer than the median class)")

@@ -282,6 +282,8 @@ def validate(cfg: dict) -> None:
         raise ConfigError("weight_decay, aux_loss and lovasz must be >= 0 and momentum in [0, 1)")
     if not 0 <= cfg["balanced_crops"] <= 1:
         raise ConfigError(f"balanced_crops is the fraction of class-centred training crops: in [0, 1], got {cfg['balanced_crops']}")
+    if not 0 <= cfg["color_jitter"] < 1:
+        raise ConfigError(f"color_jitter scales brightness, contrast and saturation by factors in [1 - S, 1 + S]: S in [0, 1), got {cfg['color_jitter']}")
     if not 0 <= cfg["copy_paste"] <= 1:
         raise ConfigError(f"copy_paste is the probability that a training crop receives pasted pixels: in [0, 1], got {cfg['copy_paste']}")
     if not 0 < cfg["hard_pixels"] <= 1:
