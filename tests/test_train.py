@@ -266,6 +266,7 @@ def test_config_precedence_defaults_yaml_flags(tmp_path):
         ("hard_pixels: 0\n", r"hard_pixels is the fraction of pixels the loss keeps: in \(0, 1\], got 0"),
         ("hard_pixels: 1.5\n", "hard_pixels is the fraction"),
         ("lovasz: -1\n", "weight_decay, aux_loss and lovasz must be >= 0"),
+        ("context: ppm\nbatch_size: 1\n", r"context 'ppm' batch-normalises its global \(1x1\) bin over the batch, which needs batch_size >= 2"),
         ("color_jitter: 1.2\n", r"color_jitter scales brightness, contrast and saturation by factors in \[1 - S, 1 \+ S\]: S in \[0, 1\), got 1.2"),
         ("copy_paste: -0.5\n", r"copy_paste is the probability that a training crop receives pasted pixels: in \[0, 1\], got -0.5"),
         ("balanced_crops: 2\n", r"balanced_crops is the fraction of class-centred training crops: in \[0, 1\], got 2"),

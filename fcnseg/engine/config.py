@@ -282,6 +282,8 @@ def validate(cfg: dict) -> None:
         raise ConfigError("weight_decay, aux_loss and lovasz must be >= 0 and momentum in [0, 1)")
     if not 0 <= cfg["balanced_crops"] <= 1:
         raise ConfigError(f"balanced_crops is the fraction of class-centred training crops: in [0, 1], got {cfg['balanced_crops']}")
+    if cfg["context"] == "ppm" and cfg["batch_size"] < 2:
+        raise ConfigError(f"context 'ppm' batch-normalises its global (1x1) bin over the batch, which needs batch_size >= 2 per process in training; got {cfg['batch_size']} (raise --batch-size or drop --context)")
     if not 0 <= cfg["color_jitter"] < 1:
         raise ConfigError(f"color_jitter scales brightness, contrast and saturation by factors in [1 - S, 1 + S]: S in [0, 1), got {cfg['color_jitter']}")
     if not 0 <= cfg["copy_paste"] <= 1:
