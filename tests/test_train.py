@@ -769,6 +769,31 @@ def test_copy_paste_runs_on_the_named_classes_or_the_rare_ones(tmp_path, caplog,
         train(tiny(tmp_path / "bad2", copy_paste=0.5, paste_classes=[7]))
 
 
+def test_paste_weights_weigh_the_loss_by_the_pasted_masks(tmp_path, caplog):
+    """paste_weights with copy_paste: the loss's class weights are the square roots of the
+    median-frequency weights of the pasted masks (the pasted class weighs less than without);
+    with class_weights none there is nothing to recompute."""
+    import logging
+    import re
+
+    from fcnseg.data import build_dataset
+    from fcnseg.data.stats import median_frequency_weights, pasted_median_frequency_weights
+    from fcnseg.engine.train import train
+
+    caplog.set_level(logging.INFO, logger="fcnseg")
+    cfg = tiny(tmp_path / "run", class_weights="median_sqrt", copy_paste=0.5, paste_classes=["border"], paste_weights=True)
+    train(cfg)
+    line = next(r.getMessage() for r in caplog.records if "class weights for the pasted masks" in r.getMessage())
+    logged = [float(v) for v in re.findall(r"=([0-9.]+)", line)]
+    ds = build_dataset("synthetic", split="train", **cfg["data_options"])
+    pasted = pasted_median_frequency_weights(ds, [2], 0.5, seed=0)  # the default seed
+    assert logged == pytest.approx([math.sqrt(w) for w in pasted], abs=0.006)
+    assert pasted[2] < median_frequency_weights(ds)[2]  # border, pasted, is more frequent
+    caplog.clear()
+    train(tiny(tmp_path / "none", copy_paste=0.5, paste_weights=True))
+    assert "class weights" not in caplog.text
+
+
 def test_context_ppm_trains_and_its_checkpoint_rebuilds_it(tmp_path):
     from fcnseg.engine.checkpoint import load_checkpoint, model_from_checkpoint
     from fcnseg.engine.train import train

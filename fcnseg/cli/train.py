@@ -62,6 +62,7 @@ def register(subparsers) -> None:
     g.add_argument("--balanced-crops", type=float, metavar="P", help="place a fraction P of the training crops around a pixel of a class drawn uniformly from the frame's classes (rare classes as often as common ones; 0: uniform crops)")
     g.add_argument("--copy-paste", type=float, metavar="P", help="class copy-paste: with probability P a training crop receives, at the same place, the --paste-classes pixels of another crop of its batch (0: off)")
     g.add_argument("--paste-classes", nargs="+", metavar="NAME", help="the classes --copy-paste moves, by name or index (default: those rarer than the median class)")
+    g.add_argument("--paste-weights", action=argparse.BooleanOptionalAction, default=None, help="compute the median-frequency class weights on the masks as --copy-paste changes them (the pasted classes weigh less)")
     g.add_argument("--progressive", nargs="+", metavar="F:HxW:MIN-MAX", help="progressive resizing: train up to fraction F of the run on HxW crops of frames scaled MIN-MAX, then on --crop/--scale (e.g. 0.5:144x192:0.375-0.625)")
     g.add_argument("--optimizer", choices=("sgd", "adam", "adamw"))
     g.add_argument("--lr", type=float, metavar="X")

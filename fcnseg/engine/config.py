@@ -68,6 +68,7 @@ class TrainConfig:
     balanced_crops: float = 0.0  # fraction of crops placed around a pixel of a class drawn uniformly from the frame's classes
     copy_paste: float = 0.0  # probability that a crop receives the paste_classes pixels of another crop of its batch
     paste_classes: list | None = None  # class names (or indices) copy_paste moves; None: the classes rarer than the median
+    paste_weights: bool = False  # median-frequency class weights of the masks as copy_paste changes them (pasted classes weigh less)
     # progressive resizing: earlier parts of the run on other crops/scales (e.g. smaller frames,
     # more epochs per second), each [{until, crop, scale}] with `until` the fraction of the run
     # (of max_minutes, else of the planned steps) it lasts to; crop/scale above apply after the last

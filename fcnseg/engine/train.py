@@ -529,6 +529,14 @@ class _Trainer:
         if cfg["copy_paste"]:
             self.paste_classes = self._resolve_paste_classes(median_weights)
             log.info("copy-paste (p=%g) of %s", cfg["copy_paste"], ", ".join(self.classes[c] for c in self.paste_classes))
+            if cfg["paste_weights"] and self.class_weight is not None:
+                from fcnseg.data.stats import pasted_median_frequency_weights
+
+                w = pasted_median_frequency_weights(self.train_ds, self.paste_classes, cfg["copy_paste"], seed=cfg["seed"])
+                if cfg["class_weights"] == "median_sqrt":
+                    w = [math.sqrt(v) for v in w]
+                self.class_weight = torch.tensor(w, dtype=torch.float32, device=self.device)
+                log.info("class weights for the pasted masks: %s", ", ".join(f"{c}={v:.2f}" for c, v in zip(self.classes, w, strict=True)))
 
     def _resolve_paste_classes(self, median_weights: list[float] | None) -> list[int]:
         """`paste_classes` as class indices: names or indices from the config, else the classes
