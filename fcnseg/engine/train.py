@@ -514,29 +514,29 @@ class _Trainer:
                 f"optimizer step of batch_size {cfg['batch_size']} x accum_steps {cfg['accum_steps']} x "
                 f"{self.dist.world_size} processes; lower --batch-size"
             )
-        self.class_weight = None
         median_weights = None  # median-frequency weights, computed once if anything needs them
-        if cfg["class_weights"] in ("median", "median_sqrt"):
+        weighted = cfg["class_weights"] in ("median", "median_sqrt")
+        if weighted:
             from fcnseg.data.stats import median_frequency_weights
 
-            w = median_weights = median_frequency_weights(self.train_ds)
-            if cfg["class_weights"] == "median_sqrt":
-                w = [math.sqrt(v) for v in w]
-            self.class_weight = torch.tensor(w, dtype=torch.float32, device=self.device)
-            what = "median-frequency" if cfg["class_weights"] == "median" else "square-root median-frequency"
-            log.info("%s class weights: %s", what, ", ".join(f"{c}={v:.2f}" for c, v in zip(self.classes, w, strict=True)))
+            median_weights = median_frequency_weights(self.train_ds)
         self.paste_classes: list[int] = []
         if cfg["copy_paste"]:
             self.paste_classes = self._resolve_paste_classes(median_weights)
             log.info("copy-paste (p=%g) of %s", cfg["copy_paste"], ", ".join(self.classes[c] for c in self.paste_classes))
-            if cfg["paste_weights"] and self.class_weight is not None:
+        self.class_weight = None
+        if weighted:
+            w, masks = median_weights, ""
+            if cfg["copy_paste"] and cfg["paste_weights"]:
                 from fcnseg.data.stats import pasted_median_frequency_weights
 
                 w = pasted_median_frequency_weights(self.train_ds, self.paste_classes, cfg["copy_paste"], seed=cfg["seed"])
-                if cfg["class_weights"] == "median_sqrt":
-                    w = [math.sqrt(v) for v in w]
-                self.class_weight = torch.tensor(w, dtype=torch.float32, device=self.device)
-                log.info("class weights for the pasted masks: %s", ", ".join(f"{c}={v:.2f}" for c, v in zip(self.classes, w, strict=True)))
+                masks = " for the pasted masks"
+            if cfg["class_weights"] == "median_sqrt":
+                w = [math.sqrt(v) for v in w]
+            self.class_weight = torch.tensor(w, dtype=torch.float32, device=self.device)
+            what = "median-frequency" if cfg["class_weights"] == "median" else "square-root median-frequency"
+            log.info("%s class weights%s: %s", what, masks, ", ".join(f"{c}={v:.2f}" for c, v in zip(self.classes, w, strict=True)))
 
     def _resolve_paste_classes(self, median_weights: list[float] | None) -> list[int]:
         """`paste_classes` as class indices: names or indices from the config, else the classes
