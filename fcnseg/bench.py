@@ -148,21 +148,31 @@ def _matmul_peak(
     dtype: torch.dtype, device: torch.device, n: int, reps: int
 ) -> tuple[float, float]:
     """(TFLOP/s of the fastest of ``reps`` matmuls, TFLOP/s from the least CPU time of one
-    (CPU only, scaled to all threads; nan on CUDA))."""
-    key = (str(dtype), str(device), n)
+    (CPU only, scaled to all threads; nan on CUDA)).
+
+    On CUDA an fp32 matmul runs under the convolutions' TF32 policy
+    (``torch.backends.cudnn.allow_tf32``, on by default), so that fp32 convolutions, which
+    cuDNN runs in TF32, are measured against the peak of the same arithmetic."""
+    tf32 = device.type == "cuda" and dtype == torch.float32 and torch.backends.cudnn.allow_tf32
+    key = (str(dtype), str(device), n, tf32)
     if key in _PEAK_CACHE:
         return _PEAK_CACHE[key]
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
-    torch.mm(a, b)  # first call selects / packs kernels
-    best, best_cpu = math.inf, math.inf
-    for _ in range(reps):
-        _sync(device)
-        c0, t0 = _cpu_seconds(), time.perf_counter()
-        torch.mm(a, b)
-        _sync(device)
-        best = min(best, time.perf_counter() - t0)
-        best_cpu = min(best_cpu, _cpu_seconds() - c0)
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32 or before
+    try:
+        torch.mm(a, b)  # first call selects / packs kernels
+        best, best_cpu = math.inf, math.inf
+        for _ in range(reps):
+            _sync(device)
+            c0, t0 = _cpu_seconds(), time.perf_counter()
+            torch.mm(a, b)
+            _sync(device)
+            best = min(best, time.perf_counter() - t0)
+            best_cpu = min(best_cpu, _cpu_seconds() - c0)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
     flop = 2 * n**3
     cpu_peak = float("nan")
     if device.type == "cpu" and best_cpu > 0:

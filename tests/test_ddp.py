@@ -20,7 +20,7 @@ def test_two_process_gloo_run_validates_like_one_process(tmp_path):
     cfg = dict(
         data="synthetic", data_options={"size": 64, "length": 18}, model="fcn8s", backbone="resnet18",
         upsample="bilinear", crop=[64, 64], batch_size=4, epochs=1, warmup_steps=1, log_every=1,
-        num_samples=1, tensorboard=False,
+        num_samples=1, tensorboard=False, device="cpu",  # gloo, also where a GPU is present
     )
     yml = tmp_path / "ddp.yaml"
     yml.write_text(yaml.safe_dump(cfg))
@@ -54,3 +54,19 @@ def test_two_process_gloo_run_validates_like_one_process(tmp_path):
     for key in ("pixel_acc", "mean_acc", "mean_iou", "fw_iou"):
         assert single[key] == pytest.approx(result["final"][key], abs=0), key
     assert single["iou"] == pytest.approx(ckpt["last_eval"]["iou"], abs=0, nan_ok=True)
+
+
+def test_more_processes_than_gpus_is_a_config_error_naming_the_fix(monkeypatch):
+    from fcnseg.engine import distributed as ddp
+    from fcnseg.errors import ConfigError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError) as e:
+        ddp.setup_distributed(torch.device("cuda"))
+    msg = str(e.value)
+    assert "process 1 of 2" in msg and "1 GPU(s) are visible" in msg
+    assert "--nproc_per_node=1" in msg and "--device cpu" in msg

@@ -244,6 +244,13 @@ def test_config_precedence_defaults_yaml_flags(tmp_path):
     assert cfg["data_options"] == {"size": 64, "length": 16}  # merged per key
     assert cfg["optimizer"] == TrainConfig().optimizer  # default
     assert resolve_config({})["crop"] == TrainConfig().crop
+    # --max-minutes 0 lifts the file's time budget (the run then lasts --epochs); a number sets it
+    yml.write_text("max_minutes: 30\nepochs: 1000\n")
+    for flag, minutes in (["--max-minutes", "0"], None), (["--max-minutes", "2.5"], 2.5), ([], 30):
+        args = build_parser().parse_args(["train", "--config", str(yml), "--epochs", "104", *flag])
+        cfg = resolve_config(overrides_from_args(args), config_file=yml)
+        assert cfg["max_minutes"] == minutes and cfg["epochs"] == 104
+    yml.write_text("lr: 1e-4\nepochs: 7\nbatch_size: 3\ncrop: 96\ndata_options: {size: 64, length: 8}\n")
     args = build_parser().parse_args(["train", "--scale", "0.75", "1.25", "--eval-tta", "flip,scales=0.75,1", "--class-weights", "median_sqrt"])
     assert overrides_from_args(args) == {"scale": [0.75, 1.25], "eval_tta": "flip,scales=0.75,1", "class_weights": "median_sqrt"}
     assert resolve_config(overrides_from_args(args))["scale"] == [0.75, 1.25]
@@ -345,6 +352,7 @@ def tiny(out: Path, **kw) -> dict:
         data="synthetic", data_options={"size": 64, "length": 8}, model="fcn8s", backbone="resnet18",
         upsample="bilinear", crop=[64, 64], batch_size=4, epochs=1, warmup_steps=2, log_every=1,
         eval_batch_size=4, num_samples=1, tensorboard=False, out=str(out),
+        device="cpu",  # bitwise-exact resume is asserted on the CPU (GPU kernels may not be deterministic)
     )
     cfg.update(kw)
     return cfg

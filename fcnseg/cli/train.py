@@ -30,7 +30,7 @@ def register(subparsers) -> None:
     g.add_argument("--resume", nargs="?", const="auto", metavar="PATH", help="continue from a checkpoint (default OUT/last.pt)")
     g.add_argument("--seed", type=int)
     g.add_argument("--epochs", type=int, metavar="N")
-    g.add_argument("--max-minutes", type=float, metavar="M", help="wall-clock budget, final evaluation included; the lr schedule fits it")
+    g.add_argument("--max-minutes", type=float, metavar="M", help="wall-clock budget, final evaluation included; the lr schedule fits it (0: none, e.g. to run a config's recipe for --epochs)")
     g.add_argument("--eval-every", type=int, metavar="N", help="validate every N epochs")
     g.add_argument("--eval-tta", metavar="SPEC", help="test-time augmentation of validation (and the default of `fcnseg eval`/`predict` for this run), e.g. 'flip,scales=0.75,1,1.25'; 'none': off")
     g.add_argument("--ckpt-every-steps", type=int, metavar="N", help="also write last.pt every N steps")
@@ -89,6 +89,8 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
     from fcnseg.engine.config import FIELDS
 
     given = {k: v for k, v in vars(args).items() if k in FIELDS and v is not None}
+    if given.get("max_minutes") == 0:  # --max-minutes 0 lifts a config file's time budget
+        given["max_minutes"] = None
     for key in ("data_option", "func", "verb"):
         given.pop(key, None)
     if getattr(args, "data_option", None):

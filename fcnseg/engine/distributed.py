@@ -47,6 +47,16 @@ def setup_distributed(device: torch.device) -> DistInfo:
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
+            gpus = torch.cuda.device_count()
+            if info.local_rank >= gpus:
+                from fcnseg.errors import ConfigError
+
+                local = os.environ.get("LOCAL_WORLD_SIZE", "?")
+                raise ConfigError(
+                    f"process {info.local_rank} of {local} on this node trains on cuda:{info.local_rank}, but "
+                    f"{gpus} GPU(s) are visible; launch torchrun --nproc_per_node={gpus} (one process per "
+                    "GPU), or train on the CPU with --device cpu"
+                )
             torch.cuda.set_device(info.local_rank)
         dist.init_process_group(backend=backend, rank=info.rank, world_size=info.world_size)
     if device.type == "cpu":
