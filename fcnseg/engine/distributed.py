@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from fcnseg.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -49,8 +51,6 @@ def setup_distributed(device: torch.device) -> DistInfo:
         if device.type == "cuda":
             gpus = torch.cuda.device_count()
             if info.local_rank >= gpus:
-                from fcnseg.errors import ConfigError
-
                 local = os.environ.get("LOCAL_WORLD_SIZE", "?")
                 raise ConfigError(
                     f"process {info.local_rank} of {local} on this node trains on cuda:{info.local_rank}, but "
