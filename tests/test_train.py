@@ -250,7 +250,6 @@ def test_config_precedence_defaults_yaml_flags(tmp_path):
         args = build_parser().parse_args(["train", "--config", str(yml), "--epochs", "104", *flag])
         cfg = resolve_config(overrides_from_args(args), config_file=yml)
         assert cfg["max_minutes"] == minutes and cfg["epochs"] == 104
-    yml.write_text("lr: 1e-4\nepochs: 7\nbatch_size: 3\ncrop: 96\ndata_options: {size: 64, length: 8}\n")
     args = build_parser().parse_args(["train", "--scale", "0.75", "1.25", "--eval-tta", "flip,scales=0.75,1", "--class-weights", "median_sqrt"])
     assert overrides_from_args(args) == {"scale": [0.75, 1.25], "eval_tta": "flip,scales=0.75,1", "class_weights": "median_sqrt"}
     assert resolve_config(overrides_from_args(args))["scale"] == [0.75, 1.25]
