@@ -160,7 +160,7 @@ def _matmul_peak(
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     before = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = tf32 or before
+    torch.backends.cuda.matmul.allow_tf32 = tf32  # no effect on CPU or bf16 matmuls
     try:
         torch.mm(a, b)  # first call selects / packs kernels
         best, best_cpu = math.inf, math.inf

@@ -250,6 +250,7 @@ def test_config_precedence_defaults_yaml_flags(tmp_path):
         args = build_parser().parse_args(["train", "--config", str(yml), "--epochs", "104", *flag])
         cfg = resolve_config(overrides_from_args(args), config_file=yml)
         assert cfg["max_minutes"] == minutes and cfg["epochs"] == 104
+    assert resolve_config({"max_minutes": 0}, config_file=yml)["max_minutes"] is None  # the library alike
     args = build_parser().parse_args(["train", "--scale", "0.75", "1.25", "--eval-tta", "flip,scales=0.75,1", "--class-weights", "median_sqrt"])
     assert overrides_from_args(args) == {"scale": [0.75, 1.25], "eval_tta": "flip,scales=0.75,1", "class_weights": "median_sqrt"}
     assert resolve_config(overrides_from_args(args))["scale"] == [0.75, 1.25]
@@ -267,6 +268,7 @@ def test_config_precedence_defaults_yaml_flags(tmp_path):
     [
         ("learning_rate: 0.1\n", "'learning_rate'"),
         ("epochs: many\n", "epochs must be a int"),
+        ("max_minutes: -5\n", r"max_minutes must be > 0 \(or 0: no time budget\), got -5"),
         ("optimizer: rmsprop\n", "optimizer"),
         ("eval_tta: flip,scales=big\n", "TTA scale 'big'"),  # caught before training, not after
         ("hard_pixels: 0\n", r"hard_pixels is the fraction of pixels the loss keeps: in \(0, 1\], got 0"),

@@ -89,8 +89,6 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
     from fcnseg.engine.config import FIELDS
 
     given = {k: v for k, v in vars(args).items() if k in FIELDS and v is not None}
-    if given.get("max_minutes") == 0:  # --max-minutes 0 lifts a config file's time budget
-        given["max_minutes"] = None
     for key in ("data_option", "func", "verb"):
         given.pop(key, None)
     if getattr(args, "data_option", None):

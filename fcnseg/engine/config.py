@@ -221,6 +221,8 @@ def resolve_config(overrides: dict | TrainConfig | None = None, *, config_file: 
             overrides = dict(overrides)
             cfg = merge(cfg, load_yaml(overrides["config"]), str(overrides.pop("config")))
         cfg = merge(cfg, overrides, "the given options")
+    if cfg["max_minutes"] == 0:  # 0 lifts a time budget (e.g. a config file's): --epochs decides
+        cfg["max_minutes"] = None
     validate(cfg)
     return cfg
 
@@ -297,8 +299,8 @@ def validate(cfg: dict) -> None:
         raise ConfigError(f"zero_init_residual is an initialisation for training from scratch; with weights={cfg['weights']!r} it would erase the pretrained residual branches (drop one of the two)")
     if cfg["clip_grad"] is not None and cfg["clip_grad"] <= 0:
         raise ConfigError(f"clip_grad must be > 0 (or none), got {cfg['clip_grad']}")
-    if cfg["max_minutes"] is not None and cfg["max_minutes"] <= 0:
-        raise ConfigError(f"max_minutes must be > 0, got {cfg['max_minutes']}")
+    if cfg["max_minutes"] is not None and cfg["max_minutes"] < 0:
+        raise ConfigError(f"max_minutes must be > 0 (or 0: no time budget), got {cfg['max_minutes']}")
     from fcnseg.engine.inference import parse_tta
 
     parse_tta(cfg["eval_tta"])  # a bad spec fails now, not at the first validation
