@@ -918,3 +918,83 @@ def test_zero_init_residual_trains_from_identity_blocks_and_refuses_pretrained_w
         train(tiny(tmp_path / "w", zero_init_residual=True, weights="imagenet"))
     with pytest.raises(ConfigError, match="zero_init_residual needs a ResNet backbone, not 'vgg16'"):
         train(tiny(tmp_path / "v", zero_init_residual=True, backbone="vgg16"))
+
+
+def test_freeze_schedule_stops_the_named_modules_and_resumes_frozen(tmp_path, monkeypatch):
+    """freeze_schedule (late freezing): from the step that reaches fraction `at` of the planned
+    steps the named modules' parameters never change again while the rest still trains;
+    their gradients are not computed (None); a run resumed after the freeze is frozen too and
+    continues bit for bit; bad entries and unknown module names fail with the fix."""
+    from fcnseg.engine import train as train_mod
+    from fcnseg.engine.checkpoint import load_checkpoint
+
+    grads: list[int] = []  # how many parameters have a gradient at each optimizer step
+    orig_step = torch.optim.AdamW.step
+
+    def step(self, *a, **kw):
+        grads.append(sum(p.grad is not None for group in self.param_groups for p in group["params"]))
+        return orig_step(self, *a, **kw)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    orig_save = train_mod._Trainer._save
+
+    def save(self, name):
+        orig_save(self, name)
+        if name == "last.pt" and self.main:
+            (self.run_dir / f"step_{self.step}.pt").write_bytes((self.run_dir / name).read_bytes())
+
+    monkeypatch.setattr(train_mod._Trainer, "_save", save)
+    frozen = ["backbone.conv1", "backbone.bn1", "backbone.layer1"]
+    cfg = tiny(tmp_path / "a", epochs=4, ckpt_every_steps=1, freeze_schedule=["0.5:" + ",".join(frozen)])
+    run = train_mod.train(cfg)
+    events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [(e["step"], e["modules"]) for e in events if e["event"] == "freeze"] == [(4, frozen)]
+    states = {k: load_checkpoint(run / f"step_{k}.pt")["model"] for k in (3, 4, 8)}
+    is_frozen = lambda name: any(name.startswith(m + ".") for m in frozen)  # noqa: E731
+    weights = [n for n in states[8] if n.endswith(".weight") and states[8][n].is_floating_point()]
+    assert any(is_frozen(n) for n in weights) and any(not is_frozen(n) for n in weights)
+    for name in weights:
+        if is_frozen(name):  # trained up to the freeze, then never again
+            assert not torch.equal(states[3][name], states[4][name]) or "bn" in name, name
+            assert torch.equal(states[4][name], states[8][name]), name
+        elif name.startswith("backbone.layer4") or name.startswith("score"):
+            assert not torch.equal(states[4][name], states[8][name]), name
+    n_all = grads[0]
+    assert grads[:4] == [n_all] * 4
+    n_frozen_params = sum(1 for n in states[8] if is_frozen(n) and (n.endswith(".weight") or n.endswith(".bias")))
+    assert grads[4:] == [n_all - n_frozen_params] * 4  # the frozen parameters get no gradient
+    ref = losses(run)
+    grads.clear()
+    resumed = train_mod.train({"resume": str(run / "step_6.pt"), "out": str(tmp_path / "from_6")})
+    assert losses(resumed) == {s: v for s, v in ref.items() if s > 6}
+    assert grads == [n_all - n_frozen_params] * 2
+    with pytest.raises(ConfigError, match=r"has no module 'backbone.layer9'.*top-level modules: backbone, score_fr"):
+        train_mod.train(tiny(tmp_path / "b", freeze_schedule=[{"at": 0.5, "modules": ["backbone.layer9"]}]))
+
+
+@pytest.mark.parametrize(
+    "entries, message",
+    [
+        (["0.5"], r"a freeze_schedule entry is \{at: F, modules: \[NAME, ...\]\} or 'F:NAME,NAME'"),
+        ([{"at": 0.5}], "a freeze_schedule entry is"),
+        (["1.0:backbone.layer1"], "with 0 <= F < 1"),
+        (["0.6:backbone.layer2", "0.3:backbone.layer1"], r"in order of `at`; got \[0.6, 0.3\]"),
+    ],
+)
+def test_freeze_schedule_bad_entries(entries, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve_config({"freeze_schedule": entries})
+
+
+def test_freeze_schedule_flag_and_yaml_agree(tmp_path):
+    from fcnseg.cli import build_parser
+    from fcnseg.cli.train import overrides_from_args
+
+    args = build_parser().parse_args(["train", "--freeze-schedule", "0.5:backbone.conv1,backbone.layer1", "0.75:backbone.layer2"])
+    entries = resolve_config(overrides_from_args(args))["freeze_schedule"]
+    assert entries == [{"at": 0.5, "modules": ["backbone.conv1", "backbone.layer1"]}, {"at": 0.75, "modules": ["backbone.layer2"]}]
+    yml = tmp_path / "c.yaml"
+    yml.write_text("freeze_schedule:\n  - {at: 0.5, modules: [backbone.conv1, backbone.layer1]}\n  - {at: 0.75, modules: backbone.layer2}\n")
+    assert resolve_config({}, config_file=yml)["freeze_schedule"] == entries
+    with pytest.raises(ConfigError, match="freeze_backbone freezes the whole backbone"):
+        resolve_config({"freeze_schedule": entries, "freeze_backbone": True})

@@ -41,6 +41,7 @@ def test_no_transform_invents_label_values():
     rng = np.random.default_rng(0)
     ops = [
         Resize((37, 53)), Resize(91), RandomScale((0.3, 2.5)), RandomScale((0.5, 2), base_size=40),
+        RandomScale((0.3, 0.9), area_for_downscale=False),
         RandomCrop(48), RandomCrop(48, balanced_crops=1.0), HorizontalFlip(p=1.0), ColorJitter(0.4),
         train_transforms(40, mean=MEAN, std=STD, scale=(0.25, 3.0)),
     ]  # fmt: skip
@@ -64,6 +65,33 @@ def test_resize_shapes_and_nearest_mask():
     assert set(np.unique(msk)) == {0, 7} and (msk[:, 15:] == 7).all() and (msk[:, :15] == 0).all()
     img, msk = Resize((81, 121))(image, mask)  # grow, odd sizes
     assert img.shape == (81, 121, 3) and set(np.unique(msk)) == {0, 7}
+
+
+def test_random_scale_area_by_default_bilinear_on_request():
+    """A 0.3x shrink of one-pixel stripes: INTER_AREA (the default) averages them (every pixel
+    within 20 of the mean 100); bilinear (area_for_downscale=False) samples them (some output
+    pixels near 0 or 200)."""
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[:, ::2] = 200  # columns alternate 200, 0
+    mask = np.zeros((64, 64), np.uint8)
+    img, _ = RandomScale((0.3, 0.3), area_for_downscale=False)(image, mask)
+    area, _ = RandomScale((0.3, 0.3))(image, mask)
+    assert img.shape == area.shape == (19, 19, 3)
+    assert np.abs(area.astype(int) - 100).max() <= 20
+    assert np.abs(img.astype(int) - 100).max() >= 90
+
+
+def test_area_for_downscale_flag_reaches_the_training_preset():
+    from fcnseg.cli import build_parser
+    from fcnseg.cli.train import overrides_from_args
+    from fcnseg.engine.config import resolve_config
+
+    assert resolve_config({})["area_for_downscale"] is True
+    args = build_parser().parse_args(["train", "--no-area-for-downscale"])
+    assert resolve_config(overrides_from_args(args))["area_for_downscale"] is False
+    for area, expected in ((True, "image"), (False, None)):
+        scale_op = train_transforms(40, mean=MEAN, std=STD, scale=(0.5, 1.5), area_for_downscale=area).transforms[0].compose.transforms[0]
+        assert scale_op.area_for_downscale == expected
 
 
 def test_random_crop_pads_mask_with_ignore_and_image_with_fill():

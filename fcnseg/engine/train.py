@@ -456,17 +456,22 @@ class _Trainer:
         if cfg["max_minutes"] and self.resumed_total is not None:
             self.total_steps = int(self.resumed_total)
 
-        self.train_net: nn.Module = self.net
-        if cfg["compile"]:
-            self.train_net = torch.compile(self.train_net)
-        if self.dist.enabled:
-            self.train_net = nn.parallel.DistributedDataParallel(self.train_net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self._wrap()
 
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_yaml(cfg, self.run_dir / "config.yaml")
             self._open_logs()
         ddp.barrier()
+
+    def _wrap(self) -> None:
+        """``train_net``: the net as the step runs it (compiled, DDP-wrapped); wrapped again
+        when freeze_schedule changes which parameters train (DDP registers them at wrap time)."""
+        self.train_net: nn.Module = self.net
+        if self.cfg["compile"]:
+            self.train_net = torch.compile(self.train_net)
+        if self.dist.enabled:
+            self.train_net = nn.parallel.DistributedDataParallel(self.train_net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
     def _build_data(self) -> None:
         from fcnseg.data import build_dataset
@@ -565,7 +570,7 @@ class _Trainer:
         from fcnseg.data.transforms import train_transforms
 
         cfg = self.cfg
-        return train_transforms(stage["crop"], mean=self.mean, std=self.std, scale=tuple(stage["scale"]), hflip=cfg["hflip"], color_jitter=cfg["color_jitter"], balanced_crops=cfg["balanced_crops"])
+        return train_transforms(stage["crop"], mean=self.mean, std=self.std, scale=tuple(stage["scale"]), hflip=cfg["hflip"], color_jitter=cfg["color_jitter"], balanced_crops=cfg["balanced_crops"], area_for_downscale=cfg["area_for_downscale"])
 
     def _build_loader(self) -> None:
         """The training loader of the current stage (its transforms); built again when a
@@ -584,11 +589,42 @@ class _Trainer:
             generator=torch.Generator().manual_seed(cfg["seed"] + 1000 * self.stage),
         )
 
+    def _done(self) -> float:
+        """How far the run is, the clock of progressive stages and freeze_schedule: the
+        fraction of max_minutes spent, else of the planned steps done."""
+        return self._elapsed() / self.budget if self.budget is not None else self.step / max(1, self.planned_steps)
+
     def _stage_at(self) -> int:
-        """The stage the run is in now: by the fraction of max_minutes spent, else of the
-        planned steps done."""
-        done = self._elapsed() / self.budget if self.budget is not None else self.step / max(1, self.planned_steps)
+        """The stage the run is in now (by `_done`)."""
+        done = self._done()
         return next(i for i, stage in enumerate(self.stages) if done < stage["until"] or i == len(self.stages) - 1)
+
+    def _freeze_due(self) -> None:
+        """Freezes the modules of every freeze_schedule entry whose time has come (at the
+        start of a run too, so a resumed run is frozen as it was): their parameters stop
+        getting gradients (the optimizer skips them; their BatchNorm statistics still follow
+        the batches), and backward stops at the lowest layer that still trains."""
+        sched, names = self.cfg["freeze_schedule"], []
+        while self.n_frozen < len(sched):
+            due = sched[self.n_frozen]["at"] <= self._done()
+            if self.dist.enabled:  # every rank freezes at the same step
+                flag = torch.tensor([int(due)], device=self.device if self.device.type == "cuda" else "cpu")
+                due = bool(ddp.all_reduce_sum(flag).item())
+            if not due:
+                break
+            names += sched[self.n_frozen]["modules"]
+            self.n_frozen += 1
+        if not names:
+            return
+        n = 0
+        for name in names:
+            for p in self.model.get_submodule(name).parameters():
+                n += p.numel() * p.requires_grad
+                p.requires_grad_(False)
+        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        log.info("step %d: froze %s (%.2fM parameters; %.2fM still train)", self.step, ", ".join(names), n / 1e6, trainable / 1e6)
+        self._record({"event": "freeze", "epoch": self.step / self.steps_per_epoch, "step": self.step, "modules": names, "time_s": self._elapsed()})
+        self._wrap()
 
     def _stage_ended(self) -> bool:
         if self.stage == len(self.stages) - 1:
@@ -677,6 +713,16 @@ class _Trainer:
         if cfg["freeze_backbone"]:
             for p in self.model.backbone.parameters():
                 p.requires_grad_(False)
+        self.n_frozen = 0  # freeze_schedule entries applied
+        for entry in cfg["freeze_schedule"]:
+            for name in entry["modules"]:
+                try:
+                    module = self.model.get_submodule(name)
+                except AttributeError:
+                    top = ", ".join(n for n, _ in self.model.named_children())
+                    raise ConfigError(f"freeze_schedule: {cfg['model']}/{cfg['backbone']} has no module {name!r} (dotted names from the model, e.g. backbone.layer1; its top-level modules: {top})") from None
+                if not any(True for _ in module.parameters()):
+                    raise ConfigError(f"freeze_schedule: module {name!r} of {cfg['model']}/{cfg['backbone']} has no parameters to freeze")
         # with ema the average is what validation, best.pt and the checkpoints' "model" hold;
         # made before _TrainNet hooks the model and DDP converts its BatchNorm layers
         self.ema: torch.optim.swa_utils.AveragedModel | None = None
@@ -784,6 +830,7 @@ class _Trainer:
         if self.budget is not None:
             self.timing["eval_s"] = self._probe_eval_time()
         self.stage = self._stage_at()
+        self._freeze_due()
         self.stage_timing = {"steps": 0, "step_s": 0.0}
         self.px_step_s: float | None = None  # seconds per step per crop pixel, as last measured
         self._build_loader()
@@ -864,6 +911,7 @@ class _Trainer:
                 window_steps, window_t0 = 0, time.monotonic()
                 self._revise_total_steps()
             self.schedule.apply(self.position)
+            self._freeze_due()
             if cfg["ckpt_every_steps"] and self.step % cfg["ckpt_every_steps"] == 0 and self.batch_in_epoch < used:
                 self._save("last.pt")
             if self.budget is not None and (self.step >= self.total_steps or self._out_of_time()):

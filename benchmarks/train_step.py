@@ -1,0 +1,139 @@
+"""The trainer's own step on real data: what the data path, the training-scale resize and
+late freezing cost or buy, variants interleaved in one process.
+
+Builds the run a config describes (its dataset, model, loss, copy-paste, optimizer; nothing
+is written), then times optimizer steps of one stage's crops in blocks, the variants taking
+turns so that a machine's drift hits all of them alike:
+
+- ``fixed batch``: one batch reused (no loader, no augmentation): the compute floor;
+- ``loader, N workers``: fresh augmented batches from a DataLoader with N worker processes
+  (0: augmented in the training process, between steps);
+- ``frozen ...``: the fixed batch with those modules' parameters frozen (freeze_schedule).
+
+It also times one crop's augmentation with the training-scale resize shrinking frames with
+INTER_AREA (the default) and bilinear (``area_for_downscale: false``), on one thread.
+
+    .venv/bin/python benchmarks/train_step.py --config configs/camvid.yaml \\
+        --data-root ../shared/data/camvid --stage 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch.utils.data import DataLoader
+
+from fcnseg.data.transforms import copy_paste, train_transforms
+from fcnseg.engine import train as T
+from fcnseg.engine.config import resolve_config
+
+FREEZES = {
+    "stem": ["backbone.conv1", "backbone.bn1"],
+    "stem+layer1": ["backbone.conv1", "backbone.bn1", "backbone.layer1"],
+    "stem+layer1+layer2": ["backbone.conv1", "backbone.bn1", "backbone.layer1", "backbone.layer2"],
+}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", required=True)
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--split", default="train")
+    p.add_argument("--stage", type=int, default=0, help="which stage's crops (0: the first progressive stage; -1: the main crop)")
+    p.add_argument("--workers", type=int, nargs="+", default=[0, 2])
+    p.add_argument("--blocks", type=int, default=6, help="timed blocks per variant")
+    p.add_argument("--steps", type=int, default=0, help="steps per block (0: about 1.5 s worth)")
+    args = p.parse_args()
+
+    cfg = resolve_config({"data_root": args.data_root, "train_split": args.split, "out": "/tmp/fcnseg_train_step", "tensorboard": False}, config_file=args.config)
+    tr = T._Trainer(cfg, None)
+    tr._build_data()
+    tr._build_model()
+    tr.optimizer = T.build_optimizer(T.param_groups(tr.net, cfg["weight_decay"]), name=cfg["optimizer"], lr=1e-5, momentum=cfg["momentum"], device=tr.device)
+    stage = tr.stages[args.stage]
+    tr.train_ds.transforms = tr._stage_transforms(stage)
+    tr.net.train()
+    print(f"{cfg['model']}/{cfg['backbone']}, batch {cfg['batch_size']}, crops {stage['crop'][0]}x{stage['crop'][1]} of frames scaled "
+          f"{stage['scale'][0]:g}-{stage['scale'][1]:g}, {tr.precision.name}, {torch.get_num_threads()} threads")
+
+    loaders, iters = {}, {}
+    for w in args.workers:
+        sampler = T.EpochSampler(tr.train_ds, num_replicas=1, rank=0, seed=cfg["seed"])
+        loaders[w] = DataLoader(T.SeededDataset(tr.train_ds, cfg["seed"]), batch_size=cfg["batch_size"], sampler=sampler, num_workers=w, drop_last=True, persistent_workers=w > 0)
+        iters[w] = iter(loaders[w])
+
+    def batch_from(w: int):
+        try:
+            return next(iters[w])
+        except StopIteration:
+            iters[w] = iter(loaders[w])
+            return next(iters[w])
+
+    fixed = batch_from(args.workers[0])
+
+    def freeze(names: list[str]) -> None:
+        for n, prm in tr.model.named_parameters():
+            prm.requires_grad_(not any(n.startswith(m + ".") for m in names))
+
+    def step(source) -> None:
+        images, masks = batch_from(source) if source is not None else (fixed[0].clone(), fixed[1].clone())
+        if tr.paste_classes:
+            images, masks = copy_paste(images, masks, tr.paste_classes, cfg["copy_paste"])
+        if tr.precision.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with tr.precision.autocast(tr.device):
+            logits, _ = tr.net(images)
+            loss = T.segmentation_loss(logits, masks, tr.class_weight, cfg["hard_pixels"])
+        loss.backward()
+        tr.optimizer.step()
+        tr.optimizer.zero_grad(set_to_none=True)
+
+    variants: dict[str, tuple] = {"fixed batch": (None, [])}
+    variants.update({f"loader, {w} workers": (w, []) for w in args.workers})
+    variants.update({f"fixed batch, frozen {k}": (None, v) for k, v in FREEZES.items()})
+    for source, names in variants.values():  # warm-up (and the workers' first batches)
+        freeze(names)
+        for _ in range(2):
+            step(source)
+    freeze([])
+    t0 = time.perf_counter()
+    for _ in range(3):
+        step(None)
+    n = args.steps or max(2, round(1.5 / ((time.perf_counter() - t0) / 3)))
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(args.blocks):
+        for name, (source, names) in variants.items():
+            freeze(names)
+            step(source)  # the first step after a change of frozen set is not timed
+            t = time.perf_counter()
+            for _ in range(n):
+                step(source)
+            times[name].append((time.perf_counter() - t) / n * 1000)
+    base = statistics.median(times["fixed batch"])
+    print(f"\n{n} steps a block, {args.blocks} blocks a variant; median (min) ms per step")
+    print("| variant | ms/step | min | vs fixed batch |\n|---|---:|---:|---:|")
+    for name, v in times.items():
+        med = statistics.median(v)
+        print(f"| {name} | {med:.1f} | {min(v):.1f} | {base / med:.2f}x |")
+
+    # one crop's augmentation, bilinear vs INTER_AREA for shrinking frames, one thread
+    torch.set_num_threads(1)
+    pre = dict(mean=tr.mean, std=tr.std, scale=tuple(stage["scale"]), hflip=cfg["hflip"], color_jitter=cfg["color_jitter"])
+    image, mask = tr.train_ds.load(0)
+    print("\n| training-scale resize | ms per crop (augmentation, one thread) |\n|---|---:|")
+    for name, area in (("INTER_AREA when shrinking (the default)", True), ("bilinear (area_for_downscale: false)", False)):
+        tf = train_transforms(stage["crop"], **pre, area_for_downscale=area)
+        reps = []
+        for _ in range(5):
+            t = time.perf_counter()
+            for _ in range(40):
+                tf(image, mask)
+            reps.append((time.perf_counter() - t) / 40 * 1000)
+        print(f"| {name} | {statistics.median(reps):.2f} |")
+
+
+if __name__ == "__main__":
+    main()
