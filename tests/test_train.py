@@ -364,6 +364,21 @@ def losses(run: Path) -> dict[int, float]:
     return {e["step"]: e["loss"] for e in events if e["event"] == "train"}
 
 
+def keep_step_checkpoints(monkeypatch, *, mid_epoch_only: bool = False) -> None:
+    """Makes each run keep a copy of every last.pt it writes as RUN/step_N.pt (with
+    ``mid_epoch_only``, only those written inside an epoch), for resuming from any step."""
+    from fcnseg.engine import train as train_mod
+
+    orig_save = train_mod._Trainer._save
+
+    def save(self, name):
+        orig_save(self, name)
+        if name == "last.pt" and self.main and (self.batch_in_epoch or not mid_epoch_only):
+            (self.run_dir / f"step_{self.step}.pt").write_bytes((self.run_dir / name).read_bytes())
+
+    monkeypatch.setattr(train_mod._Trainer, "_save", save)
+
+
 def train_interrupted_after_first_epoch(monkeypatch, cfg: dict) -> Path:
     """Runs ``cfg`` until its first epoch has ended (checkpoint written), then stops it as a
     Ctrl-C would; returns the run directory, ready for ``--resume``."""
@@ -408,15 +423,7 @@ def test_run_directory_files_and_checkpoint_contents(tmp_path):
 def test_resume_reproduces_an_uninterrupted_run_exactly(tmp_path, monkeypatch):
     from fcnseg.engine import train as train_mod
 
-    # keep a copy of each mid-epoch step checkpoint of the straight run
-    orig_save = train_mod._Trainer._save
-
-    def save(self, name):
-        orig_save(self, name)
-        if name == "last.pt" and self.main and self.batch_in_epoch:
-            (self.run_dir / f"step_{self.step}.pt").write_bytes((self.run_dir / name).read_bytes())
-
-    monkeypatch.setattr(train_mod._Trainer, "_save", save)
+    keep_step_checkpoints(monkeypatch, mid_epoch_only=True)  # of the straight run
     straight = train_mod.train(tiny(tmp_path / "a", epochs=2, ckpt_every_steps=1))
     ref = losses(straight)
     assert sorted(ref) == [1, 2, 3, 4] and (straight / "step_3.pt").is_file()
@@ -525,14 +532,7 @@ def test_progressive_stages_switch_crops_and_resume_exactly(tmp_path, monkeypatc
         return orig_loss(logits, masks, *a, **kw)
 
     monkeypatch.setattr(train_mod, "segmentation_loss", loss)
-    orig_save = train_mod._Trainer._save
-
-    def save(self, name):
-        orig_save(self, name)
-        if name == "last.pt" and self.main:
-            (self.run_dir / f"step_{self.step}.pt").write_bytes((self.run_dir / name).read_bytes())
-
-    monkeypatch.setattr(train_mod._Trainer, "_save", save)
+    keep_step_checkpoints(monkeypatch)
     cfg = tiny(tmp_path / "a", epochs=4, ckpt_every_steps=1, schedule_unit=unit, progressive=[{"until": 0.5, "crop": [32, 32], "scale": [0.5, 0.5]}])
     straight = train_mod.train(cfg)
     assert seen == [(32, 32)] * 4 + [(64, 64)] * 4  # 8 planned steps: 4 on the stage's crops
@@ -936,14 +936,7 @@ def test_freeze_schedule_stops_the_named_modules_and_resumes_frozen(tmp_path, mo
         return orig_step(self, *a, **kw)
 
     monkeypatch.setattr(torch.optim.AdamW, "step", step)
-    orig_save = train_mod._Trainer._save
-
-    def save(self, name):
-        orig_save(self, name)
-        if name == "last.pt" and self.main:
-            (self.run_dir / f"step_{self.step}.pt").write_bytes((self.run_dir / name).read_bytes())
-
-    monkeypatch.setattr(train_mod._Trainer, "_save", save)
+    keep_step_checkpoints(monkeypatch)
     frozen = ["backbone.conv1", "backbone.bn1", "backbone.layer1"]
     cfg = tiny(tmp_path / "a", epochs=4, ckpt_every_steps=1, freeze_schedule=["0.5:" + ",".join(frozen)])
     run = train_mod.train(cfg)
