@@ -6,6 +6,8 @@ is written), then times optimizer steps of one stage's crops in blocks, the vari
 turns so that a machine's drift hits all of them alike:
 
 - ``fixed batch``: one batch reused (no loader, no augmentation): the compute floor;
+- ``fixed batch, loss on full-resolution logits``: the model's logits upsampled for the
+  whole batch before the loss, instead of upsampled_segmentation_loss on its coarse scores;
 - ``loader, N workers``: fresh augmented batches from a DataLoader with N worker processes
   (0: augmented in the training process, between steps);
 - ``frozen ...``: the fixed batch with those modules' parameters frozen (freeze_schedule).
@@ -20,6 +22,7 @@ INTER_AREA (the default) and bilinear (``area_for_downscale: false``), on one th
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 
@@ -78,26 +81,33 @@ def main() -> None:
         for n, prm in tr.model.named_parameters():
             prm.requires_grad_(not any(n.startswith(m + ".") for m in names))
 
-    def step(source) -> None:
+    def step(source, coarse: bool = tr.coarse_loss) -> None:
         images, masks = batch_from(source) if source is not None else (fixed[0].clone(), fixed[1].clone())
         if tr.paste_classes:
             images, masks = copy_paste(images, masks, tr.paste_classes, cfg["copy_paste"])
         if tr.precision.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with tr.precision.autocast(tr.device):
-            logits, _ = tr.net(images)
-            loss = T.segmentation_loss(logits, masks, tr.class_weight, cfg["hard_pixels"])
+            if coarse:  # as the trainer does (upsampled_segmentation_loss)
+                scores, _ = tr.net(images, coarse=True)
+                tail = functools.partial(tr.model.upsample_scores, size=tuple(images.shape[-2:]))
+                loss = T.upsampled_segmentation_loss(scores, masks, tail, tr.class_weight, cfg["hard_pixels"])
+            else:
+                logits, _ = tr.net(images)
+                loss = T.segmentation_loss(logits, masks, tr.class_weight, cfg["hard_pixels"])
         loss.backward()
         tr.optimizer.step()
         tr.optimizer.zero_grad(set_to_none=True)
 
-    variants: dict[str, tuple] = {"fixed batch": (None, [])}
-    variants.update({f"loader, {w} workers": (w, []) for w in args.workers})
-    variants.update({f"fixed batch, frozen {k}": (None, v) for k, v in FREEZES.items()})
-    for source, names in variants.values():  # warm-up (and the workers' first batches)
+    variants: dict[str, tuple] = {"fixed batch": (None, [], tr.coarse_loss)}
+    if tr.coarse_loss:
+        variants["fixed batch, loss on full-resolution logits"] = (None, [], False)
+    variants.update({f"loader, {w} workers": (w, [], tr.coarse_loss) for w in args.workers})
+    variants.update({f"fixed batch, frozen {k}": (None, v, tr.coarse_loss) for k, v in FREEZES.items()})
+    for source, names, coarse in variants.values():  # warm-up (and the workers' first batches)
         freeze(names)
         for _ in range(2):
-            step(source)
+            step(source, coarse)
     freeze([])
     t0 = time.perf_counter()
     for _ in range(3):
@@ -105,12 +115,12 @@ def main() -> None:
     n = args.steps or max(2, round(1.5 / ((time.perf_counter() - t0) / 3)))
     times: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(args.blocks):
-        for name, (source, names) in variants.items():
+        for name, (source, names, coarse) in variants.items():
             freeze(names)
-            step(source)  # the first step after a change of frozen set is not timed
+            step(source, coarse)  # the first step after a change of frozen set is not timed
             t = time.perf_counter()
             for _ in range(n):
-                step(source)
+                step(source, coarse)
             times[name].append((time.perf_counter() - t) / n * 1000)
     base = statistics.median(times["fixed batch"])
     print(f"\n{n} steps a block, {args.blocks} blocks a variant; median (min) ms per step")

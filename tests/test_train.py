@@ -20,6 +20,7 @@ from fcnseg.engine.train import (
     param_groups,
     sample_seed,
     segmentation_loss,
+    upsampled_segmentation_loss,
 )
 from fcnseg.errors import ConfigError
 
@@ -113,6 +114,86 @@ def test_hard_pixel_loss_averages_the_hardest_fraction():
         F.cross_entropy(logits, target, ignore_index=255).item(), rel=1e-6
     )
     assert segmentation_loss(logits, torch.full_like(target, 255), hard_pixels=0.5).item() == 0.0
+
+
+@pytest.mark.parametrize("model_name", ["fcn32s", "fcn8s", "fcn4s", "fpn"])
+def test_upsampled_loss_is_the_full_resolution_loss_in_value_and_gradient(model_name):
+    """The loss from a model's coarse scores (upsampled a chunk of images at a time inside the
+    loss) equals segmentation_loss on its full-resolution logits, and so do the parameters'
+    gradients, with and without class weights and hard-pixel mining, for chunks that do and
+    do not divide the batch; pixels outside any labelled class still get none."""
+    from functools import partial
+
+    from fcnseg.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(model_name, backbone="resnet18", num_classes=4, upsample="bilinear")
+    for prm in model.parameters():
+        if prm.dim() > 1:
+            nn.init.normal_(prm, std=0.05)  # the zero-initialised score layers would give zero gradients below them
+    x = torch.randn(3, 3, 64, 96)
+    target = torch.randint(0, 4, (3, 64, 96))
+    target[0, :20] = 255
+    w = torch.tensor([1.0, 3.0, 0.5, 2.0])
+    assert model.fixed_upsampling
+    scores = model(x, coarse=True)
+    stride = {"fcn32s": 32, "fcn8s": 8, "fcn4s": 4, "fpn": 4}[model_name]
+    assert scores.shape == (3, 4, 64 // stride, 96 // stride)
+    assert torch.equal(model.upsample_scores(scores, (64, 96)), model(x))
+
+    def grads(loss):
+        model.zero_grad()
+        loss.backward()
+        return torch.cat([prm.grad.flatten() for prm in model.parameters()])
+
+    for weight, hard, chunk in ((None, 1.0, 1), (w, 1.0, 2), (w, 0.3, 1), (None, 0.3, 3), (w, 0.3, 5)):
+        ref = segmentation_loss(model(x), target, weight, hard)
+        ref_grad = grads(ref)
+        loss = upsampled_segmentation_loss(model(x, coarse=True), target, partial(model.upsample_scores, size=(64, 96)), weight, hard, chunk)
+        assert loss.item() == pytest.approx(ref.item(), rel=1e-6)
+        got = grads(loss)
+        assert ref_grad.abs().max() > 0
+        assert (got - ref_grad).abs().max() <= 1e-5 * ref_grad.abs().max()
+    # all pixels unlabelled: 0 and no gradient, as segmentation_loss
+    scores = model(x, coarse=True)
+    loss = upsampled_segmentation_loss(scores, torch.full_like(target, 255), partial(model.upsample_scores, size=(64, 96)))
+    assert loss.item() == 0.0 and grads(loss).abs().max() == 0
+
+
+def test_learned_last_upsampling_has_no_coarse_loss(tmp_path, monkeypatch):
+    """With deconvolutions the last upsampling learns: the model refuses upsample_scores and
+    the trainer computes the loss on full-resolution logits; with bilinear it uses the coarse
+    scores, and training on them logs the same losses as on the full-resolution logits."""
+    from fcnseg.engine import train as train_mod
+    from fcnseg.models import build_model
+
+    model = build_model("fcn8s", backbone="resnet18", num_classes=3, upsample="deconv")
+    assert not model.fixed_upsampling
+    with pytest.raises(ValueError, match="learns"):
+        model.upsample_scores(torch.zeros(1, 3, 8, 8), (64, 64))
+    calls = {"full": 0, "coarse": 0}
+    for name, key in (("segmentation_loss", "full"), ("upsampled_segmentation_loss", "coarse")):
+        orig = getattr(train_mod, name)
+
+        def counted(*a, _orig=orig, _key=key, **kw):
+            calls[_key] += 1
+            return _orig(*a, **kw)
+
+        monkeypatch.setattr(train_mod, name, counted)
+    train_mod.train(tiny(tmp_path / "deconv", upsample="deconv", num_samples=0))
+    assert calls == {"full": 2, "coarse": 0}
+    coarse = train_mod.train(tiny(tmp_path / "coarse", precision="fp32", epochs=2, num_samples=0))
+    assert calls == {"full": 2, "coarse": 4}
+    orig_build = train_mod._Trainer._build_model
+
+    def full_logits(self):
+        orig_build(self)
+        self.coarse_loss = False
+
+    monkeypatch.setattr(train_mod._Trainer, "_build_model", full_logits)
+    full = train_mod.train(tiny(tmp_path / "full", precision="fp32", epochs=2, num_samples=0))
+    assert calls == {"full": 6, "coarse": 4}
+    assert losses(coarse) == pytest.approx(losses(full), rel=1e-4)
 
 
 def _lovasz_by_definition(prob: torch.Tensor, labels: torch.Tensor, k: int) -> float:
@@ -525,13 +606,13 @@ def test_progressive_stages_switch_crops_and_resume_exactly(tmp_path, monkeypatc
     from fcnseg.engine import train as train_mod
 
     seen: list[tuple[int, int]] = []
-    orig_loss = train_mod.segmentation_loss
+    orig_loss = train_mod.upsampled_segmentation_loss
 
-    def loss(logits, masks, *a, **kw):
+    def loss(scores, masks, *a, **kw):
         seen.append(tuple(masks.shape[-2:]))
-        return orig_loss(logits, masks, *a, **kw)
+        return orig_loss(scores, masks, *a, **kw)
 
-    monkeypatch.setattr(train_mod, "segmentation_loss", loss)
+    monkeypatch.setattr(train_mod, "upsampled_segmentation_loss", loss)
     keep_step_checkpoints(monkeypatch)
     cfg = tiny(tmp_path / "a", epochs=4, ckpt_every_steps=1, schedule_unit=unit, progressive=[{"until": 0.5, "crop": [32, 32], "scale": [0.5, 0.5]}])
     straight = train_mod.train(cfg)

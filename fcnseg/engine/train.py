@@ -14,6 +14,7 @@ loader, and on CPU a resumed run reproduces an uninterrupted run's losses exactl
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -149,19 +150,76 @@ def segmentation_loss(
     batch's pixels with the highest loss; the easy rest gives no gradient. Ignored pixels
     are never kept (with fewer labelled pixels than that, all labelled pixels are)."""
     logits = logits.float().contiguous()  # on channels_last logits cross_entropy is slower on CPU (~85 vs ~72 ms a full-res batch)
-    if hard_pixels < 1.0:
-        per = F.cross_entropy(logits, target, weight=weight, ignore_index=IGNORE_INDEX, reduction="none").flatten()
-        k = max(1, math.ceil(hard_pixels * per.numel()))
-        threshold = per.kthvalue(per.numel() - k + 1).values  # the k-th largest loss
-        keep = (per >= threshold) & (target.flatten() != IGNORE_INDEX)
-        return (per * keep).sum() / keep.sum().clamp(min=1)
-    total = F.cross_entropy(logits, target, weight=weight, ignore_index=IGNORE_INDEX, reduction="sum")
+    per = F.cross_entropy(logits, target, weight=weight, ignore_index=IGNORE_INDEX, reduction="none")
+    return (per * _pixel_scale(per.detach(), target, weight, hard_pixels)).sum()
+
+
+def _pixel_scale(per: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, hard_pixels: float) -> torch.Tensor:
+    """Each pixel's factor in :func:`segmentation_loss`, ``(per * scale).sum()``, given the
+    per-pixel (class-weighted) losses ``per`` (N, H, W)."""
     valid = target != IGNORE_INDEX
-    if weight is None:
-        denom = valid.sum()
-    else:
-        denom = (weight[torch.where(valid, target, 0)] * valid).sum()
-    return total / denom.clamp(min=1)
+    if hard_pixels < 1.0:
+        flat = per.flatten()
+        k = max(1, math.ceil(hard_pixels * flat.numel()))
+        threshold = flat.kthvalue(flat.numel() - k + 1).values  # the k-th largest loss
+        keep = (per >= threshold) & valid
+        return keep / keep.sum().clamp(min=1)
+    denom = valid.sum() if weight is None else (weight[torch.where(valid, target, 0)] * valid).sum()
+    return valid / denom.clamp(min=1)
+
+
+class _UpsampledLoss(torch.autograd.Function):
+    """:func:`upsampled_segmentation_loss`: the forward keeps one float per pixel, the
+    backward recomputes each chunk's logits and writes the cross-entropy gradient
+    ``coef * (softmax - onehot)`` straight into them."""
+
+    @staticmethod
+    def forward(ctx, scores, target, weight, hard_pixels, upsample, chunk):  # noqa: ANN001, ANN205 (autograd signature)
+        per = torch.empty(target.shape, dtype=torch.float32, device=scores.device)
+        with torch.autocast(scores.device.type, enabled=False):
+            for i in range(0, len(scores), chunk):
+                logits = upsample(scores[i : i + chunk].float()).contiguous()
+                per[i : i + chunk] = F.cross_entropy(logits, target[i : i + chunk], weight=weight, ignore_index=IGNORE_INDEX, reduction="none")
+        scale = _pixel_scale(per, target, weight, hard_pixels)
+        coef = scale if weight is None else scale * weight[torch.where(target == IGNORE_INDEX, 0, target)]
+        ctx.save_for_backward(scores, target, coef)
+        ctx.upsample, ctx.chunk = upsample, chunk
+        return (per * scale).sum()
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        scores, target, coef = ctx.saved_tensors
+        out = torch.empty_like(scores)
+        with torch.autocast(scores.device.type, enabled=False):
+            for i in range(0, len(scores), ctx.chunk):
+                with torch.enable_grad():
+                    s = scores[i : i + ctx.chunk].detach().float().requires_grad_()
+                    logits = ctx.upsample(s)
+                g = torch.softmax(logits.detach(), dim=1)
+                t = target[i : i + ctx.chunk]
+                idx = torch.where(t == IGNORE_INDEX, 0, t).unsqueeze(1)
+                g.scatter_(1, idx, g.gather(1, idx) - 1)
+                g *= (coef[i : i + ctx.chunk] * grad).unsqueeze(1)
+                (out[i : i + ctx.chunk],) = torch.autograd.grad(logits, s, g)
+        return out, None, None, None, None, None
+
+
+def upsampled_segmentation_loss(
+    scores: torch.Tensor,
+    target: torch.Tensor,
+    upsample,
+    weight: torch.Tensor | None = None,
+    hard_pixels: float = 1.0,
+    chunk: int = 1,
+) -> torch.Tensor:
+    """``segmentation_loss(upsample(scores), target, weight, hard_pixels)`` computed
+    ``chunk`` images at a time, in float32, without keeping the full-resolution logits.
+
+    ``scores`` (N, K, h, w) are a model's coarse scores (``model(x, coarse=True)``) and
+    ``upsample`` its last, parameter-free upsampling (``model.upsample_scores`` with the
+    input's size). The logits of a few images stay in cache where the batch's would not:
+    the full-resolution loss tail of the CamVid recipe costs ~half as much (benchmarks/README.md)."""
+    return _UpsampledLoss.apply(scores, target, weight, hard_pixels, upsample, chunk)
 
 
 def lovasz_softmax_loss(
@@ -335,8 +393,8 @@ class _TrainNet(nn.Module):
         if isinstance(output, dict) and self._aux_key in output:
             self._feature = output[self._aux_key]
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        logits = self.model(x)
+    def forward(self, x: torch.Tensor, coarse: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        logits = self.model(x, coarse=True) if coarse else self.model(x)
         if self.aux_head is None or not self.training:
             return logits, None
         feature, self._feature = self._feature, None
@@ -732,6 +790,9 @@ class _Trainer:
             self.ema.module.eval()
             self.eval_model = self.ema.module
         self.net = _TrainNet(self.model, self.num_classes, aux=cfg["aux_loss"] > 0)
+        # the loss from the coarse scores, a few images at a time (upsampled_segmentation_loss);
+        # the same loss, so always where the model's last upsampling allows it
+        self.coarse_loss = bool(getattr(self.model, "fixed_upsampling", False)) and not cfg["lovasz"] and not cfg["compile"]
         if self.dist.enabled and self.device.type == "cuda":
             self.net = nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
         elif self.dist.enabled and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.net.modules()):
@@ -881,8 +942,13 @@ class _Trainer:
             sync = contextlib.nullcontext() if (last_micro or not self.dist.enabled) else self.train_net.no_sync()
             with sync:
                 with self.precision.autocast(self.device):
-                    logits, aux = self.train_net(images)
-                    loss = segmentation_loss(logits, masks, self.class_weight, cfg["hard_pixels"])
+                    if self.coarse_loss:
+                        scores, aux = self.train_net(images, coarse=True)
+                        tail = functools.partial(self.model.upsample_scores, size=tuple(images.shape[-2:]))
+                        loss = upsampled_segmentation_loss(scores, masks, tail, self.class_weight, cfg["hard_pixels"])
+                    else:
+                        logits, aux = self.train_net(images)
+                        loss = segmentation_loss(logits, masks, self.class_weight, cfg["hard_pixels"])
                     if cfg["lovasz"]:
                         loss = loss + cfg["lovasz"] * lovasz_softmax_loss(logits, masks)
                     if aux is not None:

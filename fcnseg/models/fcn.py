@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from fcnseg.errors import ConfigError
 from fcnseg.models import register_model
 from fcnseg.models.backbones import build_backbone
-from fcnseg.models.upsample import make_upsampler
+from fcnseg.models.upsample import Bilinear, Identity, make_upsampler
 
 # the authors' crop offsets (voc-fcn*/net.py): variant -> (pool4, pool3, final)
 PAPER_CROPS = {"fcn32s": (0, 0, 19), "fcn16s": (5, 0, 27), "fcn8s": (5, 9, 31)}
@@ -149,6 +149,7 @@ class FCN(nn.Module):
             self.score_conv2 = nn.Conv2d(ch["conv2"], K, 1)
             self.upscore_pool2 = up("pool2", st["conv2"])
             self.upscore2x = up("conv2", 1)
+        self._last = ("upscore32", "upscore16", "upscore8", "upscore4", "upscore2x")[skips]  # the last upsampling
         for m in (
             self.score_fr,
             getattr(self, "score_pool4", None),
@@ -167,40 +168,46 @@ class FCN(nn.Module):
         w = min(up.shape[-1], skip.shape[-1] - c)
         return up[..., :h, :w] + skip[..., c : c + h, c : c + w]
 
-    def forward(self, x: Tensor) -> Tensor:
-        """``x``: ``(N, C, H, W)``, any ``H, W >= 32`` -> logits ``(N, num_classes, H, W)``."""
+    @property
+    def fixed_upsampling(self) -> bool:
+        """Whether the last upsampling is fixed (bilinear: no parameters, no features), so
+        that ``upsample_scores(model(x, coarse=True), x.shape[-2:])`` is ``model(x)``."""
+        return isinstance(getattr(self, self._last), (Bilinear, Identity))
+
+    def upsample_scores(self, score: Tensor, size: tuple[int, int]) -> Tensor:
+        """The last, fixed upsampling and crop: ``model(x, coarse=True)`` -> logits of ``size``
+        (losses computed from the coarse scores a few images at a time use it)."""
+        if not self.fixed_upsampling:
+            raise ValueError(f"{self.variant}'s last upsampling ({self.upsample}) learns or needs features; call the model without coarse=True")
+        return self._finish(score, {}, size)
+
+    def _finish(self, score: Tensor, feats: dict[str, Tensor], size: tuple[int, int]) -> Tensor:
+        c, (H, W) = self.crop_final, size
+        return getattr(self, self._last)(score, feats)[..., c : c + H, c : c + W]
+
+    def forward(self, x: Tensor, *, coarse: bool = False) -> Tensor:
+        """``x``: ``(N, C, H, W)``, any ``H, W >= 32`` -> logits ``(N, num_classes, H, W)``;
+        with ``coarse=True`` the scores before the last upsampling (see ``upsample_scores``)."""
         H, W = x.shape[-2:]
         feats = self.backbone(x)
         top = feats["out"] if self.context is None else self.context(feats["out"])
         score = self.score_fr(top)
         if self.pre_pad:
             score = F.pad(score, (self.pre_pad,) * 4)
-        if self.variant == "fcn32s":
-            out = self.upscore32(score, feats)
-        elif self.variant == "fcn16s":
+        if self.variant != "fcn32s":
             score = self.fuse(
                 self.upscore2(score, feats), self.score_pool4(feats["pool4"]), self.crop_pool4
             )
-            out = self.upscore16(score, feats)
-        else:
-            score = self.fuse(
-                self.upscore2(score, feats), self.score_pool4(feats["pool4"]), self.crop_pool4
-            )
+        if self.variant not in ("fcn32s", "fcn16s"):
             score = self.fuse(
                 self.upscore_pool4(score, feats), self.score_pool3(feats["pool3"]), self.crop_pool3
             )
-            if self.variant == "fcn8s":
-                out = self.upscore8(score, feats)
-            else:
-                # no offsets: fcn4s and fcn2s have only the "same" alignment
-                score = self.fuse(self.upscore_pool3(score, feats), self.score_pool2(feats["pool2"]), 0)
-                if self.variant == "fcn4s":
-                    out = self.upscore4(score, feats)
-                else:
-                    score = self.fuse(self.upscore_pool2(score, feats), self.score_conv2(feats["conv2"]), 0)
-                    out = self.upscore2x(score, feats)
-        c = self.crop_final
-        return out[..., c : c + H, c : c + W]
+        # no offsets: fcn4s and fcn2s have only the "same" alignment
+        if self.variant in ("fcn4s", "fcn2s"):
+            score = self.fuse(self.upscore_pool3(score, feats), self.score_pool2(feats["pool2"]), 0)
+        if self.variant == "fcn2s":
+            score = self.fuse(self.upscore_pool2(score, feats), self.score_conv2(feats["conv2"]), 0)
+        return score if coarse else self._finish(score, feats, (H, W))
 
 
 def _builder(variant: str):

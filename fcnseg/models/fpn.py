@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from fcnseg.errors import ConfigError
 from fcnseg.models import register_model
 from fcnseg.models.backbones import build_backbone
-from fcnseg.models.upsample import make_upsampler
+from fcnseg.models.upsample import Bilinear, Identity, make_upsampler
 
 TAPS = ("pool5", "pool4", "pool3", "pool2")  # coarse to fine
 WIDTH = 64
@@ -47,8 +47,20 @@ class FPN(nn.Module):
         self.score = nn.Conv2d(width, num_classes, 1)
         self.upscore = make_upsampler(upsample, num_classes, backbone=backbone, from_stride=st[TAPS[-1]], to_stride=1, geometry=geometry)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """``x``: ``(N, C, H, W)``, any ``H, W >= 32`` -> logits ``(N, num_classes, H, W)``."""
+    @property
+    def fixed_upsampling(self) -> bool:
+        """Whether the last upsampling is fixed (see ``FCN.fixed_upsampling``)."""
+        return isinstance(self.upscore, (Bilinear, Identity))
+
+    def upsample_scores(self, score: Tensor, size: tuple[int, int]) -> Tensor:
+        """The last, fixed upsampling and crop (see ``FCN.upsample_scores``)."""
+        if not self.fixed_upsampling:
+            raise ValueError(f"fpn's last upsampling ({type(self.upscore).__name__}) learns or needs features; call the model without coarse=True")
+        return self.upscore(score, {})[..., : size[0], : size[1]]
+
+    def forward(self, x: Tensor, *, coarse: bool = False) -> Tensor:
+        """``x``: ``(N, C, H, W)``, any ``H, W >= 32`` -> logits ``(N, num_classes, H, W)``;
+        with ``coarse=True`` the scores before the last upsampling."""
         H, W = x.shape[-2:]
         feats = self.backbone(x)
         y = self.smooth[0](self.lateral[0](feats[TAPS[0]]))
@@ -56,7 +68,8 @@ class FPN(nn.Module):
             lat = self.lateral[i](feats[TAPS[i]])
             up = self.up[i - 1](y, feats)[..., : lat.shape[-2], : lat.shape[-1]]  # ceil-mode maps: crop to the skip
             y = self.smooth[i](lat + up)
-        return self.upscore(self.score(y), feats)[..., :H, :W]
+        score = self.score(y)
+        return score if coarse else self.upscore(score, feats)[..., :H, :W]
 
 
 @register_model("fpn")
