@@ -121,7 +121,7 @@ def test_upsampled_loss_is_the_full_resolution_loss_in_value_and_gradient(model_
     """The loss from a model's coarse scores (upsampled a chunk of images at a time inside the
     loss) equals segmentation_loss on its full-resolution logits, and so do the parameters'
     gradients, with and without class weights and hard-pixel mining, for chunks that do and
-    do not divide the batch; pixels outside any labelled class still get none."""
+    do not divide the batch (and the default, by pixel count); unlabelled pixels give none."""
     from functools import partial
 
     from fcnseg.models import build_model
@@ -146,7 +146,7 @@ def test_upsampled_loss_is_the_full_resolution_loss_in_value_and_gradient(model_
         loss.backward()
         return torch.cat([prm.grad.flatten() for prm in model.parameters()])
 
-    for weight, hard, chunk in ((None, 1.0, 1), (w, 1.0, 2), (w, 0.3, 1), (None, 0.3, 3), (w, 0.3, 5)):
+    for weight, hard, chunk in ((None, 1.0, 1), (w, 1.0, 2), (w, 0.3, 1), (None, 0.3, 3), (w, 0.3, 5), (w, 0.3, None)):
         ref = segmentation_loss(model(x), target, weight, hard)
         ref_grad = grads(ref)
         loss = upsampled_segmentation_loss(model(x, coarse=True), target, partial(model.upsample_scores, size=(64, 96)), weight, hard, chunk)

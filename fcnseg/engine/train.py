@@ -168,6 +168,11 @@ def _pixel_scale(per: torch.Tensor, target: torch.Tensor, weight: torch.Tensor |
     return valid / denom.clamp(min=1)
 
 
+# pixels of logits upsampled at a time by upsampled_segmentation_loss (11 classes: ~10 MB of
+# float32); benchmarks/README.md has the timings that chose it
+CHUNK_PIXELS = 2**18
+
+
 class _UpsampledLoss(torch.autograd.Function):
     """:func:`upsampled_segmentation_loss`: the forward keeps one float per pixel, the
     backward recomputes each chunk's logits and writes the cross-entropy gradient
@@ -210,15 +215,19 @@ def upsampled_segmentation_loss(
     upsample,
     weight: torch.Tensor | None = None,
     hard_pixels: float = 1.0,
-    chunk: int = 1,
+    chunk: int | None = None,
 ) -> torch.Tensor:
     """``segmentation_loss(upsample(scores), target, weight, hard_pixels)`` computed
-    ``chunk`` images at a time, in float32, without keeping the full-resolution logits.
+    ``chunk`` images at a time (default: as many as make ``CHUNK_PIXELS`` pixels, at most
+    half the batch), in float32, without keeping the full-resolution logits.
 
     ``scores`` (N, K, h, w) are a model's coarse scores (``model(x, coarse=True)``) and
     ``upsample`` its last, parameter-free upsampling (``model.upsample_scores`` with the
     input's size). The logits of a few images stay in cache where the batch's would not:
-    the full-resolution loss tail of the CamVid recipe costs ~half as much (benchmarks/README.md)."""
+    the loss tail of the CamVid recipe's full-resolution step (batch 8, 288x384) takes 85
+    instead of 122 ms; at half resolution 20 instead of 18 (benchmarks/README.md)."""
+    if chunk is None:  # never the whole batch at once: its logits in one piece are what chunks avoid
+        chunk = max(1, min(CHUNK_PIXELS // target[0].numel(), math.ceil(len(target) / 2)))
     return _UpsampledLoss.apply(scores, target, weight, hard_pixels, upsample, chunk)
 
 
