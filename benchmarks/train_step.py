@@ -12,7 +12,8 @@ turns so that a machine's drift hits all of them alike:
   (0: augmented in the training process, between steps);
 - ``frozen ...``: the fixed batch with those modules' parameters frozen (freeze_schedule).
 
-It also times one crop's augmentation with the training-scale resize shrinking frames with
+It times the loss tail alone (the coarse scores' upsampling, loss and backward) for the whole
+batch against upsampled_segmentation_loss's chunks, and one crop's augmentation with the training-scale resize shrinking frames with
 INTER_AREA (the default) and bilinear (``area_for_downscale: false``), on one thread.
 
     .venv/bin/python benchmarks/train_step.py --config configs/camvid.yaml \\
@@ -129,6 +130,9 @@ def main() -> None:
         med = statistics.median(v)
         print(f"| {name} | {med:.1f} | {min(v):.1f} | {base / med:.2f}x |")
 
+    if tr.coarse_loss:
+        loss_tail(tr, fixed, cfg, args.blocks)
+
     # one crop's augmentation, bilinear vs INTER_AREA for shrinking frames, one thread
     torch.set_num_threads(1)
     pre = dict(mean=tr.mean, std=tr.std, scale=tuple(stage["scale"]), hflip=cfg["hflip"], color_jitter=cfg["color_jitter"])
@@ -143,6 +147,47 @@ def main() -> None:
                 tf(image, mask)
             reps.append((time.perf_counter() - t) / 40 * 1000)
         print(f"| {name} | {statistics.median(reps):.2f} |")
+
+
+def loss_tail(tr, batch, cfg, blocks: int) -> None:
+    """The loss tail alone, from the model's coarse scores of ``batch`` (bf16, as autocast
+    leaves them) to their gradient: upsampled for the whole batch then segmentation_loss,
+    against upsampled_segmentation_loss a chunk of images at a time."""
+    images, masks = batch
+    with torch.no_grad(), tr.precision.autocast(tr.device):
+        scores, _ = tr.net(images.contiguous(memory_format=torch.channels_last) if tr.precision.channels_last else images, coarse=True)
+    upsample = functools.partial(tr.model.upsample_scores, size=tuple(images.shape[-2:]))
+    weight, hard = tr.class_weight, cfg["hard_pixels"]
+
+    def whole() -> None:
+        s = scores.detach().requires_grad_()
+        with tr.precision.autocast(tr.device):
+            loss = T.segmentation_loss(upsample(s), masks, weight, hard)
+        loss.backward()
+
+    def chunked(chunk: int | None) -> None:
+        s = scores.detach().requires_grad_()
+        with tr.precision.autocast(tr.device):
+            loss = T.upsampled_segmentation_loss(s, masks, upsample, weight, hard, chunk)
+        loss.backward()
+
+    n = len(images)
+    default = T.loss_chunk(n, masks[0].numel())
+    variants = {"whole batch upsampled, then segmentation_loss": whole}
+    variants.update({f"upsampled_segmentation_loss, {c} image{'s' * (c > 1)} a chunk{' (the default)' * (c == default)}": functools.partial(chunked, c) for c in (1, 2, 4, n)})
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for f in variants.values():
+        f()
+    for _ in range(blocks):
+        for name, f in variants.items():
+            t = time.perf_counter()
+            for _ in range(5):
+                f()
+            times[name].append((time.perf_counter() - t) / 5 * 1000)
+    print(f"\nthe loss tail alone (scores {tuple(scores.shape)} -> loss -> their gradient), median ms of {blocks} blocks of 5")
+    print("| loss tail | ms |\n|---|---:|")
+    for name, v in times.items():
+        print(f"| {name} | {statistics.median(v):.1f} |")
 
 
 if __name__ == "__main__":

@@ -169,8 +169,15 @@ def _pixel_scale(per: torch.Tensor, target: torch.Tensor, weight: torch.Tensor |
 
 
 # pixels of logits upsampled at a time by upsampled_segmentation_loss (11 classes: ~10 MB of
-# float32); benchmarks/README.md has the timings that chose it
+# float32); docs/camvid.md (session 16) has the timings that chose it
 CHUNK_PIXELS = 2**18
+
+
+def loss_chunk(images: int, pixels: int) -> int:
+    """upsampled_segmentation_loss's default chunk for a batch of ``images`` of ``pixels``
+    each: ``CHUNK_PIXELS`` pixels, and never the whole batch at once (its logits in one piece
+    are what the chunks avoid)."""
+    return max(1, min(CHUNK_PIXELS // pixels, math.ceil(images / 2)))
 
 
 class _UpsampledLoss(torch.autograd.Function):
@@ -224,10 +231,11 @@ def upsampled_segmentation_loss(
     ``scores`` (N, K, h, w) are a model's coarse scores (``model(x, coarse=True)``) and
     ``upsample`` its last, parameter-free upsampling (``model.upsample_scores`` with the
     input's size). The logits of a few images stay in cache where the batch's would not:
-    the loss tail of the CamVid recipe's full-resolution step (batch 8, 288x384) takes 85
-    instead of 122 ms; at half resolution 20 instead of 18 (benchmarks/README.md)."""
-    if chunk is None:  # never the whole batch at once: its logits in one piece are what chunks avoid
-        chunk = max(1, min(CHUNK_PIXELS // target[0].numel(), math.ceil(len(target) / 2)))
+    the loss tail of the CamVid recipe's full-resolution step (batch 8, 288x384) takes 66
+    instead of 126 ms (the step 614 instead of 656); at half resolution, where the batch's
+    logits fit in cache anyway, 21 instead of 17 (the step unchanged; docs/camvid.md)."""
+    if chunk is None:
+        chunk = loss_chunk(len(target), target[0].numel())
     return _UpsampledLoss.apply(scores, target, weight, hard_pixels, upsample, chunk)
 
 
