@@ -23,7 +23,6 @@ It scores the checkpoint on the validation split with the run's own test-time au
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 
 import numpy as np
@@ -48,9 +47,10 @@ def batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
 
 @torch.no_grad()
 def estimate(model: nn.Module, batches: list[torch.Tensor], precision) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Every BatchNorm's (mean, var) averaged over ``batches`` (train-mode forward passes)."""
+    """Every BatchNorm's (mean, var) averaged over ``batches`` (train-mode forward passes);
+    leaves the model in eval mode with these statistics loaded (callers load what they want)."""
     bns = batchnorms(model)
-    saved = copy.deepcopy(model.state_dict())
+    momenta = [m.momentum for m in bns]
     for m in bns:
         m.reset_running_stats()
         m.momentum = None  # a plain average over the batches
@@ -58,12 +58,10 @@ def estimate(model: nn.Module, batches: list[torch.Tensor], precision) -> list[t
     with precision.autocast(torch.device("cpu")):
         for x in batches:
             model(x.contiguous(memory_format=torch.channels_last) if precision.channels_last else x)
-    stats = [(m.running_mean.clone(), m.running_var.clone()) for m in bns]
-    model.load_state_dict(saved)
-    for m in bns:
-        m.momentum = 0.1
+    for m, momentum in zip(bns, momenta, strict=True):
+        m.momentum = momentum
     model.eval()
-    return stats
+    return [(m.running_mean.clone(), m.running_var.clone()) for m in bns]
 
 
 def load_stats(model: nn.Module, stats: list[tuple[torch.Tensor, torch.Tensor]]) -> None:

@@ -56,6 +56,7 @@ def main() -> None:
     tr = T._Trainer(cfg, None)
     tr._build_data()
     tr._build_model()
+    tr._wrap()  # train_net, as the trainer steps it
     tr.optimizer = T.build_optimizer(T.param_groups(tr.net, cfg["weight_decay"]), name=cfg["optimizer"], lr=1e-5, momentum=cfg["momentum"], device=tr.device)
     stage = tr.stages[args.stage]
     tr.train_ds.transforms = tr._stage_transforms(stage)
@@ -82,29 +83,26 @@ def main() -> None:
         for n, prm in tr.model.named_parameters():
             prm.requires_grad_(not any(n.startswith(m + ".") for m in names))
 
-    def step(source, coarse: bool = tr.coarse_loss) -> None:
+    coarse_default = tr.coarse_loss
+
+    def step(source, coarse: bool = coarse_default) -> None:
         images, masks = batch_from(source) if source is not None else (fixed[0].clone(), fixed[1].clone())
         if tr.paste_classes:
             images, masks = copy_paste(images, masks, tr.paste_classes, cfg["copy_paste"])
         if tr.precision.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
+        tr.coarse_loss = coarse
         with tr.precision.autocast(tr.device):
-            if coarse:  # as the trainer does (upsampled_segmentation_loss)
-                scores, _ = tr.net(images, coarse=True)
-                tail = functools.partial(tr.model.upsample_scores, size=tuple(images.shape[-2:]))
-                loss = T.upsampled_segmentation_loss(scores, masks, tail, tr.class_weight, cfg["hard_pixels"])
-            else:
-                logits, _ = tr.net(images)
-                loss = T.segmentation_loss(logits, masks, tr.class_weight, cfg["hard_pixels"])
+            loss = tr._loss(images, masks)  # the trainer's own
         loss.backward()
         tr.optimizer.step()
         tr.optimizer.zero_grad(set_to_none=True)
 
-    variants: dict[str, tuple] = {"fixed batch": (None, [], tr.coarse_loss)}
-    if tr.coarse_loss:
+    variants: dict[str, tuple] = {"fixed batch": (None, [], coarse_default)}
+    if coarse_default:
         variants["fixed batch, loss on full-resolution logits"] = (None, [], False)
-    variants.update({f"loader, {w} workers": (w, [], tr.coarse_loss) for w in args.workers})
-    variants.update({f"fixed batch, frozen {k}": (None, v, tr.coarse_loss) for k, v in FREEZES.items()})
+    variants.update({f"loader, {w} workers": (w, [], coarse_default) for w in args.workers})
+    variants.update({f"fixed batch, frozen {k}": (None, v, coarse_default) for k, v in FREEZES.items()})
     for source, names, coarse in variants.values():  # warm-up (and the workers' first batches)
         freeze(names)
         for _ in range(2):
@@ -130,7 +128,7 @@ def main() -> None:
         med = statistics.median(v)
         print(f"| {name} | {med:.1f} | {min(v):.1f} | {base / med:.2f}x |")
 
-    if tr.coarse_loss:
+    if coarse_default:
         loss_tail(tr, fixed, cfg, args.blocks)
 
     # one crop's augmentation, bilinear vs INTER_AREA for shrinking frames, one thread

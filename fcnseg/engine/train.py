@@ -959,17 +959,7 @@ class _Trainer:
             sync = contextlib.nullcontext() if (last_micro or not self.dist.enabled) else self.train_net.no_sync()
             with sync:
                 with self.precision.autocast(self.device):
-                    if self.coarse_loss:
-                        scores, aux = self.train_net(images, coarse=True)
-                        tail = functools.partial(self.model.upsample_scores, size=tuple(images.shape[-2:]))
-                        loss = upsampled_segmentation_loss(scores, masks, tail, self.class_weight, cfg["hard_pixels"])
-                    else:
-                        logits, aux = self.train_net(images)
-                        loss = segmentation_loss(logits, masks, self.class_weight, cfg["hard_pixels"])
-                    if cfg["lovasz"]:
-                        loss = loss + cfg["lovasz"] * lovasz_softmax_loss(logits, masks)
-                    if aux is not None:
-                        loss = loss + cfg["aux_loss"] * segmentation_loss(aux, masks, self.class_weight, cfg["hard_pixels"])
+                    loss = self._loss(images, masks)
                 self.scaler.scale(loss / accum).backward()
             loss_sum += loss.detach() / accum
             if not last_micro:
@@ -1023,6 +1013,24 @@ class _Trainer:
         ips = steps * cfg["batch_size"] * accum * self.dist.world_size / max(dt, 1e-9)
         self._record({"event": "train", "epoch": self.step / self.steps_per_epoch, "step": self.step, "loss": loss_value, "lr": lr, "images_per_s": ips, "time_s": self._elapsed()})
         self.bar.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{ips:.1f}", lr=f"{lr:.2e}")
+
+    def _loss(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """The step's loss (under the caller's autocast): from the model's coarse scores
+        (``upsampled_segmentation_loss``) where ``coarse_loss``, else from its full-resolution
+        logits; plus the Lovász and auxiliary terms when asked for."""
+        cfg = self.cfg
+        if self.coarse_loss:
+            scores, aux = self.train_net(images, coarse=True)
+            tail = functools.partial(self.model.upsample_scores, size=tuple(images.shape[-2:]))
+            loss = upsampled_segmentation_loss(scores, masks, tail, self.class_weight, cfg["hard_pixels"])
+        else:
+            logits, aux = self.train_net(images)
+            loss = segmentation_loss(logits, masks, self.class_weight, cfg["hard_pixels"])
+            if cfg["lovasz"]:
+                loss = loss + cfg["lovasz"] * lovasz_softmax_loss(logits, masks)
+        if aux is not None:
+            loss = loss + cfg["aux_loss"] * segmentation_loss(aux, masks, self.class_weight, cfg["hard_pixels"])
+        return loss
 
     def _end_of_epoch(self) -> None:
         cfg = self.cfg
