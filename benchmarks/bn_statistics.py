@@ -127,7 +127,7 @@ def main() -> None:
         order = torch.randperm(len(data), generator=g).tolist()
         B, out = cfg["batch_size"], []
         for b in range(args.batches):
-            xs, ms = zip(*[data[(0, order[(b * B + k) % len(order)])] for k in range(B)])
+            xs, ms = zip(*[data[(0, order[(b * B + k) % len(order)])] for k in range(B)], strict=True)
             x, y = torch.stack(xs), torch.stack(ms)
             if tr.paste_classes and source != "clean-frames":
                 x, y = copy_paste(x, y, tr.paste_classes, cfg["copy_paste"], generator=g)

@@ -333,6 +333,51 @@ def test_cli_default_tta_from_checkpoint_and_tta_none(tmp_path, capsys, monkeypa
     assert c["data"] == "camvid" and c["num_images"] == 2 and c["tta"] is None
 
 
+def test_cli_crf_from_checkpoint_matches_refining_by_hand(tmp_path, capsys, monkeypatch):
+    from PIL import Image
+
+    from fcnseg.data import build_dataset
+    from fcnseg.data.transforms import eval_transforms
+    from fcnseg.engine.checkpoint import save_checkpoint
+    from fcnseg.engine.crf import CRF, crf_refine
+    from fcnseg.models import MODELS
+
+    monkeypatch.setitem(MODELS, "test-pixelnet", lambda *, num_classes, **_: PixelNet(num_classes))
+    root = _camvid(tmp_path / "camvid", sizes=[(24, 30), (24, 30), (20, 26)])
+    torch.manual_seed(0)
+    model = PixelNet(11)
+    spec = "appearance=3,theta_a=3,theta_b=60,radius=2,dilation=1"
+    mean, std = (0.5,) * 3, (0.25,) * 3
+    ckpt = {"model": model.state_dict(), "model_config": {"name": "test-pixelnet", "num_classes": 11},
+            "mean": mean, "std": std,
+            "config": {"data": "camvid", "data_root": str(root), "eval_tta": "flip", "eval_crf": spec}}
+    save_checkpoint(ckpt, tmp_path / "c.pt")
+    base = ["--checkpoint", str(tmp_path / "c.pt"), "--precision", "fp32"]
+    res = _run_json(base, capsys)
+    assert res["crf"] == spec and res["tta"] == "flip"
+    plain = _run_json([*base, "--crf", "none"], capsys)
+    assert plain["crf"] is None and plain["confusion"] != res["confusion"]
+    assert _run_json([*base, "--crf", "iterations=1"], capsys)["crf"] == "iterations=1"
+
+    ds = build_dataset("camvid", root=root, split="val", transforms=eval_transforms(mean=mean, std=std))
+    cm = ConfusionMatrix(11)
+    model.eval()
+    for i in range(len(ds)):
+        x, y = ds[i]
+        colours = torch.from_numpy(np.array(Image.open(root / "val" / f"f{i}.png").convert("RGB")))
+        p = segment(model, [x], precision="fp32", tta="flip", probs=True)[0]
+        cm.update(crf_refine(p, colours, CRF(appearance=3, theta_a=3, theta_b=60, radius=2, dilation=1)).argmax(0), y)
+    assert res["confusion"] == cm.matrix.tolist()
+
+    ckpt["config"]["eval_crf"] = "sigma=3"
+    save_checkpoint(ckpt, tmp_path / "c.pt")
+    from fcnseg.cli import main
+
+    assert main(["eval", *base]) == 2
+    err = capsys.readouterr().err
+    assert "checkpoint config eval_crf: CRF spec 'sigma=3': unknown key 'sigma'" in err and "override it with --crf" in err
+
+
 def test_cli_text_table_and_plot(tmp_path, capsys, monkeypatch):
     from PIL import Image
 

@@ -159,6 +159,26 @@ def test_cli_predict(ckpt_path, images, tmp_path, capsys):
     ]
 
 
+def test_cli_predict_with_crf_writes_the_refined_probabilities(ckpt_path, images, tmp_path):
+    from fcnseg.engine.crf import CRF, crf_refine
+    from fcnseg.engine.inference import segment
+
+    out = tmp_path / "crf"
+    assert main(["predict", "--checkpoint", str(ckpt_path), str(images / "rgb.png"), "--out", str(out),
+                 "--probs", "--precision", "fp32", "--crf", "appearance=4,theta_a=3,theta_b=80,radius=2,dilation=1"]) == 0
+    ckpt = torch.load(ckpt_path, weights_only=False)
+    model = PixelNet()
+    model.load_state_dict(ckpt["model"])
+    rgb = np.array(Image.open(images / "rgb.png").convert("RGB"))
+    x, _ = eval_transforms(mean=MEAN, std=STD)(rgb, np.zeros(rgb.shape[:2], np.uint8))
+    plain = segment(model.eval(), [x], precision="fp32", probs=True)[0]
+    want = crf_refine(plain, torch.from_numpy(rgb), CRF(appearance=4, theta_a=3, theta_b=80, radius=2, dilation=1))
+    got = np.load(out / "rgb_probs.npy").astype(np.float32)
+    np.testing.assert_allclose(got, want.numpy(), atol=2e-3)
+    assert (got.argmax(0) != plain.argmax(0).numpy()).sum() > 0  # the CRF changed some pixels
+    np.testing.assert_array_equal(np.array(Image.open(out / "rgb.png")), got.argmax(0))
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -169,6 +189,7 @@ def test_cli_predict(ckpt_path, images, tmp_path, capsys):
         (["--checkpoint", "{ckpt}", "{img}", "--batch-size", "0"], "batch_size"),
         (["--checkpoint", "{ckpt}", "{img}", "--tta", "flop"], "TTA"),
         (["--checkpoint", "{ckpt}", "{img}", "--sliding-window", "0"], "sliding window"),
+        (["--checkpoint", "{ckpt}", "{img}", "--crf", "radius=0"], "radius and dilation >= 1"),
     ],
 )
 def test_cli_bad_arguments_exit_2_with_one_line(argv, message, ckpt_path, images, tmp_path, capsys):

@@ -21,7 +21,7 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def test_validation_uses_eval_tta(tmp_path, monkeypatch):
+def test_validation_uses_eval_tta_and_eval_crf(tmp_path, monkeypatch):
     from fcnseg.data import build_dataset
     from fcnseg.engine import evaluate as evaluate_module
     from fcnseg.engine.checkpoint import load_checkpoint
@@ -32,7 +32,7 @@ def test_validation_uses_eval_tta(tmp_path, monkeypatch):
     seen = []
 
     def spy(*args, **kwargs):
-        seen.append(kwargs.get("tta"))
+        seen.append((kwargs.get("tta"), kwargs.get("crf")))
         return evaluate(*args, **kwargs)
 
     monkeypatch.setattr(evaluate_module, "evaluate", spy)
@@ -41,17 +41,18 @@ def test_validation_uses_eval_tta(tmp_path, monkeypatch):
         data="synthetic", data_options={"size": 96, "length": 8}, model="fcn8s", backbone="resnet18",
         upsample="bilinear", crop=[64, 64], batch_size=4, epochs=1, warmup_steps=1, log_every=1,
         eval_batch_size=4, num_samples=0, tensorboard=False, out=str(tmp_path / "run"), eval_tta="scales=0.5",
+        eval_crf="iterations=2,radius=2",
     )
     run = train(cfg)
     ckpt = load_checkpoint(run / "best.pt")
-    assert ckpt["config"]["eval_tta"] == "scales=0.5"
+    assert ckpt["config"]["eval_tta"] == "scales=0.5" and ckpt["config"]["eval_crf"] == "iterations=2,radius=2"
     model = build_model(**ckpt["model_config"])
     model.load_state_dict(ckpt["model"])
     val = build_dataset("synthetic", split="val", size=96, length=8)
     logged = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     logged = [e for e in logged if e["event"] == "eval"][-1]
-    assert seen == ["scales=0.5"]  # one validation (the epoch end), with the run's TTA
-    half = evaluate(model, val, tta="scales=0.5", mean=ckpt["mean"], std=ckpt["std"])
+    assert seen == [("scales=0.5", "iterations=2,radius=2")]  # one validation (the epoch end), with the run's TTA and CRF
+    half = evaluate(model, val, tta="scales=0.5", mean=ckpt["mean"], std=ckpt["std"], crf="iterations=2,radius=2")
     assert logged["mean_iou"] == pytest.approx(half["mean_iou"], abs=1e-9)
     assert logged["pixel_acc"] == pytest.approx(half["pixel_acc"], abs=1e-9)
 

@@ -352,6 +352,7 @@ def test_config_precedence_defaults_yaml_flags(tmp_path):
         ("max_minutes: -5\n", r"max_minutes must be > 0 \(or 0: no time budget\), got -5"),
         ("optimizer: rmsprop\n", "optimizer"),
         ("eval_tta: flip,scales=big\n", "TTA scale 'big'"),  # caught before training, not after
+        ("eval_crf: appearance=strong\n", "CRF spec .appearance=strong.: appearance=.strong. is not a number"),
         ("hard_pixels: 0\n", r"hard_pixels is the fraction of pixels the loss keeps: in \(0, 1\], got 0"),
         ("hard_pixels: 1.5\n", "hard_pixels is the fraction"),
         ("lovasz: -1\n", "weight_decay, aux_loss and lovasz must be >= 0"),

@@ -4,7 +4,7 @@ Without data flags the checkpoint's own validation data (config `val_data*` if t
 validated on another dataset, else `data`, `data_root`, `data_options`) and validation
 split (config `val_split`, default "val") are used. A default
 test-time augmentation saved in the checkpoint's config (`eval_tta`) applies unless
-`--tta none` is given.
+`--tta none` is given, and so does a CRF (`eval_crf`) unless `--crf none` is given.
 """
 
 from __future__ import annotations
@@ -29,6 +29,14 @@ def add_inference_args(p: argparse.ArgumentParser, *, batch_size: int) -> None:
         "(softmax probabilities averaged); 'none' turns off a default saved in the checkpoint",
     )
     p.add_argument(
+        "--crf",
+        default=None,
+        metavar="SPEC",
+        help="refine the probabilities with a local dense CRF (mean-field, Potts, appearance kernel over "
+        "position and colour): 'default' or key=value pairs, e.g. 'appearance=2,theta_b=5' "
+        "(fcnseg.engine.crf.CRF); 'none' turns off a default saved in the checkpoint",
+    )
+    p.add_argument(
         "--sliding-window",
         default=None,
         metavar="SIZE",
@@ -42,17 +50,24 @@ def add_inference_args(p: argparse.ArgumentParser, *, batch_size: int) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
 
 
-def checkpoint_tta(arg: str | None, ckpt: dict):
-    """The TTA to use: `--tta` if given ('none' = off), else the checkpoint config's `eval_tta`."""
+def checkpoint_inference(args: argparse.Namespace, ckpt: dict):
+    """(tta, crf) to use: `--tta` / `--crf` if given ('none' = off), else the checkpoint
+    config's `eval_tta` / `eval_crf`."""
+    from fcnseg.engine.crf import parse_crf
     from fcnseg.engine.inference import parse_tta
 
-    if arg is not None:
-        return parse_tta(arg)
-    default = (ckpt.get("config") or {}).get("eval_tta")
-    try:
-        return parse_tta(default)
-    except ConfigError as e:
-        raise ConfigError(f"checkpoint config eval_tta: {e}; override it with --tta") from None
+    config = ckpt.get("config") or {}
+    chosen = []
+    for flag, key, parse in (("--tta", "eval_tta", parse_tta), ("--crf", "eval_crf", parse_crf)):
+        arg = getattr(args, flag[2:])
+        if arg is not None:
+            chosen.append(parse(arg))
+            continue
+        try:
+            chosen.append(parse(config.get(key)))
+        except ConfigError as e:
+            raise ConfigError(f"checkpoint config {key}: {e}; override it with {flag}") from None
+    return tuple(chosen)
 
 
 def register(subparsers) -> None:
@@ -131,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
     precision = resolve_precision(args.precision, device)
 
     ckpt = load_checkpoint(args.checkpoint)
-    tta = checkpoint_tta(args.tta, ckpt)
+    tta, crf = checkpoint_inference(args, ckpt)
     config = ckpt.get("config") or {}
     name, root, options, split = _dataset_spec(args, config)
     mean, std = ckpt.get("mean"), ckpt.get("std")
@@ -171,6 +186,9 @@ def run(args: argparse.Namespace) -> int:
         num_workers=args.workers,
         max_images=args.max_images,
         progress=sys.stderr.isatty(),
+        mean=mean,
+        std=std,
+        crf=crf,
     )
     classes = list(dataset.classes)
     plot = None
@@ -184,6 +202,7 @@ def run(args: argparse.Namespace) -> int:
             "split": split,
             "num_images": res["num_images"],
             "tta": str(tta) if tta is not None else None,
+            "crf": str(crf) if crf is not None else None,
             "sliding_window": list(window) if window else None,
             "precision": precision.name,
             "pixel_acc": res["pixel_acc"],
@@ -201,7 +220,8 @@ def run(args: argparse.Namespace) -> int:
 
     print(
         f"{args.checkpoint}: {name}/{split}, {res['num_images']} images, "
-        f"tta {tta if tta is not None else 'none'}, precision {precision.name}"
+        f"tta {tta if tta is not None else 'none'}, crf {crf if crf is not None else 'none'}, "
+        f"precision {precision.name}"
     )
     print(
         f"pixel acc {_pct(res['pixel_acc']).strip()}  mean acc {_pct(res['mean_acc']).strip()}  "

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fcnseg.cli.eval import add_inference_args, checkpoint_tta
+from fcnseg.cli.eval import add_inference_args, checkpoint_inference
 
 
 def register(subparsers) -> None:
@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
 
     resolve_inputs(args.inputs)  # argument errors before the checkpoint is loaded
     ckpt = load_checkpoint(args.checkpoint)
-    tta = checkpoint_tta(args.tta, ckpt)
+    tta, crf = checkpoint_inference(args, ckpt)
     try:
         written = predict(
             ckpt,
@@ -49,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
             tta=tta,
             sliding_window=args.sliding_window,
             progress=sys.stderr.isatty(),
+            crf=crf,
         )
     except PredictFailures as e:
         for _path, reason in e.failures:

@@ -33,6 +33,7 @@ def register(subparsers) -> None:
     g.add_argument("--max-minutes", type=float, metavar="M", help="wall-clock budget, final evaluation included; the lr schedule fits it (0: none, e.g. to run a config's recipe for --epochs)")
     g.add_argument("--eval-every", type=int, metavar="N", help="validate every N epochs")
     g.add_argument("--eval-tta", metavar="SPEC", help="test-time augmentation of validation (and the default of `fcnseg eval`/`predict` for this run), e.g. 'flip,scales=0.75,1,1.25'; 'none': off")
+    g.add_argument("--eval-crf", metavar="SPEC", help="CRF refinement of validation (and the default of `fcnseg eval`/`predict` for this run): 'default' or key=value pairs, e.g. 'appearance=2,theta_b=5'; 'none': off")
     g.add_argument("--ckpt-every-steps", type=int, metavar="N", help="also write last.pt every N steps")
     g.add_argument("--skip-check", action="store_true", help="leave out the files the data check lists instead of stopping")
     g.add_argument("--train-split", metavar="S")

@@ -105,6 +105,7 @@ class TrainConfig:
     eval_every: int = 1  # epochs
     eval_batch_size: int = 1
     eval_tta: str | None = None  # default TTA of `fcnseg eval/predict` on this run's checkpoints, e.g. "flip"
+    eval_crf: str | None = None  # default CRF refinement of validation and `fcnseg eval/predict`, e.g. "default"; see fcnseg.engine.crf
     ckpt_every_steps: int = 0  # 0: last.pt at epoch ends only
     log_every: int = 20  # steps between loss reads (each read is a host sync)
     num_samples: int = 4  # images in samples/epoch_N.png
@@ -337,6 +338,9 @@ def validate(cfg: dict) -> None:
     from fcnseg.engine.inference import parse_tta
 
     parse_tta(cfg["eval_tta"])  # a bad spec fails now, not at the first validation
+    from fcnseg.engine.crf import parse_crf
+
+    parse_crf(cfg["eval_crf"])
 
 
 def save_yaml(cfg: dict, path: str | os.PathLike) -> None:

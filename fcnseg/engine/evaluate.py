@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from fcnseg.engine.crf import CRF, parse_crf
 from fcnseg.engine.inference import TTA, parse_tta, parse_window, segment
 from fcnseg.engine.precision import Precision, resolve_precision
 from fcnseg.errors import ConfigError
@@ -71,6 +72,7 @@ def evaluate(
     progress: bool = False,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    crf: str | CRF | None = None,
 ) -> dict:
     """Scores ``model`` on ``dataset`` and returns the paper's metrics.
 
@@ -78,6 +80,8 @@ def evaluate(
     uint8 pair, normalised here with ``mean``/``std``. ``batch_size`` > 1 batches images of
     equal size together (never padding), so the numbers do not depend on the batch size. ``tta``: e.g. ``"flip,scales=0.75,1,1.25"``
     (softmax probabilities averaged). ``sliding_window``: window size (int or (h, w)).
+    ``crf``: refine the probabilities with the local dense CRF (``fcnseg.engine.crf``); it needs
+    the normalisation's ``std`` (and ``mean``, which only raw datasets use).
     ``distributed``: score ``indices[rank::world]`` on each rank and sum the matrices.
 
     Returns ``ConfusionMatrix.compute()`` (``pixel_acc``, ``mean_acc``, ``mean_iou``,
@@ -92,6 +96,9 @@ def evaluate(
         precision = resolve_precision(precision, device)
     tta = parse_tta(tta)
     window = parse_window(sliding_window)
+    crf = parse_crf(crf)
+    if crf is not None and std is None:
+        raise ConfigError("evaluate(crf=...) needs the normalisation's std= (and mean=) to recover the images' colours")
     num_classes = int(getattr(dataset, "num_classes", 0) or len(dataset.classes))
     cm = ConfusionMatrix(num_classes, ignore_index=getattr(dataset, "ignore_index", 255))
     normalise = None
@@ -140,6 +147,8 @@ def evaluate(
             precision=precision,
             tta=tta,
             sliding_window=window,
+            crf=crf,
+            std=std,
         )
         for score_map, (_, mask) in zip(scores, pairs, strict=True):
             if score_map.shape[0] != num_classes:

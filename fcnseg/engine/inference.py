@@ -13,6 +13,9 @@ prediction) whose argmax is the prediction. Options:
   plainly and/or mirrored left-right; each output is resized back to the output size and
   turned into **softmax probabilities**, which are averaged. (Averaging probabilities, not
   logits, keeps one over-confident scale from dominating; the argmax is what is scored.)
+- **CRF** (``crf``): the (averaged) probabilities at the output size are refined by the local
+  dense CRF of ``fcnseg.engine.crf``, guided by the image's colours, which are recovered from
+  the normalised input with the normalisation's ``std``.
 - **sliding window**: the image (at each scale) is tiled with windows of a fixed size at a
   stride of 2/3 of the window, tiles are run in batches and their logits averaged where they
   overlap. For a model whose receptive field fits the window this equals the whole-image
@@ -32,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fcnseg.engine.crf import CRF, crf_refine, parse_crf
 from fcnseg.engine.precision import Precision, resolve_precision
 from fcnseg.errors import ConfigError
 
@@ -214,20 +218,28 @@ def segment(
     sliding_window: int | str | Sequence[int] | None = None,
     probs: bool = False,
     tiles_per_batch: int = 4,
+    crf: str | CRF | None = None,
+    std: Sequence[float] | None = None,
 ) -> list[torch.Tensor]:
     """Score maps for a list of normalised images.
 
     ``images``: tensors (C, h_i, w_i) (sizes may differ). ``out_sizes``: the (H_i, W_i) to
     return each map at (default: the image's own size); maps are resized there with bilinear
     interpolation. Returns float32 tensors (K, H_i, W_i) on ``device``: logits when neither
-    TTA nor ``probs`` is asked for, otherwise softmax probabilities (averaged over the TTA
-    views). The caller sets ``model.eval()``.
+    TTA nor ``probs`` nor ``crf`` is asked for, otherwise softmax probabilities (averaged over
+    the TTA views). ``crf`` (a ``CRF`` or its spec): refine each probability map with the local
+    dense CRF of ``fcnseg.engine.crf``, guided by the image's colours at the output size, which
+    it recovers from the normalised input with the normalisation's ``std`` (required then).
+    The caller sets ``model.eval()``.
     """
     device = torch.device(device)
     if isinstance(precision, str):
         precision = resolve_precision(precision, device)
     tta = parse_tta(tta)
     window = parse_window(sliding_window)
+    crf = parse_crf(crf)
+    if crf is not None and std is None:
+        raise ValueError("segment(crf=...) needs the normalisation's std= to recover the image's colours")
     if not len(images):
         return []
     images = [im.to(device, non_blocking=True) for im in images]
@@ -239,7 +251,9 @@ def segment(
     if tta is None or tta.trivial:
         logits = _logits_at(model, images, window, precision, device, tiles_per_batch)
         maps = [_resize(lg, s) for lg, s in zip(logits, out_sizes, strict=True)]
-        return [m.softmax(0) for m in maps] if probs else maps
+        if crf is None:
+            return [m.softmax(0) for m in maps] if probs else maps
+        return _refine([m.softmax(0) for m in maps], images, crf, std)
 
     acc = [None] * len(images)
     views = 0
@@ -260,4 +274,15 @@ def segment(
                 p = _resize(lg, s).softmax(0)
                 acc[i] = p if acc[i] is None else acc[i].add_(p)
             views += 1
-    return [a.div_(views) for a in acc]
+    acc = [a.div_(views) for a in acc]
+    return acc if crf is None else _refine(acc, images, crf, std)
+
+
+def _refine(maps: list[torch.Tensor], images: list[torch.Tensor], crf: CRF, std: Sequence[float]) -> list[torch.Tensor]:
+    """``crf_refine`` of each probability map, with its image's colours (0-255) at the map's size.
+    Colour differences need only the std: the mean cancels."""
+    out = []
+    for p, im in zip(maps, images, strict=True):
+        scale = torch.as_tensor(std, dtype=torch.float32, device=im.device).view(-1, 1, 1) * 255.0
+        out.append(crf_refine(p, _resize(im.float(), tuple(p.shape[-2:])) * scale, crf))
+    return out

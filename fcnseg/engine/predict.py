@@ -6,7 +6,8 @@ For every input image ``NAME.ext`` the output folder gets
   checkpoint, so viewers show colours while the pixel values stay class indices);
 - ``NAME_overlay.jpg``: the image blended with the colourised prediction at opacity
   ``alpha``, above a legend strip naming the classes present;
-- ``NAME_probs.npy`` (``save_probs``): float16 softmax probabilities ``(K, H, W)``.
+- ``NAME_probs.npy`` (``save_probs``): float16 softmax probabilities ``(K, H, W)`` (after the
+  CRF when ``crf`` is given).
 
 Inputs are files, folders (their images, not recursive) and glob patterns. They are checked
 before any work (a path that does not exist, or a folder or pattern without images, is an
@@ -32,6 +33,7 @@ from fcnseg.data.base import IMAGE_EXTENSIONS, image_to_rgb, list_images, make_p
 from fcnseg.data.show import overlay
 from fcnseg.data.transforms import eval_transforms
 from fcnseg.engine.checkpoint import load_checkpoint, model_from_checkpoint
+from fcnseg.engine.crf import CRF, parse_crf
 from fcnseg.engine.inference import TTA, parse_tta, parse_window, segment
 from fcnseg.engine.precision import resolve_device, resolve_precision
 from fcnseg.errors import ConfigError, DataError
@@ -188,6 +190,7 @@ def predict(
     tta: str | TTA | None = None,
     sliding_window: int | str | Sequence[int] | None = None,
     progress: bool = False,
+    crf: str | CRF | None = None,
 ) -> list[Path]:
     """Segments every input image and writes its outputs to ``out_dir`` (see the module
     docstring). Images are batched ``batch_size`` at a time among images of the same size,
@@ -199,6 +202,7 @@ def predict(
         raise ConfigError(f"alpha={alpha}: the overlay opacity must be in [0, 1]")
     tta = parse_tta(tta)
     window = parse_window(sliding_window)
+    crf = parse_crf(crf)
     paths = resolve_inputs(inputs)
     ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
     classes, palette, mean, std = _checkpoint_meta(ckpt)
@@ -242,7 +246,7 @@ def predict(
                 tensors = [prep(im, np.zeros(im.shape[:2], np.uint8))[0] for _, _, im in batch]
                 scores = segment(
                     model, tensors, device=dev, precision=prec, tta=tta,
-                    sliding_window=window, probs=save_probs,
+                    sliding_window=window, probs=save_probs, crf=crf, std=std,
                 )
                 for (_path, name, image), score in zip(batch, scores, strict=True):
                     written += _write(out, name, image, score, save_probs, alpha, classes, palette)

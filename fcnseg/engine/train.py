@@ -1050,7 +1050,7 @@ class _Trainer:
             self.eval_model, self.val_ds, device=self.device, precision=self.precision,
             batch_size=self.cfg["eval_batch_size"], num_workers=self.cfg["workers"],
             distributed=self.dist.enabled, mean=self.mean, std=self.std, max_images=max_images,
-            tta=self.cfg["eval_tta"],  # best.pt is chosen as `fcnseg eval` will score it
+            tta=self.cfg["eval_tta"], crf=self.cfg["eval_crf"],  # best.pt is chosen as `fcnseg eval` will score it
         )
 
     def _validate(self) -> dict:
