@@ -99,10 +99,11 @@ def crf_refine(probs: torch.Tensor, image: torch.Tensor, crf: CRF = CRF()) -> to
             f"{tuple(probs.shape[-2:])}; pass the image at the size of the labels"
         )
     probs = probs.float()
-    image = image.to(probs.device, torch.float32)
-    unary = probs.clamp_min(1e-8).log()  # -U
     if crf.iterations == 0:
         return probs.clone()
+    image = image.to(probs.device, torch.float32)
+    unary = probs.clamp_min(1e-8).log()  # -U
+    smooth = crf.smoothness > 0  # the smoothness kernel's normaliser only when it is used
     # Kernel values per offset, computed once and normalised symmetrically as in Krähenbühl's
     # implementation (k_ij / sqrt(n_i n_j), n_i = sum_j k_ij), so that a weight w bounds the
     # message at w whatever the window holds: w_a k_a + w_s k_s for each symmetric pair.
@@ -118,15 +119,16 @@ def crf_refine(probs: torch.Tensor, image: torch.Tensor, crf: CRF = CRF()) -> to
         ks = math.exp(-0.5 * d2 / crf.theta_s**2)
         norm_a[a].add_(ka)
         norm_a[b].add_(ka)
-        norm_s[a].add_(ks)
-        norm_s[b].add_(ks)
+        if smooth:
+            norm_s[a].add_(ks)
+            norm_s[b].add_(ks)
         raw.append((a, b, ka, ks))
     inv_a = norm_a.clamp_min(1e-12).rsqrt_()
-    inv_s = norm_s.clamp_min(1e-12).rsqrt_()
+    inv_s = norm_s.clamp_min(1e-12).rsqrt_() if smooth else None
     pairs = []
     for a, b, ka, ks in raw:
         k = ka.mul_(inv_a[a]).mul_(inv_a[b]).mul_(crf.appearance)
-        if crf.smoothness > 0 and ks > 1e-6:
+        if smooth and ks > 1e-6:
             k.add_(inv_s[a] * inv_s[b] * (crf.smoothness * ks))
         pairs.append((a, b, k))
     q = probs
