@@ -356,6 +356,7 @@ def test_config_precedence_defaults_yaml_flags(tmp_path):
         ("hard_pixels: 0\n", r"hard_pixels is the fraction of pixels the loss keeps: in \(0, 1\], got 0"),
         ("hard_pixels: 1.5\n", "hard_pixels is the fraction"),
         ("lovasz: -1\n", "weight_decay, aux_loss and lovasz must be >= 0"),
+        ("eval_every: -1\n", "eval_every must be >= 0, got -1"),
         ("context: ppm\nbatch_size: 1\n", r"context 'ppm' batch-normalises its global \(1x1\) bin over the batch, which needs batch_size >= 2"),
         ("color_jitter: 1.2\n", r"color_jitter scales brightness, contrast and saturation by factors in \[1 - S, 1 \+ S\]: S in \[0, 1\), got 1.2"),
         ("copy_paste: -0.5\n", r"copy_paste is the probability that a training crop receives pasted pixels: in \[0, 1\], got -0.5"),
@@ -596,6 +597,52 @@ def test_max_minutes_stops_with_a_complete_run(tmp_path):
     assert ckpt["step"] == result["steps"]
     # the lr schedule was fitted to the budget, not to the 1000 epochs asked for
     assert ckpt["scheduler"]["total_steps"] < 1000 * 4
+
+
+def test_eval_every_0_trains_the_whole_budget_and_saves_the_final_model(tmp_path, monkeypatch, caplog):
+    """eval_every 0: no validation at all (no probe before training, none at epoch ends or at
+    the end), so nothing of a time budget is held back for it; best.pt is the final model and
+    the log gives the `fcnseg eval` command that scores it."""
+    import logging
+
+    from fcnseg.engine import train as train_mod
+    from fcnseg.engine.evaluate import evaluate
+
+    def no_eval(self, max_images=None):
+        raise AssertionError("validation ran under eval_every 0")
+
+    monkeypatch.setattr(train_mod._Trainer, "_evaluate", no_eval)
+    reserves: list[tuple[float, float]] = []
+    orig_reserve = train_mod._Trainer._reserve_s
+
+    def reserve(self):
+        reserves.append((orig_reserve(self), 2 * self.timing["save_s"] + self.timing["draw_s"] + 1.0))
+        return reserves[-1][0]
+
+    monkeypatch.setattr(train_mod._Trainer, "_reserve_s", reserve)
+    with caplog.at_level(logging.INFO, logger="fcnseg"):
+        run = train_mod.train(tiny(tmp_path / "run", epochs=3, max_minutes=10, eval_every=0, log_every=2))
+    result = json.loads((run / "metrics.json").read_text())
+    assert result["validated"] is False  # (under a budget the run reports "max_minutes" even when the epochs end it)
+    assert result["best"] is None and result["final"] == {"epoch": 3.0, "step": 6}
+    assert result["steps"] == 6
+    events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert not [e for e in events if e["event"] == "eval"]
+    # only checkpoint writes are reserved (two of them: last.pt and best.pt), never a validation
+    assert reserves and all(got == pytest.approx(writes) for got, writes in reserves)
+    last = torch.load(run / "last.pt", weights_only=False)
+    best = torch.load(run / "best.pt", weights_only=False)
+    assert last["step"] == best["step"] == result["steps"]
+    assert all(torch.equal(best["model"][k], last["model"][k]) for k in last["model"])
+    assert "not validated (eval_every 0)" in caplog.text and f"fcnseg eval --checkpoint {run / 'best.pt'} --data synthetic --split val" in caplog.text
+    # the checkpoint scores like any other
+    from fcnseg.data import build_dataset
+    from fcnseg.models import build_model
+
+    model = build_model(**best["model_config"])
+    model.load_state_dict(best["model"])
+    metrics = evaluate(model, build_dataset("synthetic", split="val", size=64, length=8), device="cpu", precision="fp32", mean=best["mean"], std=best["std"])
+    assert 0 <= metrics["mean_iou"] <= 1
 
 
 @pytest.mark.parametrize("unit", ["step", "pixels"])

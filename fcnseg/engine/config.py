@@ -102,7 +102,7 @@ class TrainConfig:
     seed: int = 0
     # run control and output
     max_minutes: float | None = None
-    eval_every: int = 1  # epochs
+    eval_every: int = 1  # epochs; 0: never (no validation in the run: the whole budget trains, best.pt is the final model, `fcnseg eval` scores it)
     eval_batch_size: int = 1
     eval_tta: str | None = None  # default TTA of `fcnseg eval/predict` on this run's checkpoints, e.g. "flip"
     eval_crf: str | None = None  # default CRF refinement of validation and `fcnseg eval/predict`, e.g. "default"; see fcnseg.engine.crf
@@ -307,10 +307,10 @@ def validate(cfg: dict) -> None:
         raise ConfigError(f"freeze_schedule entries must be in order of `at`; got {ats}")
     if cfg["freeze_schedule"] and cfg["freeze_backbone"]:
         raise ConfigError("freeze_backbone freezes the whole backbone from the start; freeze_schedule then has nothing to add (drop one of the two)")
-    for key in ("epochs", "batch_size", "accum_steps", "eval_every", "log_every", "eval_batch_size"):
+    for key in ("epochs", "batch_size", "accum_steps", "log_every", "eval_batch_size"):
         if cfg[key] < 1:
             raise ConfigError(f"{key} must be >= 1, got {cfg[key]}")
-    for key in ("workers", "warmup_steps", "ckpt_every_steps", "num_samples"):
+    for key in ("workers", "warmup_steps", "ckpt_every_steps", "num_samples", "eval_every"):
         if cfg[key] < 0:
             raise ConfigError(f"{key} must be >= 0, got {cfg[key]}")
     if cfg["lr"] <= 0:

@@ -905,7 +905,7 @@ class _Trainer:
         )
         self.budget = cfg["max_minutes"] * 60.0 if cfg["max_minutes"] else None
         self.timing = {"steps": 0, "step_s": 0.0, "epoch_end_s": [], "eval_s": None, "save_s": 0.0, "draw_s": 0.0}
-        if self.budget is not None:
+        if self.budget is not None and cfg["eval_every"]:
             self.timing["eval_s"] = self._probe_eval_time()
         self.stage = self._stage_at()
         self._freeze_due()
@@ -1037,7 +1037,7 @@ class _Trainer:
         t0 = time.monotonic()
         self.epoch += 1
         self.batch_in_epoch = 0
-        if self.epoch % cfg["eval_every"] == 0 or self.epoch == cfg["epochs"]:
+        if cfg["eval_every"] and (self.epoch % cfg["eval_every"] == 0 or self.epoch == cfg["epochs"]):
             self._validate()
         self._save("last.pt")
         self.timing["epoch_end_s"].append(time.monotonic() - t0)
@@ -1078,7 +1078,11 @@ class _Trainer:
         return metrics
 
     def _finish(self, stopped: str) -> None:
-        if self.last_eval is None or self.last_eval["step"] != self.step:
+        validated = bool(self.cfg["eval_every"])
+        if not validated:  # nothing to choose by: best.pt is the final model, for `fcnseg eval` to score
+            self._save("last.pt")
+            self._save("best.pt")
+        elif self.last_eval is None or self.last_eval["step"] != self.step:
             self._validate()
             self._save("last.pt")
         elapsed = self._elapsed()
@@ -1086,9 +1090,10 @@ class _Trainer:
             return
         steps_s = self.timing["step_s"]
         ips = self.timing["steps"] * self.cfg["batch_size"] * self.cfg["accum_steps"] * self.dist.world_size / steps_s if steps_s else None
-        final = {k: self.last_eval[k] for k in ("pixel_acc", "mean_acc", "mean_iou", "fw_iou")}
+        final = {k: self.last_eval[k] for k in ("pixel_acc", "mean_acc", "mean_iou", "fw_iou")} if validated else {}
         result = {
             "final": {**final, "epoch": self.step / self.steps_per_epoch, "step": self.step},
+            "validated": validated,
             "best": self.best,
             "stopped": stopped,
             "epochs": self.epoch,
@@ -1108,19 +1113,28 @@ class _Trainer:
         plot_curves(self.events, self.run_dir / "curves.png")
         if self.tb is not None:
             self.tb.close()
-        log.info(
-            "done (%s) in %.0fs: final val mean IU %.4f, best %.4f at epoch %s | %s",
-            stopped, elapsed, final["mean_iou"], self.best_miou, (self.best or {}).get("epoch"), self.run_dir,
-        )
+        if validated:
+            log.info(
+                "done (%s) in %.0fs: final val mean IU %.4f, best %.4f at epoch %s | %s",
+                stopped, elapsed, final["mean_iou"], self.best_miou, (self.best or {}).get("epoch"), self.run_dir,
+            )
+        else:
+            cfg = self.cfg
+            root = cfg["val_data_root"] or (None if cfg["val_data"] else cfg["data_root"])
+            command = f"fcnseg eval --checkpoint {self.run_dir / 'best.pt'} --data {cfg['val_data'] or cfg['data']}"
+            command += (f" --data-root {root}" if root else "") + f" --split {cfg['val_split']}"
+            log.info("done (%s) in %.0fs, not validated (eval_every 0): best.pt is the final model; score it with `%s`", stopped, elapsed, command)
 
     # ---------------------------------------------------------------- time budget
     def _elapsed(self) -> float:
         return time.monotonic() - self.t_start
 
     def _reserve_s(self) -> float:
-        """Time kept for the final evaluation, checkpoint and pictures."""
+        """Time kept for the final evaluation, checkpoint and pictures (without validation: the
+        two checkpoints, last.pt and best.pt)."""
         t = self.timing
-        return 1.1 * (t["eval_s"] or 0.0) + t["save_s"] + t["draw_s"] + 1.0
+        saves = 1 if self.cfg["eval_every"] else 2
+        return 1.1 * (t["eval_s"] or 0.0) + saves * t["save_s"] + t["draw_s"] + 1.0
 
     def _out_of_time(self) -> bool:
         if self.budget is None:
@@ -1164,7 +1178,7 @@ class _Trainer:
         if self.budget is None or self.timing["steps"] < 3:
             return
         ends = self.timing["epoch_end_s"]
-        per_epoch = (sum(ends) / len(ends)) if ends else (self.timing["eval_s"] or 0.0) / self.cfg["eval_every"]
+        per_epoch = (sum(ends) / len(ends)) if ends else (self.timing["eval_s"] or 0.0) / max(1, self.cfg["eval_every"])
         now, end = self._elapsed(), self.budget - self._reserve_s()
         left, units = 0.0, 0.0  # steps that fit in what is left of this stage and the later ones
         for j in range(self.stage, len(self.stages)):
