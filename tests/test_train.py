@@ -635,12 +635,11 @@ def test_eval_every_0_trains_the_whole_budget_and_saves_the_final_model(tmp_path
     assert last["step"] == best["step"] == result["steps"]
     assert all(torch.equal(best["model"][k], last["model"][k]) for k in last["model"])
     assert "not validated (eval_every 0)" in caplog.text and f"fcnseg eval --checkpoint {run / 'best.pt'} --data synthetic --split val" in caplog.text
-    # the checkpoint scores like any other
+    # the checkpoint loads and scores like any other
     from fcnseg.data import build_dataset
-    from fcnseg.models import build_model
+    from fcnseg.engine.checkpoint import model_from_checkpoint
 
-    model = build_model(**best["model_config"])
-    model.load_state_dict(best["model"])
+    model = model_from_checkpoint(run / "best.pt")
     metrics = evaluate(model, build_dataset("synthetic", split="val", size=64, length=8), device="cpu", precision="fp32", mean=best["mean"], std=best["std"])
     assert 0 <= metrics["mean_iou"] <= 1
 
