@@ -47,6 +47,18 @@ def add_inference_args(p: argparse.ArgumentParser, *, batch_size: int) -> None:
         help=f"images per forward pass (default {batch_size}); only images of one size share a pass (never padded), so scores do not depend on it",
     )
     p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp16", "fp32"))
+    p.add_argument(
+        "--backend",
+        default="torch",
+        choices=("torch", "compile", "onnxruntime", "openvino", "auto"),
+        help="inference engine (default torch, in --precision); compile/onnxruntime/openvino run fp32; "
+        "auto: the fastest one verified against eager fp32 for this model on this machine (probed once, cached). "
+        'onnxruntime/openvino need pip install -e ".[export]" (docs/deploy.md)',
+    )
+    p.add_argument(
+        "--onnx", default=None, metavar="FILE",
+        help="run this file written by `fcnseg export` (e.g. the int8 one) with --backend onnxruntime or openvino",
+    )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
 
 
@@ -111,6 +123,12 @@ def _dataset_spec(args: argparse.Namespace, config: dict) -> tuple[str, str | No
     return name, root, options, split
 
 
+def _backend_name(backend) -> str:
+    """``auto (onnxruntime)`` for auto: the engine(s) it chose."""
+    chosen = sorted({e["backend"] for e in getattr(backend, "report", {}).values()})
+    return f"{backend.name} ({', '.join(chosen)})" if chosen else backend.name
+
+
 def _pct(v: float) -> str:
     return "    -" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:6.2f}"
 
@@ -127,11 +145,10 @@ def _clean(v):
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
 
     from fcnseg.data import build_dataset
     from fcnseg.data.transforms import eval_transforms
-    from fcnseg.engine.checkpoint import load_checkpoint, model_from_checkpoint
+    from fcnseg.engine.checkpoint import load_checkpoint
     from fcnseg.engine.evaluate import evaluate
     from fcnseg.engine.inference import parse_window
     from fcnseg.engine.precision import resolve_device, resolve_precision
@@ -171,9 +188,12 @@ def run(args: argparse.Namespace) -> int:
             f"and dataset ({', '.join(dataset.classes)})",
             file=sys.stderr,
         )
-    model = model_from_checkpoint(ckpt).to(device)
-    if precision.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    from fcnseg.engine.backends import load_backend
+
+    model = load_backend(
+        args.backend, ckpt, device=device, precision=precision if args.backend == "torch" else args.precision,
+        onnx_path=args.onnx,
+    )
 
     res = evaluate(
         model,
@@ -204,7 +224,8 @@ def run(args: argparse.Namespace) -> int:
             "tta": str(tta) if tta is not None else None,
             "crf": str(crf) if crf is not None else None,
             "sliding_window": list(window) if window else None,
-            "precision": precision.name,
+            "precision": precision.name if args.backend == "torch" else "fp32",
+            "backend": _backend_name(model),
             "pixel_acc": res["pixel_acc"],
             "mean_acc": res["mean_acc"],
             "mean_iou": res["mean_iou"],
@@ -221,7 +242,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"{args.checkpoint}: {name}/{split}, {res['num_images']} images, "
         f"tta {tta if tta is not None else 'none'}, crf {crf if crf is not None else 'none'}, "
-        f"precision {precision.name}"
+        f"precision {precision.name if args.backend == 'torch' else 'fp32'}, backend {_backend_name(model)}"
     )
     print(
         f"pixel acc {_pct(res['pixel_acc']).strip()}  mean acc {_pct(res['mean_acc']).strip()}  "

@@ -50,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
             sliding_window=args.sliding_window,
             progress=sys.stderr.isatty(),
             crf=crf,
+            backend=args.backend,
+            onnx_path=args.onnx,
         )
     except PredictFailures as e:
         for _path, reason in e.failures:

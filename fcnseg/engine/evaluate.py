@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -58,7 +58,7 @@ def _class_names(dataset, num_classes: int) -> list[str]:
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module,
+    model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
     dataset,
     *,
     device: torch.device | str = "cpu",
@@ -74,7 +74,8 @@ def evaluate(
     std: Sequence[float] | None = None,
     crf: str | CRF | None = None,
 ) -> dict:
-    """Scores ``model`` on ``dataset`` and returns the paper's metrics.
+    """Scores ``model`` (a module, or a backend from ``fcnseg.engine.backends``) on
+    ``dataset`` and returns the paper's metrics.
 
     ``dataset[i]`` gives (image (3, h, w) float normalised, mask (H, W) int) — or the raw
     uint8 pair, normalised here with ``mean``/``std``. ``batch_size`` > 1 batches images of
@@ -128,8 +129,10 @@ def evaluate(
     # shards; the bare module gives the same numbers.
     if isinstance(model, nn.parallel.DistributedDataParallel):
         model = model.module
-    was_training = model.training
-    model.eval()
+    is_module = isinstance(model, nn.Module)  # else a backend (fcnseg.engine.backends)
+    was_training = is_module and model.training
+    if is_module:
+        model.eval()
     bar = None
     if progress and rank == 0:
         from tqdm import tqdm
@@ -188,7 +191,8 @@ def evaluate(
     finally:
         if bar is not None:
             bar.close()
-        model.train(was_training)
+        if is_module:
+            model.train(was_training)
 
     if world > 1:
         cm.all_reduce()

@@ -32,7 +32,7 @@ from PIL import Image, ImageDraw, ImageFont
 from fcnseg.data.base import IMAGE_EXTENSIONS, image_to_rgb, list_images, make_palette, open_image
 from fcnseg.data.show import overlay
 from fcnseg.data.transforms import eval_transforms
-from fcnseg.engine.checkpoint import load_checkpoint, model_from_checkpoint
+from fcnseg.engine.checkpoint import load_checkpoint
 from fcnseg.engine.crf import CRF, parse_crf
 from fcnseg.engine.inference import TTA, parse_tta, parse_window, segment
 from fcnseg.engine.precision import resolve_device, resolve_precision
@@ -191,10 +191,14 @@ def predict(
     sliding_window: int | str | Sequence[int] | None = None,
     progress: bool = False,
     crf: str | CRF | None = None,
+    backend: str = "torch",
+    onnx_path: str | os.PathLike | None = None,
 ) -> list[Path]:
     """Segments every input image and writes its outputs to ``out_dir`` (see the module
     docstring). Images are batched ``batch_size`` at a time among images of the same size,
-    so results do not depend on the batch. Returns the written paths; raises
+    so results do not depend on the batch. ``backend``: the engine that runs the model
+    (``fcnseg.engine.backends``: torch, compile, onnxruntime, openvino, auto), ``onnx_path`` an
+    exported file for the ONNX backends. Returns the written paths; raises
     ``PredictFailures`` after the run if some images could not be decoded."""
     if batch_size < 1:
         raise ConfigError(f"batch_size={batch_size}: must be >= 1")
@@ -208,9 +212,9 @@ def predict(
     classes, palette, mean, std = _checkpoint_meta(ckpt)
     dev = resolve_device(str(device) if device is not None else None)
     prec = resolve_precision(precision, dev)
-    model = model_from_checkpoint(ckpt).to(dev).eval()
-    if prec.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    from fcnseg.engine.backends import load_backend
+
+    model = load_backend(backend, ckpt, device=dev, precision=prec if backend == "torch" else precision, onnx_path=onnx_path)
     if len(palette) < len(classes):
         palette = np.concatenate([palette, make_palette(len(classes))[len(palette):]])
     prep = eval_transforms(mean=mean, std=std)  # exactly what `fcnseg eval` feeds the model
