@@ -351,6 +351,22 @@ def calibration_images(
     return [ds[int(i)][0] for i in idx]
 
 
+def _quantize_static(src: Path, dst: Path, images: Sequence[torch.Tensor], input_name: str) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    quantize_static(
+        os.fspath(src),
+        os.fspath(dst),
+        ImageCalibration(images, input_name),
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        calibrate_method=CalibrationMethod.MinMax,
+        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+    )
+
+
 def quantize_onnx(
     fp32_path: str | os.PathLike,
     out: str | os.PathLike,
@@ -364,7 +380,6 @@ def quantize_onnx(
     and ``check_images`` are given, the parity against PyTorch fp32 (reported, not enforced:
     int8 is judged by mean IU)."""
     require("onnxruntime")
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     out = Path(out)
@@ -372,19 +387,10 @@ def quantize_onnx(
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "pre.onnx"
         q = Path(tmp) / "int8.onnx"
-        quant_pre_process(os.fspath(fp32_path), os.fspath(pre), skip_symbolic_shape=True)
-        name = ort_session(os.fspath(pre)).get_inputs()[0].name
-        quantize_static(
-            os.fspath(pre),
-            os.fspath(q),
-            ImageCalibration(images, name),
-            quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-            calibrate_method=CalibrationMethod.MinMax,
-            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
-        )
+        name = ort_session(os.fspath(fp32_path)).get_inputs()[0].name
+        with contextlib.redirect_stdout(io.StringIO()), _quiet_torch_onnx():  # the optimiser's progress lines
+            quant_pre_process(os.fspath(fp32_path), os.fspath(pre), skip_symbolic_shape=True)
+            _quantize_static(pre, q, images, name)
         onnx = require("onnx")
         proto = onnx.load(os.fspath(q))
         src = onnx.load(os.fspath(fp32_path), load_external_data=False)

@@ -20,7 +20,15 @@ from fcnseg.cli import main  # noqa: E402
 from fcnseg.engine import backends as B  # noqa: E402
 from fcnseg.engine.inference import segment  # noqa: E402
 from fcnseg.errors import ConfigError  # noqa: E402
-from fcnseg.export import MIN_AGREEMENT, RTOL, ExportError, compare, export_onnx, parity_inputs, read_metadata  # noqa: E402
+from fcnseg.export import (  # noqa: E402
+    MIN_AGREEMENT,
+    RTOL,
+    ExportError,
+    compare,
+    export_onnx,
+    parity_inputs,
+    read_metadata,
+)
 from fcnseg.models import build_model  # noqa: E402
 
 SMALL_SIZES = ((65, 79), (96, 128))
@@ -244,3 +252,21 @@ def test_every_model_exports_verified(tmp_path, name, backbone, upsample, align)
     )
     res = export_onnx(_checkpoint(model) | {"classes": list("abcde")}, tmp_path / "m.onnx", model=model, sizes=((97, 131), (64, 64)))
     assert all(p.ok for p in res.parity), [str(p) for p in res.parity]
+
+
+def test_int8_quantization_writes_a_runnable_file_with_metadata(exported, tmp_path):
+    from fcnseg.export import quantize_onnx
+
+    model, _, res = exported
+    calib = [parity_inputs(((65, 79),), seed=s)[0][0] for s in range(4)]
+    out, parity = quantize_onnx(res.path, tmp_path / "m.int8.onnx", calib, model=model, check_images=calib[:1])
+    meta = read_metadata(out)
+    assert meta["quantization"]["calibration_images"] == 4 and meta["classes"] == CLASSES
+    (p,) = parity
+    assert p.size == (1, 3, 65, 79) and 0.0 <= p.agreement <= 1.0
+    y = B.OnnxRuntimeBackend(out)(parity_inputs(((50, 70),))[0])
+    assert y.shape == (1, 3, 50, 70) and torch.isfinite(y).all()
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(out)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
