@@ -151,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
     name, root, options, split = _dataset_spec(args, config)
     mean, std = ckpt.get("mean"), ckpt.get("std")
     if mean is None or std is None:
-        from fcnseg.engine.predict import IMAGENET_MEAN, IMAGENET_STD
+        from fcnseg.weights import IMAGENET_MEAN, IMAGENET_STD
 
         mean, std = IMAGENET_MEAN, IMAGENET_STD
     dataset = build_dataset(

@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from fcnseg.data.base import IGNORE_INDEX
 from fcnseg.engine.crf import CRF, parse_crf
 from fcnseg.engine.inference import TTA, parse_tta, parse_window, segment
 from fcnseg.engine.precision import Precision, resolve_precision
@@ -100,7 +101,7 @@ def evaluate(
     if crf is not None and std is None:
         raise ConfigError("evaluate(crf=...) needs the normalisation's std= (and mean=) to recover the images' colours")
     num_classes = int(getattr(dataset, "num_classes", 0) or len(dataset.classes))
-    cm = ConfusionMatrix(num_classes, ignore_index=getattr(dataset, "ignore_index", 255))
+    cm = ConfusionMatrix(num_classes, ignore_index=getattr(dataset, "ignore_index", IGNORE_INDEX))
     normalise = None
     if mean is not None and std is not None:
         from fcnseg.data.transforms import eval_transforms

@@ -37,11 +37,9 @@ from fcnseg.engine.crf import CRF, parse_crf
 from fcnseg.engine.inference import TTA, parse_tta, parse_window, segment
 from fcnseg.engine.precision import resolve_device, resolve_precision
 from fcnseg.errors import ConfigError, DataError
+from fcnseg.weights import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class PredictFailures(DataError):
