@@ -6,6 +6,7 @@ The library's entry points, importable from the package::
 
     model = fcnseg.build_model("fcn8s", backbone="resnet18", num_classes=21)
     run = fcnseg.train({"data": "camvid", "data_root": "data/camvid"})   # -> run directory
+    scores = fcnseg.evaluate_checkpoint(run / "best.pt")                   # what `fcnseg eval --json` prints
     fcnseg.predict(run / "best.pt", ["photo.jpg"], "preds/")              # what `fcnseg predict` writes
     scores = fcnseg.evaluate(model, dataset, mean=..., std=...)           # any model, any dataset
 
@@ -26,13 +27,22 @@ _LAZY = {
     "list_models": "fcnseg.models",
     "train": "fcnseg.engine.train",
     "evaluate": "fcnseg.engine.evaluate",
+    "evaluate_checkpoint": "fcnseg.engine.evaluate",
     "predict": "fcnseg.engine.predict",
 }
 
-__all__ = ["__version__", "build_model", "evaluate", "list_models", "predict", "train"]
+__all__ = [
+    "__version__",
+    "build_model",
+    "evaluate",
+    "evaluate_checkpoint",
+    "list_models",
+    "predict",
+    "train",
+]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ loads them
-    from fcnseg.engine.evaluate import evaluate
+    from fcnseg.engine.evaluate import evaluate, evaluate_checkpoint
     from fcnseg.engine.predict import predict
     from fcnseg.engine.train import train
     from fcnseg.models import build_model, list_models

@@ -49,6 +49,7 @@ def test_help_does_not_import_torch():
         ("list_models", "fcnseg.models"),
         ("train", "fcnseg.engine.train"),
         ("evaluate", "fcnseg.engine.evaluate"),
+        ("evaluate_checkpoint", "fcnseg.engine.evaluate"),
         ("predict", "fcnseg.engine.predict"),
     ],
 )

@@ -22,7 +22,7 @@ import glob
 import logging
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +34,7 @@ from fcnseg.data.show import overlay
 from fcnseg.data.transforms import eval_transforms
 from fcnseg.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from fcnseg.engine.crf import CRF, parse_crf
-from fcnseg.engine.inference import TTA, parse_tta, parse_window, segment
+from fcnseg.engine.inference import TTA, checkpoint_inference, parse_tta, parse_window, segment
 from fcnseg.engine.precision import resolve_device, resolve_precision
 from fcnseg.errors import ConfigError, DataError
 from fcnseg.weights import IMAGENET_MEAN, IMAGENET_STD
@@ -185,30 +185,41 @@ def predict(
     save_probs: bool = False,
     device: str | torch.device | None = None,
     precision: str = "auto",
-    tta: str | TTA | None = None,
+    tta: str | TTA | None = "auto",
     sliding_window: int | str | Sequence[int] | None = None,
     progress: bool = False,
-    crf: str | CRF | None = None,
+    crf: str | CRF | None = "auto",
+    model: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> list[Path]:
-    """Segments every input image and writes its outputs to ``out_dir`` (see the module
-    docstring). Images are batched ``batch_size`` at a time among images of the same size,
-    so results do not depend on the batch. Returns the written paths; raises
-    ``PredictFailures`` after the run if some images could not be decoded."""
+    """Segments every input image with a checkpoint (a path, or the loaded dict) and writes
+    its outputs to ``out_dir`` (see the module docstring), as ``fcnseg predict`` does.
+    Images are batched ``batch_size`` at a time among images of the same size, so results
+    do not depend on the batch. ``tta``/``crf``: ``"auto"`` applies the ones the training
+    run saved (config ``eval_tta``/``eval_crf``), ``None``/``"none"`` none, else a spec.
+    ``device``: None/"auto" = cuda when available. ``model``: what to run instead of the
+    checkpoint's network, any callable (N, 3, H, W) normalised float → (N, K, H, W) logits
+    (e.g. another inference backend); the checkpoint still gives classes, palette and
+    normalisation. Returns the written paths; raises ``PredictFailures`` after the run if
+    some images could not be decoded."""
     if batch_size < 1:
         raise ConfigError(f"batch_size={batch_size}: must be >= 1")
     if not 0.0 <= alpha <= 1.0:
         raise ConfigError(f"alpha={alpha}: the overlay opacity must be in [0, 1]")
-    tta = parse_tta(tta)
+    tta = tta if tta == "auto" else parse_tta(tta)
     window = parse_window(sliding_window)
-    crf = parse_crf(crf)
+    crf = crf if crf == "auto" else parse_crf(crf)
     paths = resolve_inputs(inputs)
     ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
+    tta, crf = checkpoint_inference(ckpt, tta, crf)
     classes, palette, mean, std = _checkpoint_meta(ckpt)
     dev = resolve_device(str(device) if device is not None else None)
     prec = resolve_precision(precision, dev)
-    model = model_from_checkpoint(ckpt).to(dev).eval()
-    if prec.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    if model is None:
+        model = model_from_checkpoint(ckpt).to(dev).eval()
+        if prec.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+    elif isinstance(model, torch.nn.Module):
+        model.eval()
     if len(palette) < len(classes):
         palette = np.concatenate([palette, make_palette(len(classes))[len(palette):]])
     prep = eval_transforms(mean=mean, std=std)  # exactly what `fcnseg eval` feeds the model
