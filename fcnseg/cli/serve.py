@@ -42,8 +42,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--port {args.port}: must be in 0..65535")
     app = create_app(
         args.checkpoint,
-        tta=args.tta,
-        crf=args.crf,
+        tta="auto" if args.tta is None else args.tta,
+        crf="auto" if args.crf is None else args.crf,
         sliding_window=args.sliding_window,
         device=args.device,
         precision=args.precision,

@@ -22,7 +22,7 @@ import glob
 import logging
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -34,14 +34,12 @@ from fcnseg.data.show import overlay
 from fcnseg.data.transforms import eval_transforms
 from fcnseg.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from fcnseg.engine.crf import CRF, parse_crf
-from fcnseg.engine.inference import TTA, parse_tta, parse_window, segment
+from fcnseg.engine.inference import TTA, checkpoint_inference, parse_tta, parse_window, segment
 from fcnseg.engine.precision import resolve_device, resolve_precision
 from fcnseg.errors import ConfigError, DataError
+from fcnseg.weights import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class PredictFailures(DataError):
@@ -181,10 +179,13 @@ class Predictor:
     """A checkpoint loaded for inference with fixed settings: the one inference path of
     ``predict()`` and ``fcnseg serve`` (so a served mask equals ``predict``'s).
 
-    ``tta``/``crf``/``sliding_window`` as in ``segment``; they are used as given (a default
-    saved in the checkpoint's config is the caller's business). Attributes: ``classes``,
-    ``palette`` (uint8 (K, 3)), ``mean``/``std``, ``model``, ``device``, ``precision``,
-    ``tta``, ``crf``, ``window``, ``checkpoint`` (the dict)."""
+    ``checkpoint``: a path or the loaded dict. ``tta``/``crf``: ``"auto"`` applies the ones the
+    training run saved (config ``eval_tta``/``eval_crf``), ``None``/``"none"`` none, else a
+    spec. ``device``: None/"auto" = cuda when available. ``model``: what to run instead of the
+    checkpoint's network, any callable (N, 3, H, W) normalised float → (N, K, H, W) logits
+    (e.g. another inference backend); the checkpoint still gives classes, palette and
+    normalisation. Attributes: ``classes``, ``palette`` (uint8 (K, 3)), ``mean``/``std``,
+    ``model``, ``device``, ``precision``, ``tta``, ``crf``, ``window``, ``checkpoint`` (dict)."""
 
     def __init__(
         self,
@@ -192,24 +193,29 @@ class Predictor:
         *,
         device: str | torch.device | None = None,
         precision: str = "auto",
-        tta: str | TTA | None = None,
-        crf: str | CRF | None = None,
+        tta: str | TTA | None = "auto",
+        crf: str | CRF | None = "auto",
         sliding_window: int | str | Sequence[int] | None = None,
+        model: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
-        self.tta = parse_tta(tta)
+        tta = tta if tta == "auto" else parse_tta(tta)
+        crf = crf if crf == "auto" else parse_crf(crf)
         self.window = parse_window(sliding_window)
-        self.crf = parse_crf(crf)
         ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
         self.checkpoint = ckpt
+        self.tta, self.crf = checkpoint_inference(ckpt, tta, crf)
         self.classes, palette, self.mean, self.std = _checkpoint_meta(ckpt)
         if len(palette) < len(self.classes):
             palette = np.concatenate([palette, make_palette(len(self.classes))[len(palette):]])
         self.palette = palette
         self.device = resolve_device(str(device) if device is not None else None)
         self.precision = resolve_precision(precision, self.device)
-        model = model_from_checkpoint(ckpt).to(self.device).eval()
-        if self.precision.channels_last:
-            model = model.to(memory_format=torch.channels_last)
+        if model is None:
+            model = model_from_checkpoint(ckpt).to(self.device).eval()
+            if self.precision.channels_last:
+                model = model.to(memory_format=torch.channels_last)
+        elif isinstance(model, torch.nn.Module):
+            model.eval()
         self.model = model
         self._prep = eval_transforms(mean=self.mean, std=self.std)  # exactly what `fcnseg eval` feeds the model
 
@@ -245,22 +251,29 @@ def predict(
     save_probs: bool = False,
     device: str | torch.device | None = None,
     precision: str = "auto",
-    tta: str | TTA | None = None,
+    tta: str | TTA | None = "auto",
     sliding_window: int | str | Sequence[int] | None = None,
     progress: bool = False,
-    crf: str | CRF | None = None,
+    crf: str | CRF | None = "auto",
+    model: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> list[Path]:
-    """Segments every input image and writes its outputs to ``out_dir`` (see the module
-    docstring). Images are batched ``batch_size`` at a time among images of the same size,
-    so results do not depend on the batch. Returns the written paths; raises
-    ``PredictFailures`` after the run if some images could not be decoded."""
+    """Segments every input image with a checkpoint (a path, or the loaded dict) and writes
+    its outputs to ``out_dir`` (see the module docstring), as ``fcnseg predict`` does.
+    Images are batched ``batch_size`` at a time among images of the same size, so results
+    do not depend on the batch. ``tta``/``crf``/``device``/``model``: as ``Predictor``.
+    Returns the written paths; raises ``PredictFailures`` after the run if some images
+    could not be decoded."""
     if batch_size < 1:
         raise ConfigError(f"batch_size={batch_size}: must be >= 1")
     if not 0.0 <= alpha <= 1.0:
         raise ConfigError(f"alpha={alpha}: the overlay opacity must be in [0, 1]")
-    paths = resolve_inputs(inputs)
+    tta = tta if tta == "auto" else parse_tta(tta)
+    parse_window(sliding_window)
+    crf = crf if crf == "auto" else parse_crf(crf)
+    paths = resolve_inputs(inputs)  # argument errors before the checkpoint is loaded
     predictor = Predictor(
-        checkpoint, device=device, precision=precision, tta=tta, crf=crf, sliding_window=sliding_window
+        checkpoint, device=device, precision=precision, tta=tta, crf=crf,
+        sliding_window=sliding_window, model=model,
     )
     classes, palette = predictor.classes, predictor.palette
 

@@ -317,21 +317,11 @@ class Service:
         return body, ms
 
 
-def _resolve_defaults(ckpt: dict, tta, crf):
-    """``None`` → the checkpoint config's ``eval_tta``/``eval_crf`` (as ``fcnseg predict``);
-    ``"none"`` → off."""
-    from types import SimpleNamespace
-
-    from fcnseg.cli.eval import checkpoint_inference
-
-    return checkpoint_inference(SimpleNamespace(tta=tta, crf=crf), ckpt)
-
-
 def create_app(
     checkpoint: str | os.PathLike | dict,
     *,
-    tta: str | None = None,
-    crf: str | None = None,
+    tta: str | None = "auto",
+    crf: str | None = "auto",
     sliding_window: int | str | Sequence[int] | None = None,
     device: str | None = None,
     precision: str = "auto",
@@ -344,7 +334,8 @@ def create_app(
 ) -> FastAPI:
     """Loads ``checkpoint`` (a path or a loaded dict) and returns the FastAPI app serving it.
 
-    ``tta``/``crf``: as ``fcnseg predict`` (None: the checkpoint's saved default; "none": off).
+    ``tta``/``crf``: as ``fcnseg.predict`` ("auto": the checkpoint's saved default; None or
+    "none": off; else a spec).
     ``workers``: images in inference at once; ``max_queue``: more requests admitted to wait;
     ``warmup_size``: (H, W) of the timed start-up inference (None: skip it). Bad settings
     raise ConfigError/WeightsError before anything is served."""
@@ -361,7 +352,6 @@ def create_app(
         ckpt, name, sha = checkpoint, None, None
     else:
         ckpt, name, sha = load_checkpoint(checkpoint), Path(checkpoint).name, sha256_file(checkpoint)
-    tta, crf = _resolve_defaults(ckpt, tta, crf)
     predictor = Predictor(ckpt, device=device, precision=precision, tta=tta, crf=crf, sliding_window=sliding_window)
     service = Service(
         predictor,
