@@ -304,10 +304,8 @@ def test_cli_json_matches_hand_computed_scores_at_label_size(tmp_path, capsys):
         got = res["per_class"][name]["iou"]
         assert (got is None and math.isnan(iou)) or got == pytest.approx(iou)
 
-    # batching mixed sizes groups equal sizes (no padding): the same numbers as one by one
-    res3 = _run_json(["--checkpoint", str(tmp_path / "best.pt"), "--precision", "fp32",
-                      "--batch-size", "3"], capsys)
-    assert res3["confusion"] == res["confusion"]
+    # batches of mixed sizes: test_batch_of_mixed_sizes_equals_one_at_a_time, and through the
+    # CLI test_cli_default_tta_from_checkpoint_and_tta_none (--batch-size 4)
 
 
 def test_cli_default_tta_from_checkpoint_and_tta_none(tmp_path, capsys, monkeypatch):
