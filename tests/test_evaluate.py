@@ -363,7 +363,7 @@ def test_evaluate_checkpoint_gives_what_the_cli_prints_and_runs_another_callable
 
     # another inference callable (here: always class 3) runs in place of the checkpoint's network
     def always_3(x: torch.Tensor) -> torch.Tensor:
-        logits = torch.zeros(x.shape[0], 11, *x.shape[-2:])
+        logits = torch.zeros(x.shape[0], 11, *x.shape[-2:], device=x.device)
         logits[:, 3] = 1.0
         return logits
 
