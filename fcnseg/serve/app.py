@@ -90,7 +90,7 @@ def open_upload(data: bytes, max_pixels: int) -> Image.Image:
     if not data:
         raise ServeError(400, "empty_body", "the request carries no image; send the image bytes as the body or as the multipart field 'image'")
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings():  # the size is checked below (open_upload runs in the event loop thread only)
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data), formats=UPLOAD_FORMATS)
     except UnidentifiedImageError:
@@ -119,9 +119,7 @@ def decode_upload(im: Image.Image) -> np.ndarray:
     predict`` (fully, EXIF orientation applied, converted to RGB): uint8 (H, W, 3).
     ServeError 400 naming the problem if the pixel data are broken."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im.load()
+        im.load()  # (no warnings filter here: worker threads must not change the process's filters)
         try:
             ImageOps.exif_transpose(im, in_place=True)
         except Exception:  # a broken EXIF block must not hide usable pixels (as open_image)
@@ -346,6 +344,11 @@ def create_app(
     for name, value, low in (("workers", workers, 1), ("max_queue", max_queue, 0), ("max_image_pixels", max_image_pixels, 1)):
         if not isinstance(value, int) or value < low:
             raise ConfigError(f"{name}={value!r}: must be an integer >= {low}")
+    if Image.MAX_IMAGE_PIXELS and max_image_pixels > Image.MAX_IMAGE_PIXELS:
+        raise ConfigError(
+            f"max_image_pixels={max_image_pixels}: over Pillow's decompression-bomb limit "
+            f"(PIL.Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS}); use a smaller limit"
+        )
     if not (max_upload_mb > 0 and math.isfinite(max_upload_mb)):
         raise ConfigError(f"max_upload_mb={max_upload_mb!r}: must be a positive number of megabytes")
     if isinstance(checkpoint, dict):
