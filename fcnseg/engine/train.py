@@ -824,8 +824,10 @@ class _Trainer:
 
     def _check_weights_classes(self, path: Path) -> None:
         """A full fcnseg checkpoint given as --weights must predict the dataset's classes."""
+        from fcnseg.weights import safe_torch_load
+
         try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+            ckpt = safe_torch_load(path, what="weights file")
         except Exception:
             return  # not a checkpoint; the weights loader reports what it is
         conf = ckpt.get("model_config") if isinstance(ckpt, dict) else None
