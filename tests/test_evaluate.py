@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -331,6 +332,44 @@ def test_cli_default_tta_from_checkpoint_and_tta_none(tmp_path, capsys, monkeypa
     save_checkpoint(ckpt, tmp_path / "c.pt")
     c = _run_json(base, capsys)
     assert c["data"] == "camvid" and c["num_images"] == 2 and c["tta"] is None
+
+
+def test_evaluate_checkpoint_gives_what_the_cli_prints_and_runs_another_callable(tmp_path, capsys, monkeypatch):
+    import fcnseg
+    from fcnseg.engine.checkpoint import save_checkpoint
+    from fcnseg.models import MODELS
+
+    monkeypatch.setitem(MODELS, "test-pixelnet", lambda *, num_classes, **_: PixelNet(num_classes))
+    root = _camvid(tmp_path / "camvid", sizes=[(24, 30), (20, 26)])
+    ckpt = {"model": PixelNet(11).state_dict(), "model_config": {"name": "test-pixelnet", "num_classes": 11},
+            "mean": (0.5,) * 3, "std": (0.25,) * 3, "classes": [f"c{i}" for i in range(11)],
+            "config": {"data": "camvid", "data_root": str(root), "eval_tta": "flip"}}
+    save_checkpoint(ckpt, tmp_path / "c.pt")
+    from fcnseg.cli import main
+
+    assert main(["eval", "--checkpoint", str(tmp_path / "c.pt"), "--precision", "fp32", "--json"]) == 0
+    captured = capsys.readouterr()
+    cli = json.loads(captured.out)
+    # the checkpoint's class names differ from CamVid's: one warning line, the scores still printed
+    assert captured.err.startswith("fcnseg eval: warning: class names differ between checkpoint (c0, c1")
+    with pytest.warns(UserWarning, match=r"class names differ .* dataset \(Sky, Building"):
+        lib = fcnseg.evaluate_checkpoint(tmp_path / "c.pt", precision="fp32")
+    assert lib["tta"] == "flip" and lib["crf"] is None and lib["num_images"] == 2
+    assert {k: v for k, v in lib.items() if k != "per_class"} == {k: v for k, v in cli.items() if k != "per_class"}
+
+    # another inference callable (here: always class 3) runs in place of the checkpoint's network
+    def always_3(x: torch.Tensor) -> torch.Tensor:
+        logits = torch.zeros(x.shape[0], 11, *x.shape[-2:])
+        logits[:, 3] = 1.0
+        return logits
+
+    ckpt["classes"] = None
+    res = fcnseg.evaluate_checkpoint(ckpt, tta=None, model=always_3, precision="fp32")
+    confusion = np.array(res["confusion"])
+    labelled = confusion.sum()
+    assert res["checkpoint"] is None and res["tta"] is None
+    assert labelled > 0 and confusion[:, 3].sum() == labelled  # every labelled pixel predicted 3
+    assert res["pixel_acc"] == pytest.approx(confusion[3, 3] / labelled)
 
 
 def test_cli_crf_from_checkpoint_matches_refining_by_hand(tmp_path, capsys, monkeypatch):
