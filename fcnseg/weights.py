@@ -375,7 +375,7 @@ def load_weights(model: nn.Module, weights: str | PathLike, *, progress: bool = 
         known = ", ".join(WEIGHTS.get(backbone_name, {})) or "none"
         raise WeightsError(
             f"weights {str(weights)!r}: no such file, and not a declared entry for backbone "
-            f"{backbone_name!r} (declared: {known})"
+            f"{backbone_name!r} (declared: {known}); pass an existing .pt file or a declared name"
         )
     obj = safe_torch_load(path, what="weights file")
     if isinstance(obj, Mapping) and "model" in obj and "model_config" in obj:

@@ -180,7 +180,7 @@ def test_cli_predict_with_crf_writes_the_refined_probabilities(ckpt_path, images
 
 
 def test_predict_applies_the_checkpoints_saved_tta_unless_told_otherwise(ckpt_path, images, tmp_path):
-    ckpt = torch.load(ckpt_path, weights_only=False)
+    ckpt = torch.load(ckpt_path, weights_only=True)  # fcnseg writes plain data
     ckpt["config"] = {"eval_tta": "flip,scales=0.5,1"}  # as `fcnseg train --eval-tta` saves it
     probs = {}
     for name, tta in (("auto", "auto"), ("off", None), ("given", "flip,scales=0.5,1")):

@@ -1,4 +1,4 @@
-"""Checkpoints: atomic writes, and rebuilding a model from one.
+"""Checkpoints: atomic writes, safe reads, rebuilding a model from one; output folders.
 
 A checkpoint is a dict (docs/design.md): ``model`` (state dict, unwrapped from DDP and
 torch.compile), ``model_config`` (``build_model`` kwargs), ``optimizer``, ``scheduler``,
@@ -94,6 +94,29 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
     for stale in path.parent.glob(glob.escape(path.name) + ".*.tmp"):
         with contextlib.suppress(OSError):
             stale.unlink()
+
+
+def check_output_dir(path: str | os.PathLike, *, option: str = "--out") -> Path:
+    """Raises ``OutputError`` when ``path`` cannot become a folder (it, or a parent, is a
+    file); nothing is created. For checking arguments before any work."""
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                what = "is a file" if p == path else f"is under {p}, which is a file"
+                raise OutputError(f"{option} {path} {what}; pass a folder (new or existing) for the outputs")
+            return path
+    return path
+
+
+def ensure_output_dir(path: str | os.PathLike, *, option: str = "--out") -> Path:
+    """``path`` as a folder, created with its parents; ``OutputError`` when it cannot be."""
+    path = check_output_dir(path, option=option)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot create {option} {path}: {e.strerror or e}; pass a folder you can write to") from None
+    return path
 
 
 def _chmod_like_open(fd: int) -> None:
