@@ -179,6 +179,17 @@ def test_cli_predict_with_crf_writes_the_refined_probabilities(ckpt_path, images
     np.testing.assert_array_equal(np.array(Image.open(out / "rgb.png")), got.argmax(0))
 
 
+def test_predict_applies_the_checkpoints_saved_tta_unless_told_otherwise(ckpt_path, images, tmp_path):
+    ckpt = torch.load(ckpt_path, weights_only=False)
+    ckpt["config"] = {"eval_tta": "flip,scales=0.5,1"}  # as `fcnseg train --eval-tta` saves it
+    probs = {}
+    for name, tta in (("auto", "auto"), ("off", None), ("given", "flip,scales=0.5,1")):
+        predict(ckpt, [images / "rgb.png"], tmp_path / name, save_probs=True, precision="fp32", tta=tta)
+        probs[name] = np.load(tmp_path / name / "rgb_probs.npy").astype(np.float32)
+    np.testing.assert_array_equal(probs["auto"], probs["given"])
+    assert np.abs(probs["auto"] - probs["off"]).max() > 0.01  # the half scale blurs the 1x1 net's map
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
