@@ -15,7 +15,6 @@ import json
 
 import pytest
 import torch
-
 from invariant import CAMVID, REPO, STORE, cpu, record
 
 STORED = json.loads(STORE.read_text())
