@@ -202,10 +202,16 @@ def test_class_count_mismatch_and_restores_training_mode():
     assert model.training
 
 
-def test_max_images_and_bf16_runs():
-    res = evaluate(PixelNet(), ToyDataset(), precision="bf16", max_images=2, batch_size=2)
-    assert res["num_images"] == 2
-    assert not math.isnan(res["mean_iou"])
+def test_max_images_and_bf16_scores_like_fp32():
+    model, ds = PixelNet(), ToyDataset()
+    bf16 = evaluate(model, ds, precision="bf16", max_images=2, batch_size=2)
+    fp32 = evaluate(model, ds, precision="fp32", max_images=2, batch_size=2)
+    labelled = sum(int((m != 255).sum()) for _, m in ds.items[:2])
+    assert bf16["num_images"] == 2 and sum(map(sum, bf16["confusion"])) == labelled
+    # bf16 rounds the logits, so a pixel near a tie may change class (0-0.25 % measured), no more
+    changed = np.abs(np.array(bf16["confusion"]) - np.array(fp32["confusion"])).sum() / 2
+    assert changed <= 0.01 * labelled
+    assert bf16["mean_iou"] == pytest.approx(fp32["mean_iou"], abs=0.01)
 
 
 # --------------------------------------------------------------------------- `fcnseg eval`
@@ -298,10 +304,8 @@ def test_cli_json_matches_hand_computed_scores_at_label_size(tmp_path, capsys):
         got = res["per_class"][name]["iou"]
         assert (got is None and math.isnan(iou)) or got == pytest.approx(iou)
 
-    # batching mixed sizes groups equal sizes (no padding): the same numbers as one by one
-    res3 = _run_json(["--checkpoint", str(tmp_path / "best.pt"), "--precision", "fp32",
-                      "--batch-size", "3"], capsys)
-    assert res3["confusion"] == res["confusion"]
+    # batches of mixed sizes: test_batch_of_mixed_sizes_equals_one_at_a_time, and through the
+    # CLI test_cli_default_tta_from_checkpoint_and_tta_none (--batch-size 4)
 
 
 def test_cli_default_tta_from_checkpoint_and_tta_none(tmp_path, capsys, monkeypatch):
@@ -359,7 +363,7 @@ def test_evaluate_checkpoint_gives_what_the_cli_prints_and_runs_another_callable
 
     # another inference callable (here: always class 3) runs in place of the checkpoint's network
     def always_3(x: torch.Tensor) -> torch.Tensor:
-        logits = torch.zeros(x.shape[0], 11, *x.shape[-2:])
+        logits = torch.zeros(x.shape[0], 11, *x.shape[-2:], device=x.device)
         logits[:, 3] = 1.0
         return logits
 

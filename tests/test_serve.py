@@ -341,7 +341,15 @@ def test_fuzzed_uploads_never_5xx(client):
 
 # ---------------------------------------------------------------------------- the browser
 
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = "/usr/bin/chromium"  # Debian's package (.ci/run installs it); else the first on PATH
+
+
+def _chromium() -> str | None:
+    if os.access(CHROMIUM, os.X_OK):
+        return CHROMIUM
+    import shutil
+
+    return next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
 
 
 def _free_port() -> int:
@@ -382,8 +390,9 @@ def server(tmp_path):
 
 def test_page_in_headless_chromium(server, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (python) is not installed")
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.skip(f"no chromium at {CHROMIUM} (Debian: apt-get install chromium)")
+    chromium = _chromium()
+    if chromium is None:
+        pytest.skip(f"no Chromium at {CHROMIUM} nor on PATH (Debian: apt-get install chromium)")
     if PET_IMAGE.is_file():
         upload = PET_IMAGE
     else:  # no real data here: a generated photo-like image
@@ -393,7 +402,7 @@ def test_page_in_headless_chromium(server, tmp_path):
     with sync_api.sync_playwright() as pw:
         context = pw.chromium.launch_persistent_context(
             str(tmp_path / "profile"),
-            executable_path=CHROMIUM,
+            executable_path=chromium,
             headless=True,
             args=["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync"],

@@ -894,6 +894,8 @@ class _Trainer:
         self.events.append(event)
         with open(self.jsonl, "a") as f:
             f.write(json.dumps(event) + "\n")
+        if getattr(self, "callback", None) is not None:
+            self.callback(event)
         if self.tb is not None:
             kind = event["event"]
             for key, value in event.items():
@@ -1280,7 +1282,7 @@ class _Trainer:
         plot_curves(self.events, self.run_dir / "curves.png")
 
 
-def train(cfg: dict | TrainConfig | None = None, *, config_file: str | os.PathLike | None = None) -> Path:
+def train(cfg: dict | TrainConfig | None = None, *, config_file: str | os.PathLike | None = None, callback=None) -> Path:
     """Trains a model and returns its run directory.
 
     ``cfg``: TrainConfig fields to set (a dict of the options given, or a whole
@@ -1303,6 +1305,7 @@ def train(cfg: dict | TrainConfig | None = None, *, config_file: str | os.PathLi
         if "out" not in given:
             resolved["out"] = str(path.parent)
     trainer = _Trainer(resolved, ckpt)
+    trainer.callback = callback
     try:
         trainer.setup()
         return trainer.run()
