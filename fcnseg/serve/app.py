@@ -48,7 +48,7 @@ try:
     import anyio
     from fastapi import FastAPI, Query, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import FileResponse, JSONResponse, Response
+    from fastapi.responses import JSONResponse, Response
     from pydantic import BaseModel, Field
     from starlette.datastructures import UploadFile
     from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -412,19 +412,19 @@ def _build_app(service: Service) -> FastAPI:
         log.error("request %s %s failed", request.method, request.url.path, exc_info=exc)
         return _error(500, "internal_error", f"the server failed on this request ({type(exc).__name__}); it keeps serving")
 
+    # read once: the page is three small files (and this works from a zipped install too)
     page = resources.files("fcnseg.serve").joinpath(STATIC)
+    files = {name: page.joinpath(name).read_bytes() for name in ("index.html", *_STATIC_TYPES)}
 
     @app.get("/", include_in_schema=False)
     async def index():
-        with resources.as_file(page.joinpath("index.html")) as path:
-            return FileResponse(path, media_type="text/html", headers=_PAGE_HEADERS)
+        return Response(files["index.html"], media_type="text/html; charset=utf-8", headers=_PAGE_HEADERS)
 
     @app.get("/static/{name}", include_in_schema=False)
     async def static(name: str):
         if name not in _STATIC_TYPES:
             raise ServeError(404, "not_found", f"no static file {name!r}")
-        with resources.as_file(page.joinpath(name)) as path:
-            return FileResponse(path, media_type=_STATIC_TYPES[name], headers=_PAGE_HEADERS)
+        return Response(files[name], media_type=_STATIC_TYPES[name], headers=_PAGE_HEADERS)
 
     @app.get("/healthz", summary="liveness: the process answers")
     async def healthz() -> dict:
@@ -525,7 +525,7 @@ def _build_app(service: Service) -> FastAPI:
     return app
 
 
-_STATIC_TYPES = {"app.js": "text/javascript", "style.css": "text/css"}
+_STATIC_TYPES = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
 # the page loads nothing from elsewhere (it must work offline); blob:/data: for the mask
 _PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'",
