@@ -13,8 +13,9 @@ model.
 ``onnxruntime`` the model exported to ONNX (verified, ``fcnseg.export``), onnxruntime CPU
 ``openvino``   the same ONNX file compiled by OpenVINO's CPU plugin, f32 inference precision
                (OpenVINO would otherwise pick bf16 on CPUs that have it)
-``auto``       the fastest of the fp32 backends that are installed **and** verified for this
-               model on this machine: on the first call at a new input size class it builds
+``auto``       the fastest of torch fp32, onnxruntime and openvino that are installed **and**
+               verified for this model on this machine (not ``compile``: minutes of
+               compilation per process): on the first call at a new input size class it builds
                each, checks its logits against eager fp32 on that input (the export tolerance:
                max|Δlogit| <= 1e-4 x max|logit|, argmax >= 99.99 %) and times it; the choice is
                cached per checkpoint, CPU and library versions (``cache_dir()/auto.json``)
@@ -46,8 +47,10 @@ from fcnseg.errors import ConfigError
 log = logging.getLogger(__name__)
 
 BACKEND_NAMES = ("torch", "compile", "onnxruntime", "openvino", "auto")
-# the candidates `auto` tries, in this order (ties keep the earlier one)
-AUTO_CANDIDATES = ("torch", "onnxruntime", "openvino", "compile")
+# the candidates `auto` tries, in this order (ties keep the earlier one). Not `compile`: its
+# first call at each shape costs minutes of compilation in every new process (258 s for
+# FCN-8s/ResNet-18 at 360x480 on 2 shared cores, docs/deploy.md), which a CLI run never earns back.
+AUTO_CANDIDATES = ("torch", "onnxruntime", "openvino")
 _PACKAGES = {"onnxruntime": ("onnxruntime", "onnx", "onnxscript"), "openvino": ("openvino", "onnx", "onnxscript")}
 
 
