@@ -236,6 +236,8 @@ SWEEP = [
 ] + [(m, "vgg16", u, "paper") for m in ("fcn32s", "fcn16s", "fcn8s") for u in ("deconv", "bilinear", "unpool")] + [
     ("fcn8s", "vgg16", "unpool", "same"),
     ("seed", "vgg16", "deconv", "same"),
+    ("fcn8s", "vgg16_bn", "deconv", "same"),
+    ("fcn8s", "resnet50", "deconv", "same"),
     ("fcn8s", "resnet18", "bilinear", 8),
     ("fcn16s", "resnet18", "unpool", 16),
 ]
