@@ -267,6 +267,42 @@ def test_ctrl_c_leaves_a_resumable_last_pt(ws, monkeypatch, capsys):
     assert load_checkpoint(out / "last.pt")["step"] == 4
 
 
+# --------------------------------------------------------------------------- portability
+
+
+@pytest.mark.parametrize(
+    "features, native, asked, line",
+    [
+        (["avx2", "avx512f", "avx512_bf16"], True, "auto", "precision: bf16, channels_last (CPU has avx512_bf16)"),
+        (["avx2", "avx512f", "avx512_bf16", "amx_bf16"], True, "auto", "precision: bf16, channels_last (CPU has avx512_bf16 and amx_bf16)"),
+        (["avx2"], False, "auto", "precision: fp32, {layout} (no native bf16: avx2 only)"),
+        (["avx2", "avx512f"], False, "auto", "precision: fp32, {layout} (no native bf16: avx512f only)"),
+        (["avx2", "avx512f", "avx512_bf16"], True, "fp32", "precision: fp32, {layout} (--precision fp32; CPU has avx512_bf16)"),
+    ],
+)
+def test_precision_choice_and_its_reason(monkeypatch, features, native, asked, line):
+    import fcnseg.engine.precision as prec
+
+    monkeypatch.setattr(prec, "cpu_features", lambda: features)
+    monkeypatch.setattr(prec, "cpu_has_fast_bf16", lambda: native)
+    chosen = prec.resolve_precision(asked, "cpu")
+    layout = "channels_last" if prec.CPU_FP32_CHANNELS_LAST else "NCHW"
+    assert prec.describe(chosen) == line.format(layout=layout)
+    assert chosen.name == ("bf16" if native and asked == "auto" else "fp32")
+
+
+def test_eval_prints_the_precision_once_at_the_start(ws, caplog):
+    import logging
+
+    import fcnseg.engine.precision as prec
+
+    prec._told.clear()
+    with caplog.at_level(logging.INFO):
+        assert main(["eval", "--checkpoint", str(ws / "run" / "best.pt"), "--precision", "fp32", "--json"]) == 0
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("precision: ")]
+    assert said == [prec.describe(prec.resolve_precision("fp32", "cpu"))] and "--precision fp32" in said[0]
+
+
 if __name__ == "__main__":  # the catalogue's rows, as fcnseg prints them today
     import contextlib
     import io
