@@ -1,12 +1,12 @@
 """Kill -9 soak: SIGKILL a CPU training run at random moments, resume it each time, and
 check that nothing was ever lost or unreadable.
 
-A tiny run (synthetic data, FCN-32s/ResNet-10, 32x32 crops, a checkpoint after every step,
+A tiny run (synthetic data, FCN-32s/ResNet-18, 32x32 crops, a checkpoint after every step,
 validation after every epoch) is first trained without interruption. The same run is then
 started, killed with SIGKILL at ``--kills`` random moments and restarted with ``--resume``
 after each kill; the moments are drawn in turn inside a training step, inside a checkpoint
-write (between the first byte of ``torch.save`` and the rename), inside validation, and
-anywhere after the start. After every kill each ``*.pt`` file on disk is loaded with
+write (between the first byte of ``torch.save`` and the rename), inside validation, anywhere
+in training, and during the start-up (imports, data check, loading the checkpoint). After every kill each ``*.pt`` file on disk is loaded with
 ``load_checkpoint`` (a partial temporary file may remain; it is never a ``.pt`` and the next
 good write removes it). At the end the resumed run's weights (last.pt and best.pt) must equal
 the uninterrupted run's bit for bit, and its final metrics too.
@@ -21,7 +21,7 @@ The child processes mark what they are doing in a small file (test instrumentati
 fcnseg itself is unchanged), so the kills can aim at each phase: "step" from an optimiser
 step (a global optimizer step hook) on, "eval" from ``nn.Module.train(False)`` once training
 has started, "write" from ``torch.save`` until its ``os.replace``; "setup" before the first
-step (imports, data check, resume). "any" kills at a random time after the start.
+step (imports, data check, resume).
 Exit code 0 when every check passed, 1 otherwise.
 """
 
@@ -49,11 +49,12 @@ import torch
 from torch import nn
 
 fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT, 0o644)
-now, started, before = ["setup"], [False], ["step"]
-def mark(phase):
+now, started, before, seen = ["setup"], [False], ["step"], {}
+def mark(phase):  # "phase:n": the n-th time this process entered the phase
     if now[0] != phase:
         now[0] = phase
-        os.pwrite(fd, phase.ljust(8).encode(), 0)
+        seen[phase] = seen.get(phase, 0) + 1
+        os.pwrite(fd, f"{phase}:{seen[phase]}".ljust(16).encode(), 0)
 def step_hook(optimizer, args, kwargs):  # an optimisation step: training has started
     started[0] = True
     mark("step")
@@ -80,12 +81,12 @@ from fcnseg.cli import main
 sys.exit(main(sys.argv[2:]))
 """
 
-PHASES = ("step", "write", "eval", "any")
+PHASES = ("step", "write", "eval", "any", "setup")
 
 
 def run_config(epochs: int) -> dict:
     return {
-        "data": "synthetic", "data_options": {"size": 32, "length": 8}, "model": "fcn32s", "backbone": "resnet10",
+        "data": "synthetic", "data_options": {"size": 32, "length": 8}, "model": "fcn32s", "backbone": "resnet18",
         "upsample": "bilinear", "crop": [32, 32], "batch_size": 2, "epochs": epochs, "warmup_steps": 2,
         "optimizer": "sgd", "momentum": 0.9, "eval_batch_size": 4, "eval_every": 1, "ckpt_every_steps": 1,
         "num_samples": 0, "tensorboard": False, "device": "cpu", "precision": "fp32", "seed": 0, "log_every": 1,
@@ -98,33 +99,45 @@ def _env() -> dict:
 
 def _launch(config: Path, out: Path, phase_file: Path, log, resume: bool) -> subprocess.Popen:
     argv = ["train", "--config", str(config), "--out", str(out)] + (["--resume"] if resume else [])
-    phase_file.write_bytes(b"setup   ")
+    phase_file.write_bytes(b"setup:1".ljust(16))
     return subprocess.Popen([sys.executable, "-c", CHILD, str(phase_file), *argv], stdout=log, stderr=subprocess.STDOUT, env=_env())
 
 
-def _phase(phase_file: Path) -> str:
-    return phase_file.read_bytes().decode().strip() or "setup"
+def _phase(phase_file: Path) -> tuple[str, int]:
+    name, _, n = phase_file.read_bytes().decode().strip().partition(":")
+    return (name or "setup"), int(n or 1)
+
+
+def _wait(proc: subprocess.Popen, phase_file: Path, target: str, nth: int, timeout: float) -> None:
+    t0 = time.monotonic()
+    while proc.poll() is None and time.monotonic() - t0 < timeout:
+        phase, n = _phase(phase_file)
+        if phase == target and n >= nth:
+            return
+        time.sleep(0.0005)
 
 
 def _kill_at(proc: subprocess.Popen, phase_file: Path, target: str, rng: random.Random, timeout: float) -> str | None:
-    """Waits for ``target`` (a phase, or "any": a random delay), then SIGKILLs; returns the
-    phase the process was in, or None when it ended on its own first."""
-    t0 = time.monotonic()
-    if target == "any":
-        deadline = t0 + rng.uniform(0.5, 15.0)
-        while time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.005)
+    """Waits for the moment ``target`` names, then SIGKILLs; returns the phase the process was
+    in, or None when it ended on its own first. "step", "write", "eval": the 1st to 3rd entry
+    into that phase in this process (drawn), then a random delay inside it; "any": a random
+    time within 4 s after the first optimisation step; "setup": within 3 s of the start."""
+    if target == "setup":
+        delay = rng.uniform(0.0, 3.0)
+    elif target == "any":
+        _wait(proc, phase_file, "step", 1, timeout)
+        delay = rng.uniform(0.0, 4.0)
     else:
-        while _phase(phase_file) != target and proc.poll() is None:
-            if time.monotonic() - t0 > timeout:
-                break
-            time.sleep(0.0005)
-        time.sleep(rng.uniform(0, {"step": 0.15, "write": 0.02, "eval": 0.03}[target]))
+        _wait(proc, phase_file, target, rng.randint(1, 3), timeout)
+        delay = rng.uniform(0, {"step": 0.15, "write": 0.05, "eval": 0.05}[target])
+    deadline = time.monotonic() + delay
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.001)
     if proc.poll() is not None:
         return None
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    return _phase(phase_file)
+    return _phase(phase_file)[0]
 
 
 def _state(path: Path) -> dict:
@@ -140,7 +153,7 @@ def _same_weights(a: dict, b: dict) -> tuple[bool, int]:
     return same, sum(v.numel() for v in a.values() if v.is_floating_point())
 
 
-def soak(work: Path, *, kills: int = 20, seed: int = 0, epochs: int = 12, timeout: float = 300.0, echo=print) -> dict:
+def soak(work: Path, *, kills: int = 20, seed: int = 0, epochs: int = 10, timeout: float = 300.0, echo=print) -> dict:
     """Runs the soak in ``work``; returns its figures (``ok`` True when every check passed)."""
     import yaml
 
@@ -169,7 +182,12 @@ def soak(work: Path, *, kills: int = 20, seed: int = 0, epochs: int = 12, timeou
             target = PHASES[i % len(PHASES)]
             proc = _launch(config, out, phase_file, log, resume=(out / "last.pt").is_file())
             launches += 1
-            phase = _kill_at(proc, phase_file, target, rng, timeout)
+            try:
+                phase = _kill_at(proc, phase_file, target, rng, timeout)
+            finally:  # the soak itself interrupted: no training left behind
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
             if phase is None:
                 ended_early = True
                 break
@@ -190,7 +208,11 @@ def soak(work: Path, *, kills: int = 20, seed: int = 0, epochs: int = 12, timeou
             echo(f"kill {i + 1:2d}/{kills}: aimed at {target:5s} -> killed in {phase:5s}; last.pt at step {step}")
         proc = _launch(config, out, phase_file, log, resume=(out / "last.pt").is_file())
         launches += 1
-        final_rc = proc.wait(timeout)
+        try:
+            final_rc = proc.wait(timeout)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
     a, b = _state(ref / "last.pt"), _state(out / "last.pt")
     same_last, n_params = _same_weights(a["model"], b["model"])
     same_best, _ = _same_weights(_state(ref / "best.pt")["model"], _state(out / "best.pt")["model"])
@@ -227,7 +249,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--kills", type=int, default=20)
     p.add_argument("--seed", type=int, default=0, help="draws the kill moments")
-    p.add_argument("--epochs", type=int, default=12, help="of the tiny run (4 steps each)")
+    p.add_argument("--epochs", type=int, default=8, help="of the tiny run (4 steps each)")
     p.add_argument("--work", type=Path, default=None, help="working folder (default: a temporary one, removed)")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     args = p.parse_args()
