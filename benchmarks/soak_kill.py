@@ -128,7 +128,7 @@ def _kill_at(proc: subprocess.Popen, phase_file: Path, target: str, rng: random.
         _wait(proc, phase_file, "step", 1, timeout)
         delay = rng.uniform(0.0, 4.0)
     else:
-        _wait(proc, phase_file, target, rng.randint(1, 3), timeout)
+        _wait(proc, phase_file, target, rng.randint(1, 3 if target != "eval" else 2), timeout)
         delay = rng.uniform(0, {"step": 0.15, "write": 0.05, "eval": 0.05}[target])
     deadline = time.monotonic() + delay
     while time.monotonic() < deadline and proc.poll() is None:
@@ -153,7 +153,7 @@ def _same_weights(a: dict, b: dict) -> tuple[bool, int]:
     return same, sum(v.numel() for v in a.values() if v.is_floating_point())
 
 
-def soak(work: Path, *, kills: int = 20, seed: int = 0, epochs: int = 10, timeout: float = 300.0, echo=print) -> dict:
+def soak(work: Path, *, kills: int = 20, seed: int = 0, epochs: int = 8, timeout: float = 300.0, echo=print) -> dict:
     """Runs the soak in ``work``; returns its figures (``ok`` True when every check passed)."""
     import yaml
 

@@ -22,55 +22,55 @@ from fcnseg.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 
-# id -> (argv, exit code, fragments the message must hold). "{ws}" is the workspace folder.
-CASES: dict[str, tuple[list[str], int, list[str]]] = {
+# id -> (the case, argv, exit code, fragments the message must hold). "{ws}": the workspace.
+CASES: dict[str, tuple[str, list[str], int, list[str]]] = {
     # ---- arguments and configs
-    "train-unknown-model": (["train", "--model", "fcn9s"], 2, ["unknown model 'fcn9s'", "fcn8s"]),
-    "train-unknown-backbone": (["train", "--backbone", "resnet7"], 2, ["resnet7", "resnet18"]),
-    "train-crop-three-numbers": (["train", "--crop", "64", "64", "64"], 2, ["crop must be one or two"]),
-    "train-batch-size-0": (["train", "--batch-size", "0"], 2, ["batch_size", "0"]),
-    "train-negative-lr": (["train", "--lr", "-0.1"], 2, ["lr", "-0.1"]),
-    "train-fp16-on-cpu": (["train", "--precision", "fp16", "--device", "cpu"], 2, ["fp16 needs a GPU", "bf16"]),
-    "train-cuda-without-gpu": (["train", "--device", "cuda"], 2, ["cuda", "no CUDA GPU"]),
-    "train-config-missing": (["train", "--config", "{ws}/nowhere.yaml"], 2, ["{ws}/nowhere.yaml"]),
-    "train-config-unknown-key": (["train", "--config", "{ws}/unknown_key.yaml"], 2, ["unknown config key 'epoch'", "epochs"]),
-    "train-config-not-yaml": (["train", "--config", "{ws}/not_yaml.yaml"], 2, ["{ws}/not_yaml.yaml"]),
-    "train-config-wrong-type": (["train", "--config", "{ws}/wrong_type.yaml"], 2, ["lr", "fast"]),
-    "train-data-option-no-equals": (["train", "--data-option", "border"], 2, ["--data-option 'border'", "KEY=VALUE"]),
-    "train-out-is-a-file": (["train", "--out", "{ws}/a_file"], 2, ["{ws}/a_file", "file"]),
+    "train-unknown-model": ('a model name that does not exist', ["train", "--model", "fcn9s"], 2, ["unknown model 'fcn9s'", "fcn8s"]),
+    "train-unknown-backbone": ('a backbone name that does not exist', ["train", "--backbone", "resnet7"], 2, ["resnet7", "resnet18"]),
+    "train-crop-three-numbers": ('a crop of three numbers', ["train", "--crop", "64", "64", "64"], 2, ["crop must be one or two"]),
+    "train-batch-size-0": ('a batch size of 0', ["train", "--batch-size", "0"], 2, ["batch_size", "0"]),
+    "train-negative-lr": ('a negative learning rate', ["train", "--lr", "-0.1"], 2, ["lr", "-0.1"]),
+    "train-fp16-on-cpu": ('fp16 asked for on a CPU', ["train", "--precision", "fp16", "--device", "cpu"], 2, ["fp16 needs a GPU", "bf16"]),
+    "train-cuda-without-gpu": ('--device cuda on a machine without a GPU', ["train", "--device", "cuda"], 2, ["cuda", "no CUDA GPU"]),
+    "train-config-missing": ('a config file that does not exist', ["train", "--config", "{ws}/nowhere.yaml"], 2, ["{ws}/nowhere.yaml"]),
+    "train-config-unknown-key": ('a config key misspelt', ["train", "--config", "{ws}/unknown_key.yaml"], 2, ["unknown config key 'epoch'", "epochs"]),
+    "train-config-not-yaml": ('a config file that is not YAML', ["train", "--config", "{ws}/not_yaml.yaml"], 2, ["{ws}/not_yaml.yaml"]),
+    "train-config-wrong-type": ('a config value of the wrong type', ["train", "--config", "{ws}/wrong_type.yaml"], 2, ["lr", "fast"]),
+    "train-data-option-no-equals": ('a dataset option without KEY=VALUE', ["train", "--data-option", "border"], 2, ["--data-option 'border'", "KEY=VALUE"]),
+    "train-out-is-a-file": ('--out naming an existing file (was: FileExistsError traceback)', ["train", "--out", "{ws}/a_file"], 2, ["{ws}/a_file", "file"]),
     # ---- datasets
-    "train-unknown-dataset": (["train", "--data", "imagenet21k"], 2, ["imagenet21k", "camvid"]),
-    "train-data-root-missing": (["train", "--data", "camvid", "--data-root", "{ws}/nowhere"], 2, ["{ws}/nowhere", "does not exist"]),
-    "train-data-root-empty": (["train", "--data", "camvid", "--data-root", "{ws}/empty"], 2, ["{ws}/empty"]),
-    "train-corrupt-image": (["train", "--data", "camvid", "--data-root", "{ws}/camvid_corrupt"], 2, ["0001TP_train0000.png", "--skip-check"]),
-    "train-mask-bad-values": (["train", "--data", "camvid", "--data-root", "{ws}/camvid_values"], 2, ["0001TP_train0001.png", "42"]),
-    "train-mask-size-mismatch": (["train", "--data", "camvid", "--data-root", "{ws}/camvid_size"], 2, ["0001TP_train0002.png"]),
-    "data-check-bad-dataset": (["data", "check", "--data", "camvid", "--data-root", "{ws}/camvid_corrupt"], 1, ["0001TP_train0000.png"]),
+    "train-unknown-dataset": ('a dataset name that does not exist', ["train", "--data", "imagenet21k"], 2, ["imagenet21k", "camvid"]),
+    "train-data-root-missing": ('a dataset folder that does not exist', ["train", "--data", "camvid", "--data-root", "{ws}/nowhere"], 2, ["{ws}/nowhere", "does not exist"]),
+    "train-data-root-empty": ('an empty dataset folder', ["train", "--data", "camvid", "--data-root", "{ws}/empty"], 2, ["{ws}/empty"]),
+    "train-corrupt-image": ('a training image that is not an image', ["train", "--data", "camvid", "--data-root", "{ws}/camvid_corrupt"], 2, ["0001TP_train0000.png", "--skip-check"]),
+    "train-mask-bad-values": ('a mask with values outside the classes', ["train", "--data", "camvid", "--data-root", "{ws}/camvid_values"], 2, ["0001TP_train0001.png", "42"]),
+    "train-mask-size-mismatch": ('a mask of another size than its image', ["train", "--data", "camvid", "--data-root", "{ws}/camvid_size"], 2, ["0001TP_train0002.png"]),
+    "data-check-bad-dataset": ('`data check` on a dataset with a bad file (a report, exit 1)', ["data", "check", "--data", "camvid", "--data-root", "{ws}/camvid_corrupt"], 1, ["0001TP_train0000.png"]),
     # ---- checkpoints and weight files
-    "train-weights-missing": (["train", "--weights", "{ws}/nowhere.pt"], 2, ["{ws}/nowhere.pt", "no such file"]),
-    "train-weights-other-classes": (["train", "--weights", "{ws}/five.pt"], 2, ["predicts 5 classes", "--init-from"]),
-    "train-weights-crafted-pickle": (["train", "--weights", "{ws}/evil.pt"], 2, ["refused to load", "{ws}/evil.pt", "posix.system"]),
-    "train-init-from-crafted-pickle": (["train", "--init-from", "{ws}/evil.pt"], 2, ["refused to load", "{ws}/evil.pt"]),
-    "train-init-from-missing": (["train", "--init-from", "{ws}/nowhere.pt"], 2, ["{ws}/nowhere.pt", "not found"]),
-    "train-resume-nothing-to-resume": (["train", "--resume", "--out", "{ws}/empty"], 2, ["{ws}/empty/last.pt", "not found"]),
-    "train-resume-crafted-pickle": (["train", "--resume", "{ws}/evil.pt"], 2, ["refused to load", "{ws}/evil.pt"]),
-    "train-resume-truncated": (["train", "--resume", "{ws}/truncated.pt"], 2, ["{ws}/truncated.pt", "damaged"]),
-    "eval-checkpoint-missing": (["eval", "--checkpoint", "{ws}/nowhere.pt"], 2, ["{ws}/nowhere.pt", "not found", "best.pt"]),
-    "eval-checkpoint-is-a-folder": (["eval", "--checkpoint", "{ws}/run"], 2, ["{ws}/run", "folder", "best.pt"]),
-    "eval-checkpoint-truncated": (["eval", "--checkpoint", "{ws}/truncated.pt"], 2, ["{ws}/truncated.pt", "damaged"]),
-    "eval-checkpoint-not-torch": (["eval", "--checkpoint", "{ws}/text.pt"], 2, ["{ws}/text.pt", "not a PyTorch file"]),
-    "eval-checkpoint-crafted-pickle": (["eval", "--checkpoint", "{ws}/evil.pt"], 2, ["refused to load", "{ws}/evil.pt", "posix.system"]),
-    "eval-checkpoint-state-dict-only": (["eval", "--checkpoint", "{ws}/state_dict.pt"], 2, ["{ws}/state_dict.pt", "not an fcnseg checkpoint", "best.pt"]),
-    "eval-unknown-split": (["eval", "--checkpoint", "{ws}/run/best.pt", "--split", "nosuch"], 2, ["nosuch"]),
-    "eval-other-class-count": (["eval", "--checkpoint", "{ws}/run/best.pt", "--data", "camvid", "--data-root", "{ws}/camvid_ok"], 2, ["3", "11"]),
-    "eval-bad-tta": (["eval", "--checkpoint", "{ws}/run/best.pt", "--tta", "spin"], 2, ["spin", "flip"]),
+    "train-weights-missing": ('--weights naming no file', ["train", "--weights", "{ws}/nowhere.pt"], 2, ["{ws}/nowhere.pt", "no such file"]),
+    "train-weights-other-classes": ('--weights from a model with another class count', ["train", "--weights", "{ws}/five.pt"], 2, ["predicts 5 classes", "--init-from"]),
+    "train-weights-crafted-pickle": ('--weights: a crafted pickle that would run a command', ["train", "--weights", "{ws}/evil.pt"], 2, ["refused to load", "{ws}/evil.pt", "posix.system"]),
+    "train-init-from-crafted-pickle": ('--init-from: a crafted pickle', ["train", "--init-from", "{ws}/evil.pt"], 2, ["refused to load", "{ws}/evil.pt"]),
+    "train-init-from-missing": ('--init-from naming no file', ["train", "--init-from", "{ws}/nowhere.pt"], 2, ["{ws}/nowhere.pt", "not found"]),
+    "train-resume-nothing-to-resume": ('--resume in a folder with no last.pt', ["train", "--resume", "--out", "{ws}/empty"], 2, ["{ws}/empty/last.pt", "not found"]),
+    "train-resume-crafted-pickle": ('--resume: a crafted pickle', ["train", "--resume", "{ws}/evil.pt"], 2, ["refused to load", "{ws}/evil.pt"]),
+    "train-resume-truncated": ('--resume: a checkpoint cut short (interrupted copy)', ["train", "--resume", "{ws}/truncated.pt"], 2, ["{ws}/truncated.pt", "damaged"]),
+    "eval-checkpoint-missing": ('a checkpoint that does not exist', ["eval", "--checkpoint", "{ws}/nowhere.pt"], 2, ["{ws}/nowhere.pt", "not found", "best.pt"]),
+    "eval-checkpoint-is-a-folder": ('a run folder given as the checkpoint', ["eval", "--checkpoint", "{ws}/run"], 2, ["{ws}/run", "folder", "best.pt"]),
+    "eval-checkpoint-truncated": ('a checkpoint cut short', ["eval", "--checkpoint", "{ws}/truncated.pt"], 2, ["{ws}/truncated.pt", "damaged"]),
+    "eval-checkpoint-not-torch": ('a text file given as the checkpoint', ["eval", "--checkpoint", "{ws}/text.pt"], 2, ["{ws}/text.pt", "not a PyTorch file"]),
+    "eval-checkpoint-crafted-pickle": ('a crafted pickle given as the checkpoint', ["eval", "--checkpoint", "{ws}/evil.pt"], 2, ["refused to load", "{ws}/evil.pt", "posix.system"]),
+    "eval-checkpoint-state-dict-only": ('a bare state dict given as the checkpoint', ["eval", "--checkpoint", "{ws}/state_dict.pt"], 2, ["{ws}/state_dict.pt", "not an fcnseg checkpoint", "best.pt"]),
+    "eval-unknown-split": ('a split the dataset does not have', ["eval", "--checkpoint", "{ws}/run/best.pt", "--split", "nosuch"], 2, ["nosuch"]),
+    "eval-other-class-count": ('a dataset with another class count than the checkpoint', ["eval", "--checkpoint", "{ws}/run/best.pt", "--data", "camvid", "--data-root", "{ws}/camvid_ok"], 2, ["3", "11"]),
+    "eval-bad-tta": ('a TTA spec that cannot be read', ["eval", "--checkpoint", "{ws}/run/best.pt", "--tta", "spin"], 2, ["spin", "flip"]),
     # ---- images (predict)
-    "predict-out-is-a-file": (["predict", "--checkpoint", "{ws}/run/best.pt", "{ws}/images/a.png", "--out", "{ws}/a_file"], 2, ["{ws}/a_file", "file"]),
-    "predict-input-missing": (["predict", "--checkpoint", "{ws}/run/best.pt", "{ws}/nowhere.jpg", "--out", "{ws}/pred_missing"], 2, ["{ws}/nowhere.jpg"]),
-    "predict-folder-without-images": (["predict", "--checkpoint", "{ws}/run/best.pt", "{ws}/empty", "--out", "{ws}/pred_empty"], 2, ["{ws}/empty"]),
-    "predict-corrupt-image": (["predict", "--checkpoint", "{ws}/run/best.pt", "{ws}/images", "--out", "{ws}/pred_corrupt"], 1, ["{ws}/images/broken.jpg", "1 of 2"]),
-    "predict-bad-alpha": (["predict", "--checkpoint", "{ws}/run/best.pt", "{ws}/images/a.png", "--out", "{ws}/pred_alpha", "--alpha", "2"], 2, ["alpha", "2"]),
-    "predict-bad-sliding-window": (["predict", "--checkpoint", "{ws}/run/best.pt", "{ws}/images/a.png", "--out", "{ws}/pred_sw", "--sliding-window", "big"], 2, ["big"]),
+    "predict-out-is-a-file": ('--out naming an existing file (was: FileExistsError traceback)', ["predict", "--checkpoint", "{ws}/run/best.pt", "{ws}/images/a.png", "--out", "{ws}/a_file"], 2, ["{ws}/a_file", "file"]),
+    "predict-input-missing": ('an input image that does not exist', ["predict", "--checkpoint", "{ws}/run/best.pt", "{ws}/nowhere.jpg", "--out", "{ws}/pred_missing"], 2, ["{ws}/nowhere.jpg"]),
+    "predict-folder-without-images": ('an input folder without images', ["predict", "--checkpoint", "{ws}/run/best.pt", "{ws}/empty", "--out", "{ws}/pred_empty"], 2, ["{ws}/empty"]),
+    "predict-corrupt-image": ('one of two images cut short (the other is segmented, exit 1)', ["predict", "--checkpoint", "{ws}/run/best.pt", "{ws}/images", "--out", "{ws}/pred_corrupt"], 1, ["{ws}/images/broken.jpg", "1 of 2"]),
+    "predict-bad-alpha": ('an overlay opacity outside [0, 1]', ["predict", "--checkpoint", "{ws}/run/best.pt", "{ws}/images/a.png", "--out", "{ws}/pred_alpha", "--alpha", "2"], 2, ["alpha", "2"]),
+    "predict-bad-sliding-window": ('a sliding-window size that is not a size', ["predict", "--checkpoint", "{ws}/run/best.pt", "{ws}/images/a.png", "--out", "{ws}/pred_sw", "--sliding-window", "big"], 2, ["big"]),
 }
 
 
@@ -148,7 +148,7 @@ def _outside_run_argv(argv: list[str], ws: Path, case: str) -> list[str]:
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_input_is_one_line_naming_the_fault_and_the_fix(case, ws, capsys, monkeypatch):
-    argv, code, fragments = CASES[case]
+    _, argv, code, fragments = CASES[case]
     monkeypatch.chdir(ws)
     rc = main(_outside_run_argv(argv, ws, case))  # an uncaught exception fails the test here
     out, err = capsys.readouterr()
@@ -331,14 +331,12 @@ if __name__ == "__main__":  # the catalogue's rows, as fcnseg prints them today
     with tempfile.TemporaryDirectory() as tmp:
         root = build_workspace(Path(tmp))
         os.chdir(root)
-        for case, (argv, _, _) in CASES.items():
-            err = io.StringIO()
-            with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-                try:
-                    rc = main(_outside_run_argv(argv, root, case))
-                except BaseException as e:  # a case that fails today
-                    rc, msg = "raises", f"{type(e).__name__}: {e}"
-                    print(f"| {case} | {rc} | {msg} |")
-                    continue
-            msg = next((x for x in err.getvalue().splitlines() if ": error: " in x), err.getvalue().strip()[-300:]).replace("\n", " / ")
-            print(f"| {' '.join(argv).replace('{ws}/', '')} | `{msg.replace(str(root) + '/', '')}` | {rc} | `{case}` |")
+        for i, (case, (what, argv, _, _)) in enumerate(CASES.items(), 1):
+            out, err = io.StringIO(), io.StringIO()
+            with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+                rc = main(_outside_run_argv(argv, root, case))
+            lines = [x for x in err.getvalue().splitlines() if ": error: " in x] or (out.getvalue() + err.getvalue()).strip().splitlines()[-1:]
+            msg = lines[0].replace(str(root) + "/", "")
+            command = "fcnseg " + " ".join(argv).replace("{ws}/", "")
+            code = f"`` {msg} ``" if "`" in msg else f"`{msg}`"
+            print(f"| {i} | {what} | `{command}` | {code} | {rc} | `{case}` |")
