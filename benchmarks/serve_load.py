@@ -5,7 +5,8 @@ POST /v1/segment requests of one image at each ``--concurrency`` (httpx async cl
 block per level, in order), and prints per block: requests/s, p50/p95/p99 latency, the 2xx,
 4xx and 5xx counts, and the server's resident memory (VmRSS) and peak (VmHWM) from
 /proc/<pid>/status after warm-up and after every block, so a leak shows as RSS climbing from
-block to block. The machine (lscpu model and the flags that matter) is printed first.
+block to block (503s, the queue-full answers, are
+counted among the 5xx and shown apart). The machine (lscpu model and the flags that matter) is printed first.
 
 Without ``--checkpoint`` the model is an untrained FCN-8s/ResNet-18 with 3 classes (the
 cost of serving does not depend on the weights). Without ``--image``, the first
@@ -133,7 +134,7 @@ async def block(url: str, body: bytes, n: int, concurrency: int, fmt: str) -> di
         "requests_per_s": round(n / wall, 2),
         "p50_ms": round(statistics.median(ms), 1), "p95_ms": round(pct(95), 1), "p99_ms": round(pct(99), 1),
         "2xx": sum(200 <= s < 300 for s in statuses), "4xx": sum(400 <= s < 500 for s in statuses),
-        "5xx": sum(s >= 500 for s in statuses),
+        "5xx": sum(s >= 500 for s in statuses), "503": statuses.count(503),
     }
 
 
@@ -191,13 +192,13 @@ def main() -> int:
               f"workers {args.workers}, max queue {max_queue}; image {report['image']}, format {args.format}")
         mem = report["memory_after_warmup"]
         print(f"after warm-up: RSS {mem['VmRSS']:.0f} MiB, peak {mem['VmHWM']:.0f} MiB")
-        print(f"{'conc':>4} {'req':>5} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'2xx':>5} {'4xx':>4} {'5xx':>4} {'RSS MiB':>8} {'peak MiB':>8}")
+        print(f"{'conc':>4} {'req':>5} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'2xx':>5} {'4xx':>4} {'5xx':>4} {'(503)':>5} {'RSS MiB':>8} {'peak MiB':>8}")
         for c in args.concurrency:
             res = asyncio.run(block(url, body, args.requests, c, args.format))
             res.update({"rss_mib": memory(server.pid)["VmRSS"], "peak_rss_mib": memory(server.pid)["VmHWM"]})
             report["blocks"].append(res)
             print(f"{c:>4} {res['requests']:>5} {res['requests_per_s']:>7.2f} {res['p50_ms']:>8.1f} {res['p95_ms']:>8.1f} "
-                  f"{res['p99_ms']:>8.1f} {res['2xx']:>5} {res['4xx']:>4} {res['5xx']:>4} {res['rss_mib']:>8.0f} {res['peak_rss_mib']:>8.0f}", flush=True)
+                  f"{res['p99_ms']:>8.1f} {res['2xx']:>5} {res['4xx']:>4} {res['5xx']:>4} {res['503']:>5} {res['rss_mib']:>8.0f} {res['peak_rss_mib']:>8.0f}", flush=True)
         report["server_alive"] = server.poll() is None and httpx.get(url + "/healthz").status_code == 200
         print(f"server still answering: {report['server_alive']}")
         if args.json:

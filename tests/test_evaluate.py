@@ -499,7 +499,7 @@ def test_distributed_shards_sum_to_the_single_process_result(tmp_path):
         port = s.getsockname()[1]
     out = tmp_path / "res.pt"
     mp.spawn(_ddp_worker, args=(2, port, str(out)), nprocs=2, join=True)
-    got = torch.load(out, weights_only=False)
+    got = torch.load(out, weights_only=False)  # the test's own result file
     torch.manual_seed(0)
     ref = evaluate(PixelNet(), ToyDataset(), precision="fp32")
     assert got["confusion"] == ref["confusion"]

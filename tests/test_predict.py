@@ -69,7 +69,7 @@ def images(tmp_path):
 
 def _expected(ckpt_path, path) -> np.ndarray:
     """The prediction by hand: checkpoint model on the image normalised with its mean/std."""
-    ckpt = torch.load(ckpt_path, weights_only=False)
+    ckpt = torch.load(ckpt_path, weights_only=True)  # fcnseg writes plain data
     model = PixelNet()
     model.load_state_dict(ckpt["model"])
     rgb = np.asarray(Image.open(path).convert("RGB"))
@@ -166,7 +166,7 @@ def test_cli_predict_with_crf_writes_the_refined_probabilities(ckpt_path, images
     out = tmp_path / "crf"
     assert main(["predict", "--checkpoint", str(ckpt_path), str(images / "rgb.png"), "--out", str(out),
                  "--probs", "--precision", "fp32", "--crf", "appearance=4,theta_a=3,theta_b=80,radius=2,dilation=1"]) == 0
-    ckpt = torch.load(ckpt_path, weights_only=False)
+    ckpt = torch.load(ckpt_path, weights_only=True)  # fcnseg writes plain data
     model = PixelNet()
     model.load_state_dict(ckpt["model"])
     rgb = np.array(Image.open(images / "rgb.png").convert("RGB"))
@@ -180,7 +180,7 @@ def test_cli_predict_with_crf_writes_the_refined_probabilities(ckpt_path, images
 
 
 def test_predict_applies_the_checkpoints_saved_tta_unless_told_otherwise(ckpt_path, images, tmp_path):
-    ckpt = torch.load(ckpt_path, weights_only=False)
+    ckpt = torch.load(ckpt_path, weights_only=True)  # fcnseg writes plain data
     ckpt["config"] = {"eval_tta": "flip,scales=0.5,1"}  # as `fcnseg train --eval-tta` saves it
     probs = {}
     for name, tta in (("auto", "auto"), ("off", None), ("given", "flip,scales=0.5,1")):

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 import zlib
 from pathlib import Path
 
@@ -25,7 +26,9 @@ from PIL import Image
 pytest.importorskip("fastapi", reason='the serving extra is not installed (pip install -e ".[serve]")')
 httpx = pytest.importorskip("httpx", reason='the serving extra is not installed (pip install -e ".[serve]")')
 
-from fastapi.testclient import TestClient  # noqa: E402
+with warnings.catch_warnings():  # Starlette's TestClient warns that it still uses httpx
+    warnings.filterwarnings("ignore", message=".*httpx.*deprecated")
+    from fastapi.testclient import TestClient  # noqa: E402
 
 from fcnseg.cli import main  # noqa: E402
 from fcnseg.engine.checkpoint import save_checkpoint  # noqa: E402
@@ -291,6 +294,14 @@ def test_unexpected_failure_is_500_json_and_server_keeps_serving(client, app, mo
     assert client.post("/v1/segment", content=encode(image(10, 10))).status_code == 200
 
 
+def test_bad_settings_are_config_errors(ckpt_file):
+    from fcnseg.errors import ConfigError
+
+    for kwargs in ({"workers": 0}, {"max_queue": -1}, {"max_upload_mb": 0}, {"max_image_pixels": 10**12}, {"tta": "flip,scales=x"}):
+        with pytest.raises(ConfigError):
+            create_app(ckpt_file, device="cpu", warmup_size=None, **kwargs)
+
+
 def test_cli_missing_extra_is_one_line(monkeypatch, capsys, ckpt_file):
     monkeypatch.setitem(sys.modules, "uvicorn", None)
     assert main(["serve", "--checkpoint", str(ckpt_file)]) == 2
@@ -301,6 +312,7 @@ def test_cli_missing_extra_is_one_line(monkeypatch, capsys, ckpt_file):
 # ---------------------------------------------------------------------------- fuzzing
 
 
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data")  # Pillow's, on bit-flipped TIFFs
 def test_fuzzed_uploads_never_5xx(client):
     """Random bytes, truncated and bit-flipped PNG/JPEG/BMP/TIFF, huge declared sizes: every
     answer is 200 or a JSON 4xx."""
@@ -337,6 +349,33 @@ def test_fuzzed_uploads_never_5xx(client):
 
     check()
     assert {200, 400, 413, 415} <= statuses, statuses
+
+
+def test_openapi_contract_with_schemathesis(app):
+    """Requests generated from the published spec (valid and invalid by the schema), 15 per
+    operation and mode: never a 5xx, and every answer's status, content type and JSON body are
+    the ones the spec declares. (A schema-valid body need not be an image, so a 4xx for one is
+    right: that check is left out.)"""
+    schemathesis = pytest.importorskip("schemathesis", reason="schemathesis is not installed")
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis.specs.openapi.checks import positive_data_acceptance
+
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+    calls = []
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        modes = [schemathesis.GenerationMode.POSITIVE]
+        if operation.method.upper() == "POST":  # the GETs take nothing that could be invalid
+            modes.append(schemathesis.GenerationMode.NEGATIVE)
+        for mode in modes:
+
+            @settings(max_examples=15, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+            @given(case=operation.as_strategy(generation_mode=mode))
+            def check(case):
+                calls.append(case.call_and_validate(excluded_checks=[positive_data_acceptance]).status_code)
+
+            check()
+    assert calls and max(calls) < 500
 
 
 # ---------------------------------------------------------------------------- the browser

@@ -138,7 +138,7 @@ def check_data(cfg: dict, train_ds, val_ds, *, main: bool) -> None:
     if fatal or not cfg["skip_check"]:
         log.error("%s", report)
         how = "fix them" if fatal else "fix them, or pass --skip-check to leave those files out"
-        raise DataError(f"{cfg['data']}: {len(problems)} problem(s) in the data (report above; `fcnseg data check` lists them); {how}")
+        raise DataError(f"{cfg['data']}: {len(problems)} problem(s) in the data, the first: {problems[0].message} (report above; `fcnseg data check` lists them); {how}")
     paths = bad_paths(problems)
     dropped = train_ds.exclude(paths) + val_ds.exclude(paths)
     log.warning("%s\n--skip-check: left out %d image/mask pair(s), listed above", report, dropped)

@@ -32,7 +32,12 @@ from PIL import Image, ImageDraw, ImageFont
 from fcnseg.data.base import IMAGE_EXTENSIONS, image_to_rgb, list_images, make_palette, open_image
 from fcnseg.data.show import overlay
 from fcnseg.data.transforms import eval_transforms
-from fcnseg.engine.checkpoint import load_checkpoint, model_from_checkpoint
+from fcnseg.engine.checkpoint import (
+    check_output_dir,
+    ensure_output_dir,
+    load_checkpoint,
+    model_from_checkpoint,
+)
 from fcnseg.engine.crf import CRF, parse_crf
 from fcnseg.engine.inference import TTA, checkpoint_inference, parse_tta, parse_window, segment
 from fcnseg.engine.precision import resolve_device, resolve_precision
@@ -120,7 +125,7 @@ def read_image(path: Path) -> np.ndarray:
     try:
         return image_to_rgb(open_image(path, "image"))
     except DataError as e:
-        raise DataError(f"{path}: {getattr(e, 'detail', e)}") from None
+        raise DataError(str(e) if str(path) in str(e) else f"{path}: {e}") from None
 
 
 def _font(size: int):
@@ -271,14 +276,14 @@ def predict(
     parse_window(sliding_window)
     crf = crf if crf == "auto" else parse_crf(crf)
     paths = resolve_inputs(inputs)  # argument errors before the checkpoint is loaded
+    check_output_dir(out_dir)
     predictor = Predictor(
         checkpoint, device=device, precision=precision, tta=tta, crf=crf,
         sliding_window=sliding_window, model=model,
     )
     classes, palette = predictor.classes, predictor.palette
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_output_dir(out_dir)
     names = _output_names(paths)
     written: list[Path] = []
     failures: list[tuple[Path, str]] = []

@@ -291,8 +291,10 @@ def build_model_for_training(cfg: dict, num_classes: int, *, init_from: bool = T
 
 def _check_weights_classes(path, num_classes: int, data: str) -> None:
     """A full fcnseg checkpoint given as --weights must predict the dataset's classes."""
+    from fcnseg.weights import safe_torch_load
+
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = safe_torch_load(path, what="weights file")
     except Exception:
         return  # not a checkpoint; the weights loader reports what it is
     conf = ckpt.get("model_config") if isinstance(ckpt, dict) else None

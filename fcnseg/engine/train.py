@@ -30,7 +30,12 @@ import torch
 
 from fcnseg.data.sampling import EpochSampler, rng_state, set_rng_state
 from fcnseg.engine import distributed as ddp
-from fcnseg.engine.checkpoint import load_checkpoint, save_checkpoint
+from fcnseg.engine.checkpoint import (
+    check_output_dir,
+    ensure_output_dir,
+    load_checkpoint,
+    save_checkpoint,
+)
 from fcnseg.engine.config import TrainConfig, resolve_config, save_yaml
 from fcnseg.engine.data import train_loader, training_data, val_source
 from fcnseg.engine.precision import resolve_device, resolve_precision
@@ -117,6 +122,7 @@ class Trainer:
         np.random.seed(cfg["seed"])
         self.run_dir = Path(ddp.broadcast_object(str(new_run_dir(cfg))))
         cfg["out"] = str(self.run_dir)
+        check_output_dir(self.run_dir)
 
         # data
         self.data = data = training_data(cfg, main=self.main)
@@ -144,7 +150,7 @@ class Trainer:
         if ckpt is not None:
             self.restore(ckpt)
         if self.main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            ensure_output_dir(self.run_dir)
             save_yaml(cfg, self.run_dir / "config.yaml")
         self.runlog = RunLog(self.run_dir if self.main else None, step=self.step, tensorboard=cfg["tensorboard"], callback=callback)
         self.record = self.runlog.record

@@ -48,7 +48,7 @@ try:
     import anyio
     from fastapi import FastAPI, Query, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import FileResponse, JSONResponse, Response
+    from fastapi.responses import JSONResponse, Response
     from pydantic import BaseModel, Field
     from starlette.datastructures import UploadFile
     from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -90,7 +90,7 @@ def open_upload(data: bytes, max_pixels: int) -> Image.Image:
     if not data:
         raise ServeError(400, "empty_body", "the request carries no image; send the image bytes as the body or as the multipart field 'image'")
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings():  # the size is checked below (open_upload runs in the event loop thread only)
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data), formats=UPLOAD_FORMATS)
     except UnidentifiedImageError:
@@ -119,9 +119,7 @@ def decode_upload(im: Image.Image) -> np.ndarray:
     predict`` (fully, EXIF orientation applied, converted to RGB): uint8 (H, W, 3).
     ServeError 400 naming the problem if the pixel data are broken."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im.load()
+        im.load()  # (no warnings filter here: worker threads must not change the process's filters)
         try:
             ImageOps.exif_transpose(im, in_place=True)
         except Exception:  # a broken EXIF block must not hide usable pixels (as open_image)
@@ -346,6 +344,11 @@ def create_app(
     for name, value, low in (("workers", workers, 1), ("max_queue", max_queue, 0), ("max_image_pixels", max_image_pixels, 1)):
         if not isinstance(value, int) or value < low:
             raise ConfigError(f"{name}={value!r}: must be an integer >= {low}")
+    if Image.MAX_IMAGE_PIXELS and max_image_pixels > Image.MAX_IMAGE_PIXELS:
+        raise ConfigError(
+            f"max_image_pixels={max_image_pixels}: over Pillow's decompression-bomb limit "
+            f"(PIL.Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS}); use a smaller limit"
+        )
     if not (max_upload_mb > 0 and math.isfinite(max_upload_mb)):
         raise ConfigError(f"max_upload_mb={max_upload_mb!r}: must be a positive number of megabytes")
     if isinstance(checkpoint, dict):
@@ -409,19 +412,19 @@ def _build_app(service: Service) -> FastAPI:
         log.error("request %s %s failed", request.method, request.url.path, exc_info=exc)
         return _error(500, "internal_error", f"the server failed on this request ({type(exc).__name__}); it keeps serving")
 
+    # read once: the page is three small files (and this works from a zipped install too)
     page = resources.files("fcnseg.serve").joinpath(STATIC)
+    files = {name: page.joinpath(name).read_bytes() for name in ("index.html", *_STATIC_TYPES)}
 
     @app.get("/", include_in_schema=False)
     async def index():
-        with resources.as_file(page.joinpath("index.html")) as path:
-            return FileResponse(path, media_type="text/html", headers=_PAGE_HEADERS)
+        return Response(files["index.html"], media_type="text/html; charset=utf-8", headers=_PAGE_HEADERS)
 
     @app.get("/static/{name}", include_in_schema=False)
     async def static(name: str):
         if name not in _STATIC_TYPES:
             raise ServeError(404, "not_found", f"no static file {name!r}")
-        with resources.as_file(page.joinpath(name)) as path:
-            return FileResponse(path, media_type=_STATIC_TYPES[name], headers=_PAGE_HEADERS)
+        return Response(files[name], media_type=_STATIC_TYPES[name], headers=_PAGE_HEADERS)
 
     @app.get("/healthz", summary="liveness: the process answers")
     async def healthz() -> dict:
@@ -522,7 +525,7 @@ def _build_app(service: Service) -> FastAPI:
     return app
 
 
-_STATIC_TYPES = {"app.js": "text/javascript", "style.css": "text/css"}
+_STATIC_TYPES = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
 # the page loads nothing from elsewhere (it must work offline); blob:/data: for the mask
 _PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'",

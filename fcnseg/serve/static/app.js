@@ -120,7 +120,7 @@ async function segment(file) {
     setStatus(`Present: ${result.present.join(", ") || "none"}`);
     document.body.dataset.state = "done";
   } catch (e) {
-    setStatus(e.message, true);
+    setStatus(`${file.name || "the image"}: ${e.message}`, true);
     document.body.dataset.state = "error";
   }
 }
