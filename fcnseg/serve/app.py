@@ -52,6 +52,7 @@ try:
     from pydantic import BaseModel, Field
     from starlette.datastructures import UploadFile
     from starlette.exceptions import HTTPException as StarletteHTTPException
+    from starlette.requests import ClientDisconnect
 except ModuleNotFoundError as e:  # pragma: no cover - depends on the environment
     raise ConfigError(
         f"fcnseg serve needs the optional serving packages ({e.name} is missing); "
@@ -547,10 +548,13 @@ async def _read_upload(request: Request, limit: int) -> bytes:
     if length.isdigit() and int(length) > cap:
         raise too_big
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > cap:
-            raise too_big
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > cap:
+                raise too_big
+    except ClientDisconnect:  # nobody will read the answer; keep the log free of tracebacks
+        raise ServeError(400, "client_disconnected", "the client closed the connection during the upload") from None
     if not multipart:
         return bytes(body)
 
