@@ -176,6 +176,23 @@ def test_served_mask_equals_fcnseg_predict(client, ckpt_file, tmp_path):
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(over.content))), np.asarray(Image.open(tmp_path / "out" / "odd_overlay.jpg")))
 
 
+@pytest.mark.slow  # exports the model to ONNX (~30 s on 2 busy cores)
+def test_served_mask_equals_predict_with_onnxruntime_backend(ckpt_file, tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime", reason='the export extra is not installed (pip install -e ".[export]")')
+    monkeypatch.setenv("FCNSEG_CACHE", str(tmp_path / "cache"))
+    app = create_app(ckpt_file, device="cpu", backend="onnxruntime", workers=2, warmup_size=(16, 16))
+    info = app.state.service.model_info()["inference"]
+    assert (info["backend"], info["precision"], info["tta"]) == ("onnxruntime", "fp32", "flip")
+    path = tmp_path / "odd.png"
+    Image.fromarray(image(45, 67, seed=3)).save(path)
+    out = tmp_path / "out"
+    assert main(["predict", "--checkpoint", str(ckpt_file), str(path), "--out", str(out), "--device", "cpu", "--backend", "onnxruntime"]) == 0
+    with TestClient(app, raise_server_exceptions=False) as c:
+        served = c.post("/v1/segment", content=path.read_bytes())
+        assert c.post("/v1/segment", content=encode(image(1, 1))).status_code == 200
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(served.content))), np.asarray(Image.open(out / "odd.png")))
+
+
 def test_json_summary(client):
     rgb = image(40, 50, seed=5)
     r = client.post("/v1/segment?format=json&include_mask=true", content=encode(rgb))
@@ -297,7 +314,8 @@ def test_unexpected_failure_is_500_json_and_server_keeps_serving(client, app, mo
 def test_bad_settings_are_config_errors(ckpt_file):
     from fcnseg.errors import ConfigError
 
-    for kwargs in ({"workers": 0}, {"max_queue": -1}, {"max_upload_mb": 0}, {"max_image_pixels": 10**12}, {"tta": "flip,scales=x"}):
+    for kwargs in ({"workers": 0}, {"max_queue": -1}, {"max_upload_mb": 0}, {"max_image_pixels": 10**12},
+                   {"tta": "flip,scales=x"}, {"backend": "tensorrt"}, {"onnx_path": ckpt_file}):
         with pytest.raises(ConfigError):
             create_app(ckpt_file, device="cpu", warmup_size=None, **kwargs)
 
