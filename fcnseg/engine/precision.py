@@ -9,16 +9,14 @@ from pathlib import Path
 
 import torch
 
+from fcnseg.engine.config import PRECISIONS
 from fcnseg.errors import ConfigError
-
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 # fp32 on a CPU without native bf16: the layout measured faster by benchmarks/fp32_layout.py
 CPU_FP32_CHANNELS_LAST = False
 
 log = logging.getLogger("fcnseg")
 _told: set[str] = set()
-
 
 @dataclass(frozen=True)
 class Precision:
