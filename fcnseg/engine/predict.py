@@ -233,6 +233,13 @@ class Predictor:
         self._prep = eval_transforms(mean=self.mean, std=self.std)  # exactly what `fcnseg eval` feeds the model
 
     @property
+    def backend(self) -> str:
+        """The engine that runs: ``torch``, a backend's name, ``auto (onnxruntime)`` for auto."""
+        from fcnseg.engine.evaluate import _backend_name
+
+        return _backend_name(self.model)
+
+    @property
     def views(self) -> int:
         """Forward passes per image for the TTA (1 without)."""
         return 1 if self.tta is None else len(self.tta.scales) * (2 if self.tta.flip else 1)
