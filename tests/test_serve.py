@@ -46,7 +46,7 @@ def write_checkpoint(path: Path, eval_tta: str | None = None) -> Path:
     """FCN-8s / ResNet-10, 3 classes, untrained but with random score layers (FCN zero-
     initialises them, which would make every pixel class 0), so masks follow the image."""
     torch.manual_seed(0)
-    model = build_model("fcn8s", backbone="resnet10", num_classes=len(CLASSES))
+    model = build_model("fcn8s", backbone="resnet18", num_classes=len(CLASSES))
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "score" in name and p.dim() == 4:
@@ -133,7 +133,7 @@ def test_model_health_and_spec(client, ckpt_file):
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").json() == {"status": "ready"}
     m = client.get("/v1/model").json()
-    assert (m["model"], m["backbone"], m["classes"]) == ("fcn8s", "resnet10", CLASSES)
+    assert (m["model"], m["backbone"], m["classes"]) == ("fcn8s", "resnet18", CLASSES)
     assert m["palette"] == PALETTE.tolist()
     assert m["checkpoint"]["sha256"] == hashlib.sha256(ckpt_file.read_bytes()).hexdigest()
     assert m["preprocessing"]["mean"] == [0.485, 0.456, 0.406]
