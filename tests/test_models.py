@@ -52,7 +52,7 @@ def quick_model(name: str, **kw) -> nn.Module:
 
 
 def test_registry():
-    assert list_models() == sorted(MODELS)
+    assert list_models() == ["fcn16s", "fcn32s", "fcn4s", "fcn8s", "seed"]
 
 
 SWEEP = list(itertools.product(MODELS, BACKBONES, UPSAMPLE_MODES))

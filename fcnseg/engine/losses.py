@@ -48,7 +48,7 @@ def _pixel_scale(per: torch.Tensor, target: torch.Tensor, weight: torch.Tensor |
 
 
 # pixels of logits upsampled at a time by upsampled_segmentation_loss (11 classes: ~10 MB of
-# float32); docs/camvid.md (session 16) has the timings that chose it
+# float32); docs/experiments/camvid.md (session 16) has the timings that chose it
 CHUNK_PIXELS = 2**18
 
 
@@ -112,7 +112,7 @@ def upsampled_segmentation_loss(
     input's size). The logits of a few images stay in cache where the batch's would not:
     the loss tail of the CamVid recipe's full-resolution step (batch 8, 288x384) takes 66
     instead of 126 ms (the step 614 instead of 656); at half resolution, where the batch's
-    logits fit in cache anyway, 21 instead of 17 (the step unchanged; docs/camvid.md)."""
+    logits fit in cache anyway, 21 instead of 17 (the step unchanged; docs/experiments/camvid.md)."""
     if chunk is None:
         chunk = loss_chunk(len(target), target[0].numel())
     return _UpsampledLoss.apply(scores, target, weight, hard_pixels, upsample, chunk)
