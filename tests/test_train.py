@@ -96,7 +96,7 @@ def test_hard_pixel_loss_averages_the_hardest_fraction():
     top = per.sort(descending=True).values
     for frac, k in ((0.25, 30), (0.5, 60), (0.1, 12)):
         loss = segmentation_loss(logits, target, w, hard_pixels=frac)
-        assert loss.item() == pytest.approx(top[:k].mean().item(), rel=1e-6)
+        assert loss.item() == pytest.approx(top[:k].mean().item(), rel=1e-5)  # two summation orders
     # the easy pixels get no gradient
     segmentation_loss(logits, target, w, hard_pixels=0.25).backward()
     grads = logits.grad.abs().sum(1).flatten()
@@ -145,7 +145,7 @@ def test_upsampled_loss_is_the_full_resolution_loss_in_value_and_gradient(model_
         ref = segmentation_loss(model(x), target, weight, hard)
         ref_grad = grads(ref)
         loss = upsampled_segmentation_loss(model(x, coarse=True), target, partial(model.upsample_scores, size=(64, 96)), weight, hard, chunk)
-        assert loss.item() == pytest.approx(ref.item(), rel=1e-6)
+        assert loss.item() == pytest.approx(ref.item(), rel=1e-5)  # 18k pixels summed by chunk or at once
         got = grads(loss)
         assert ref_grad.abs().max() > 0
         assert (got - ref_grad).abs().max() <= 1e-5 * ref_grad.abs().max()
