@@ -277,8 +277,8 @@ def fig_downsampling(out: Path, data: Path, draw: bool = True) -> dict:
     }
     if not draw:
         return numbers
-    fig = _figure(13, 6.4)
-    axes = fig.subplots(2, 4, gridspec_kw={"wspace": 0.08, "hspace": 0.25})
+    fig = _figure(13, 5.2)
+    axes = fig.subplots(2, 4, gridspec_kw={"wspace": 0.08, "hspace": 0.12})
     axes[0, 0].imshow(image)
     axes[0, 0].set_title(f"input: 3 x {h} x {w}", fontsize=10)
     for ax, n in zip(list(axes.flat)[1:], names, strict=False):
@@ -483,10 +483,14 @@ def fig_label_resize(out: Path, data: Path, draw: bool = True) -> dict:
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Rectangle
 
-    # zoom on the 24x24 window with the most invented labels
+    # the 8x8 window with the most invented labels, and a 24x24 zoom around it
+    dens = np.lib.stride_tricks.sliding_window_view(invented, (8, 8)).sum((-1, -2))
+    vy, vx = (int(v) for v in np.unravel_index(np.argmax(dens), dens.shape))
+    ys, xs = np.nonzero(invented[vy : vy + 8, vx : vx + 8])  # centre the window on them
+    vy = min(max(vy + int(round(ys.mean())) - 4, 0), size[0] - 8) if len(ys) else vy
+    vx = min(max(vx + int(round(xs.mean())) - 4, 0), size[1] - 8) if len(xs) else vx
     z = 24
-    dens = np.lib.stride_tricks.sliding_window_view(invented, (z, z)).sum((-1, -2))
-    zy, zx = np.unravel_index(np.argmax(dens), dens.shape)
+    zy, zx = min(max(vy - 8, 0), size[0] - z), min(max(vx - 8, 0), size[1] - z)
     crop = (slice(zy, zy + z), slice(zx, zx + z))
     cmap3 = ListedColormap(["#b03030", "#202020", "#f0f0f0"])
     fig = _figure(15, 7.6)
@@ -504,8 +508,9 @@ def fig_label_resize(out: Path, data: Path, draw: bool = True) -> dict:
     axes[0, 3].set_title(f"fcnseg's Resize (masks NEAREST): values\n{numbers['fcnseg_values']} = pet, background, border", fontsize=9)
     for ax in (axes[0, 2], axes[0, 3]):
         ax.add_patch(Rectangle((zx - 0.5, zy - 0.5), z, z, fill=False, ec="red", lw=1.5))
-    sub = bil[zy + z // 2 - 4 : zy + z // 2 + 4, zx + z // 2 - 4 : zx + z // 2 + 4]
-    _matrix(axes[1, 0], sub, "bilinear values, centre 8x8 of the red box", fmt="{:.2f}", cmap="viridis")
+    win = (slice(vy, vy + 8), slice(vx, vx + 8))
+    _matrix(axes[1, 0], bil[win], "bilinear values in the red box's centre;\nred: labels invented after int(value - 1)",
+            fmt="{:.3f}", cmap="viridis", highlight=invented[win])
     axes[1, 1].imshow(keras[crop], cmap=cmap3, vmin=0, vmax=2, interpolation="nearest")
     axes[1, 1].set_title("the tutorial's labels: int(value - 1)\n(red box, zoomed)", fontsize=9)
     axes[1, 2].imshow(near[crop], cmap=cmap3, vmin=0, vmax=2, interpolation="nearest")
