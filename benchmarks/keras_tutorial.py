@@ -1,4 +1,6 @@
-"""The tutorial's Keras FCN (/work/shared/seed/fcn_tutorial_zh.txt), rebuilt for timing.
+"""The Keras FCN of the TensorFlow segmentation tutorial fcnseg grew from, rebuilt for timing.
+(The tutorial's text is not in the repository; beside a checkout it sits at
+``../shared/seed/fcn_tutorial_zh.txt``. Nothing here reads it.)
 
 VGG16 trunk (``include_top=False``, ``weights=None``: nothing is downloaded) as a
 multi-output model on block5_conv3 / block4_conv3 / block3_conv3 / block5_pool; a decoder

@@ -102,15 +102,13 @@ def agreement(
 ) -> dict:
     """``{"fp32_miou", "bf16_miou", "miou_diff_points", ...}`` of ``checkpoint`` on
     ``data``'s val split (mean IU as a fraction; the difference in points, i.e. x100)."""
-    import torch
 
     from fcnseg.data import build_dataset
+    from fcnseg.engine.checkpoint import load_checkpoint, model_from_checkpoint
     from fcnseg.engine.evaluate import evaluate
-    from fcnseg.models import build_model
 
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    model = build_model(**ckpt["model_config"])
-    model.load_state_dict(ckpt["model"])
+    ckpt = load_checkpoint(checkpoint)
+    model = model_from_checkpoint(ckpt)
     dataset = build_dataset(data, root=data_root, split="val")
     out: dict = {"checkpoint": checkpoint, "data": data, "images": len(dataset)}
     for precision in ("fp32", "bf16"):

@@ -22,8 +22,8 @@ from torch.utils.data import DataLoader, RandomSampler
 
 from fcnseg.data import build_dataset
 from fcnseg.data.transforms import pad_collate, train_transforms
+from fcnseg.weights import IMAGENET_MEAN, IMAGENET_STD
 
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
@@ -56,7 +56,7 @@ def main() -> None:
     ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
     args = ap.parse_args()
     torch.set_num_threads(1)  # the loader's own work; a trainer would hold the other threads
-    tf = train_transforms(224, mean=MEAN, std=STD)
+    tf = train_transforms(224, mean=IMAGENET_MEAN, std=IMAGENET_STD)
     candidates = [("synthetic", None, {"size": (256, 256)}, "train")]
     for name, sub, split in (
         ("oxford-pet", "oxford-pet-mini", "trainval"),

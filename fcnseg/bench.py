@@ -29,13 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fcnseg.data.base import IGNORE_INDEX
 from fcnseg.engine.precision import Precision, resolve_device, resolve_precision
 from fcnseg.errors import ConfigError
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-IGNORE_INDEX = 255
-
+from fcnseg.weights import IMAGENET_MEAN, IMAGENET_STD
 
 # ----------------------------------------------------------------------------- memory
 

@@ -15,3 +15,7 @@ class DataError(FcnsegError):
 
 class WeightsError(FcnsegError):
     """Weights that cannot be fetched, verified or loaded into the model."""
+
+
+class OutputError(FcnsegError):
+    """An output that cannot be written: disk full, read-only folder, a file in the way."""

@@ -13,6 +13,8 @@ import math
 import torch
 import torch.distributed as dist
 
+from fcnseg.data.base import IGNORE_INDEX
+
 
 class ConfusionMatrix:
     """Accumulates a ``(num_classes, num_classes)`` int64 matrix on the tensors' device.
@@ -22,7 +24,7 @@ class ConfusionMatrix:
     excluded; a prediction outside that range is an error (it is a bug upstream).
     """
 
-    def __init__(self, num_classes: int, ignore_index: int = 255) -> None:
+    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX) -> None:
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.num_classes = num_classes

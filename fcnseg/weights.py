@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import urllib.parse
 import warnings
 from collections.abc import Mapping
@@ -296,13 +297,61 @@ def _short(keys: list[str], n: int = 8) -> str:
 # ---------------------------------------------------------------------------------------
 
 
-def _torch_load(path: Path) -> object:
+def _legacy_numpy_globals() -> list:
+    """The numpy objects that checkpoints written before fcnseg stored plain RNG states hold
+    (the numpy RNG key as an ndarray; metric values as numpy scalars), under the names numpy
+    1.x (``numpy.core``) and 2.x (``numpy._core``) pickle them with. Rebuilding an array or a
+    scalar from its bytes runs no code; anything else stays refused."""
+    import numpy as np
+
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # fcnseg training checkpoints also hold RNG states and configs that the safe
-        # unpickler refuses; only load checkpoints you trust
-        return torch.load(path, map_location="cpu", weights_only=False)
+        from numpy._core import multiarray
+    except ImportError:  # numpy 1.x
+        from numpy.core import multiarray
+    allowed: list = [np.ndarray, np.dtype]
+    for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        allowed += [(multiarray._reconstruct, f"{mod}._reconstruct"), (multiarray.scalar, f"{mod}.scalar")]
+    allowed += [t for t in vars(getattr(np, "dtypes", object)).values() if isinstance(t, type) and issubclass(t, np.dtype)]
+    return allowed
+
+
+def safe_torch_load(path: str | PathLike, *, what: str = "checkpoint", map_location="cpu") -> object:
+    """``torch.load`` that executes nothing: tensors and plain Python data only
+    (``weights_only=True``), plus the numpy arrays/scalars of older fcnseg checkpoints.
+
+    A file whose unpickling would call or build anything else (a crafted pickle that runs a
+    command, another tool's objects) raises ``WeightsError`` naming the file and the object;
+    a missing, truncated or foreign file raises ``WeightsError`` too."""
+    path = Path(path)
+    try:
+        with torch.serialization.safe_globals(_legacy_numpy_globals()):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch names the refused callable/class as "GLOBAL module.name" in its message
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if found is None:
+            raise WeightsError(
+                f"cannot read {what} {path}: not a PyTorch file, or one holding data fcnseg never writes; "
+                "pass a .pt file written by fcnseg (RUN/best.pt) or a torchvision state dict"
+            ) from None
+        raise WeightsError(
+            f"refused to load {what} {path}: it holds {found.group(1)}, which fcnseg files never hold and whose "
+            "loading could run code; use a checkpoint written by fcnseg (RUN/best.pt), or, only if you "
+            "trust the file, re-save its tensors: torch.save(torch.load(FILE, weights_only=False)['model'], 'weights.pt')"
+        ) from None
+    except FileNotFoundError:
+        raise WeightsError(f"{what} {path} not found") from None
+    except IsADirectoryError:
+        raise WeightsError(f"{what} {path} is a folder; pass the .pt file (e.g. RUN/best.pt)") from None
+    except PermissionError:
+        raise WeightsError(f"cannot read {what} {path}: permission denied; make it readable (chmod u+r)") from None
+    except Exception as e:  # truncated / not a torch file
+        raise WeightsError(f"cannot read {what} {path}: {_first_sentence(e)}; the file is damaged (e.g. a copy cut short) or not a PyTorch file") from None
+
+
+def _first_sentence(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return (text.split(". ")[0] if text else type(e).__name__).rstrip(".")
 
 
 def load_weights(model: nn.Module, weights: str | PathLike, *, progress: bool = True) -> None:
@@ -326,12 +375,9 @@ def load_weights(model: nn.Module, weights: str | PathLike, *, progress: bool = 
         known = ", ".join(WEIGHTS.get(backbone_name, {})) or "none"
         raise WeightsError(
             f"weights {str(weights)!r}: no such file, and not a declared entry for backbone "
-            f"{backbone_name!r} (declared: {known})"
+            f"{backbone_name!r} (declared: {known}); pass an existing .pt file or a declared name"
         )
-    try:
-        obj = _torch_load(path)
-    except Exception as e:  # a truncated or foreign file: say which
-        raise WeightsError(f"cannot read weights file {path}: {e}") from e
+    obj = safe_torch_load(path, what="weights file")
     if isinstance(obj, Mapping) and "model" in obj and "model_config" in obj:
         load_model_state(model, obj["model"], source=str(path), source_config=obj["model_config"])
     elif isinstance(obj, Mapping) and all(isinstance(v, Tensor) for v in obj.values()):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 from datagen import make_camvid, make_folder, truncate, write_gray, write_rgb
@@ -140,12 +138,8 @@ def test_problem_str_and_fatal():
     assert str(p) == "[bad-values] m -- fix: h" and not p.fatal
 
 
-def test_camvid_real_copy_checks_fast(shared_data):
+def test_camvid_real_copy_has_no_problems(shared_data):
     root = shared_data / "camvid"
     if not root.is_dir():
         pytest.skip("camvid absent")
-    t0 = time.perf_counter()
-    problems = check_dataset("camvid", root)
-    elapsed = time.perf_counter() - t0
-    assert problems == []
-    assert elapsed < 20  # ~2 s on an idle 2-core machine; generous for a loaded CI box
+    assert check_dataset("camvid", root) == []

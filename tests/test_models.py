@@ -300,8 +300,7 @@ def fcn8s_vgg16():
 
 def test_fcn8s_vgg16_parameter_count(fcn8s_vgg16):
     n = sum(p.numel() for p in fcn8s_vgg16.parameters())
-    assert n == 134_489_759
-    assert abs(n - 134.5e6) / 134.5e6 < 0.005
+    assert n == 134_489_759  # the paper: 134.5 M
 
 
 def test_fcn8s_layers_and_init(fcn8s_vgg16):
@@ -515,7 +514,6 @@ def test_config_rebuilds_the_model(kw):
     assert {k: v.shape for k, v in model.state_dict().items()} == {
         k: v.shape for k, v in again.state_dict().items()
     }
-    assert isinstance(model.backbone, nn.Module)
 
 
 @pytest.mark.parametrize(

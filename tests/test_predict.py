@@ -69,7 +69,7 @@ def images(tmp_path):
 
 def _expected(ckpt_path, path) -> np.ndarray:
     """The prediction by hand: checkpoint model on the image normalised with its mean/std."""
-    ckpt = torch.load(ckpt_path, weights_only=False)
+    ckpt = torch.load(ckpt_path, weights_only=True)  # fcnseg writes plain data
     model = PixelNet()
     model.load_state_dict(ckpt["model"])
     rgb = np.asarray(Image.open(path).convert("RGB"))
@@ -166,7 +166,7 @@ def test_cli_predict_with_crf_writes_the_refined_probabilities(ckpt_path, images
     out = tmp_path / "crf"
     assert main(["predict", "--checkpoint", str(ckpt_path), str(images / "rgb.png"), "--out", str(out),
                  "--probs", "--precision", "fp32", "--crf", "appearance=4,theta_a=3,theta_b=80,radius=2,dilation=1"]) == 0
-    ckpt = torch.load(ckpt_path, weights_only=False)
+    ckpt = torch.load(ckpt_path, weights_only=True)  # fcnseg writes plain data
     model = PixelNet()
     model.load_state_dict(ckpt["model"])
     rgb = np.array(Image.open(images / "rgb.png").convert("RGB"))
@@ -177,6 +177,17 @@ def test_cli_predict_with_crf_writes_the_refined_probabilities(ckpt_path, images
     np.testing.assert_allclose(got, want.numpy(), atol=2e-3)
     assert (got.argmax(0) != plain.argmax(0).numpy()).sum() > 0  # the CRF changed some pixels
     np.testing.assert_array_equal(np.array(Image.open(out / "rgb.png")), got.argmax(0))
+
+
+def test_predict_applies_the_checkpoints_saved_tta_unless_told_otherwise(ckpt_path, images, tmp_path):
+    ckpt = torch.load(ckpt_path, weights_only=True)  # fcnseg writes plain data
+    ckpt["config"] = {"eval_tta": "flip,scales=0.5,1"}  # as `fcnseg train --eval-tta` saves it
+    probs = {}
+    for name, tta in (("auto", "auto"), ("off", None), ("given", "flip,scales=0.5,1")):
+        predict(ckpt, [images / "rgb.png"], tmp_path / name, save_probs=True, precision="fp32", tta=tta)
+        probs[name] = np.load(tmp_path / name / "rgb_probs.npy").astype(np.float32)
+    np.testing.assert_array_equal(probs["auto"], probs["given"])
+    assert np.abs(probs["auto"] - probs["off"]).max() > 0.01  # the half scale blurs the 1x1 net's map
 
 
 @pytest.mark.parametrize(

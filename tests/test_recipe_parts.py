@@ -60,12 +60,12 @@ def test_validation_uses_eval_tta_and_eval_crf(tmp_path, monkeypatch):
 @pytest.mark.parametrize("name", ["camvid.yaml", "camvid_imagenet.yaml", "oxford_pet_imagenet.yaml"])
 def test_camvid_and_imagenet_configs_resolve(name):
     from fcnseg.engine.config import resolve_config
-    from fcnseg.engine.inference import parse_tta
 
     cfg = resolve_config(config_file=REPO / "configs" / name)
-    parse_tta(cfg["eval_tta"])  # a readable TTA spec (or none)
     if name == "camvid.yaml":
         assert cfg["weights"] is None and cfg["max_minutes"] == 30
+        # scored with seven scales, plain and mirrored, then the CRF (fcnseg eval's defaults for its runs)
+        assert (cfg["eval_tta"], cfg["eval_crf"]) == ("flip,scales=0.375,0.5,0.75,1,1.25,1.5,1.75", "default")
         # chosen on val training on train alone; shipped on train + val for the test score
         assert (cfg["train_split"], cfg["val_split"], cfg["model"]) == ("trainval", "val", "fcn4s")
         assert cfg["preload"] and cfg["hard_pixels"] == 0.25 and cfg["eval_every"] == 0  # no validation: the whole budget trains; `fcnseg eval` scores best.pt

@@ -8,13 +8,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
+import warnings
 
 from fcnseg import __version__
 from fcnseg.errors import FcnsegError
 
 # verb modules, in the order `fcnseg --help` lists them
-VERBS = ("train", "eval", "predict", "data", "bench")
+VERBS = ("train", "eval", "predict", "serve", "data", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,8 +44,22 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    python_style = warnings.showwarning
+
+    def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+        # fcnseg's own warnings (class names that differ, weights loaded partially) as one
+        # line, like the errors; other libraries' the usual way
+        if os.path.abspath(filename).startswith(package + os.sep):
+            print(f"fcnseg {args.verb}: warning: {message}", file=sys.stderr)
+        else:
+            python_style(message, category, filename, lineno, file, line)
+
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = show_warning
+            return int(args.func(args) or 0)
     except FcnsegError as e:
         print(f"fcnseg {args.verb}: error: {e}", file=sys.stderr)
         return 2

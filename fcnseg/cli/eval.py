@@ -1,8 +1,8 @@
-"""`fcnseg eval`: score a checkpoint on a dataset split at the labels' original resolution.
+"""`fcnseg eval`: argument parsing over `fcnseg.evaluate_checkpoint` (in
+`fcnseg.engine.evaluate`), which scores a checkpoint on a dataset split at the labels'
+original resolution.
 
-Without data flags the checkpoint's own validation data (config `val_data*` if the run
-validated on another dataset, else `data`, `data_root`, `data_options`) and validation
-split (config `val_split`, default "val") are used. A default
+Without data flags the checkpoint's own validation data and split are used. A default
 test-time augmentation saved in the checkpoint's config (`eval_tta`) applies unless
 `--tta none` is given, and so does a CRF (`eval_crf`) unless `--crf none` is given.
 """
@@ -50,26 +50,6 @@ def add_inference_args(p: argparse.ArgumentParser, *, batch_size: int) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
 
 
-def checkpoint_inference(args: argparse.Namespace, ckpt: dict):
-    """(tta, crf) to use: `--tta` / `--crf` if given ('none' = off), else the checkpoint
-    config's `eval_tta` / `eval_crf`."""
-    from fcnseg.engine.crf import parse_crf
-    from fcnseg.engine.inference import parse_tta
-
-    config = ckpt.get("config") or {}
-    chosen = []
-    for flag, key, parse in (("--tta", "eval_tta", parse_tta), ("--crf", "eval_crf", parse_crf)):
-        arg = getattr(args, flag[2:])
-        if arg is not None:
-            chosen.append(parse(arg))
-            continue
-        try:
-            chosen.append(parse(config.get(key)))
-        except ConfigError as e:
-            raise ConfigError(f"checkpoint config {key}: {e}; override it with {flag}") from None
-    return tuple(chosen)
-
-
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "eval",
@@ -88,29 +68,6 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _dataset_spec(args: argparse.Namespace, config: dict) -> tuple[str, str | None, dict, str]:
-    """(name, root, options, split): flags first, then the checkpoint's validation data
-    (config `val_data`/`val_data_root`/`val_data_options` when the run validated on another
-    dataset, else `data`/`data_root`/`data_options`) and `val_split`."""
-    if config.get("val_data"):
-        ck_data, ck_root, ck_options = (
-            config["val_data"], config.get("val_data_root"), config.get("val_data_options")
-        )
-    else:
-        ck_data, ck_root, ck_options = (
-            config.get("data"), config.get("data_root"), config.get("data_options")
-        )
-    same = args.data is None or args.data == ck_data
-    name = args.data or ck_data
-    if not name:
-        raise ConfigError("the checkpoint records no dataset; pass --data NAME (and --data-root DIR)")
-    root = args.data_root if args.data_root is not None else (ck_root if same else None)
-    options = dict(ck_options or {}) if same else {}
-    options.update(dataset_options(args))
-    split = args.split or config.get("val_split") or "val"
-    return name, root, options, split
-
-
 def _pct(v: float) -> str:
     return "    -" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:6.2f}"
 
@@ -127,151 +84,48 @@ def _clean(v):
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from fcnseg.data import build_dataset
-    from fcnseg.data.transforms import eval_transforms
-    from fcnseg.engine.checkpoint import load_checkpoint, model_from_checkpoint
-    from fcnseg.engine.evaluate import evaluate
-    from fcnseg.engine.inference import parse_window
-    from fcnseg.engine.precision import resolve_device, resolve_precision
+    from fcnseg.engine.evaluate import evaluate_checkpoint
 
     batch_size = 1 if args.batch_size is None else args.batch_size
     if batch_size < 1:
         raise ConfigError(f"--batch-size {batch_size}: must be >= 1")
     if args.workers < 0:
         raise ConfigError(f"--workers {args.workers}: must be >= 0")
-    window = parse_window(args.sliding_window)
-    device = resolve_device(args.device)
-    precision = resolve_precision(args.precision, device)
-
-    ckpt = load_checkpoint(args.checkpoint)
-    tta, crf = checkpoint_inference(args, ckpt)
-    config = ckpt.get("config") or {}
-    name, root, options, split = _dataset_spec(args, config)
-    mean, std = ckpt.get("mean"), ckpt.get("std")
-    if mean is None or std is None:
-        from fcnseg.engine.predict import IMAGENET_MEAN, IMAGENET_STD
-
-        mean, std = IMAGENET_MEAN, IMAGENET_STD
-    dataset = build_dataset(
-        name, root=root, split=split, transforms=eval_transforms(mean=mean, std=std), **options
-    )
-    k_model = int(ckpt["model_config"].get("num_classes", 0))
-    if k_model != dataset.num_classes:
-        raise ConfigError(
-            f"checkpoint {args.checkpoint} predicts {k_model} classes but dataset {name!r} has "
-            f"{dataset.num_classes}; evaluate on the dataset it was trained for (or the same "
-            "--data-option settings)"
-        )
-    ck_classes = list(ckpt.get("classes") or [])
-    if ck_classes and ck_classes != list(dataset.classes):
-        print(
-            f"fcnseg eval: warning: class names differ between checkpoint ({', '.join(ck_classes)}) "
-            f"and dataset ({', '.join(dataset.classes)})",
-            file=sys.stderr,
-        )
-    model = model_from_checkpoint(ckpt).to(device)
-    if precision.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-
-    res = evaluate(
-        model,
-        dataset,
-        device=device,
-        precision=precision,
+    res = evaluate_checkpoint(
+        args.checkpoint,
+        args.data,
+        args.data_root,
+        args.split,
+        data_options=dataset_options(args),
+        tta="auto" if args.tta is None else args.tta,
+        crf="auto" if args.crf is None else args.crf,
+        sliding_window=args.sliding_window,
         batch_size=batch_size,
-        tta=tta,
-        sliding_window=window,
         num_workers=args.workers,
         max_images=args.max_images,
+        device=args.device,
+        precision=args.precision,
+        plots=args.plots,
         progress=sys.stderr.isatty(),
-        mean=mean,
-        std=std,
-        crf=crf,
     )
-    classes = list(dataset.classes)
-    plot = None
-    if args.plots:
-        plot = plot_confusion(res["confusion"], classes, args.plots)
-
     if args.json:
-        out = {
-            "checkpoint": str(args.checkpoint),
-            "data": name,
-            "split": split,
-            "num_images": res["num_images"],
-            "tta": str(tta) if tta is not None else None,
-            "crf": str(crf) if crf is not None else None,
-            "sliding_window": list(window) if window else None,
-            "precision": precision.name,
-            "pixel_acc": res["pixel_acc"],
-            "mean_acc": res["mean_acc"],
-            "mean_iou": res["mean_iou"],
-            "fw_iou": res["fw_iou"],
-            "per_class": res["per_class"],
-            "classes": classes,
-            "confusion": res["confusion"],
-        }
-        if plot is not None:
-            out["plots"] = [str(plot)]
-        print(json.dumps(_clean(out)))
+        print(json.dumps(_clean(res)))
         return 0
 
     print(
-        f"{args.checkpoint}: {name}/{split}, {res['num_images']} images, "
-        f"tta {tta if tta is not None else 'none'}, crf {crf if crf is not None else 'none'}, "
-        f"precision {precision.name}"
+        f"{res['checkpoint']}: {res['data']}/{res['split']}, {res['num_images']} images, "
+        f"tta {res['tta'] or 'none'}, crf {res['crf'] or 'none'}, precision {res['precision']}"
     )
     print(
         f"pixel acc {_pct(res['pixel_acc']).strip()}  mean acc {_pct(res['mean_acc']).strip()}  "
         f"mean IU {_pct(res['mean_iou']).strip()}  f.w. IU {_pct(res['fw_iou']).strip()}  (%)"
     )
+    classes = res["classes"]
     width = max([len("class")] + [len(c) for c in classes])
     print(f"{'class':<{width}}     IoU     acc")
     for c in classes:
         pc = res["per_class"][c]
         print(f"{c:<{width}}  {_pct(pc['iou'])}  {_pct(pc['acc'])}")
-    if plot is not None:
+    for plot in res.get("plots", ()):
         print(f"confusion matrix: {plot}")
     return 0
-
-
-def plot_confusion(confusion: list[list[int]], classes: list[str], out_dir):
-    """Writes `confusion.png` in `out_dir`: rows (truth) normalised to sum 1, class names on
-    both axes. Returns the path."""
-    from pathlib import Path
-
-    import numpy as np
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    m = np.asarray(confusion, dtype=np.float64)
-    rows = m.sum(1, keepdims=True)
-    norm = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
-    k = len(classes)
-    side = max(4.0, 0.45 * k + 2.0)
-    fig = Figure(figsize=(side + 1.0, side), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    im = ax.imshow(norm, vmin=0.0, vmax=1.0, cmap="Blues", interpolation="nearest")
-    ax.set_xticks(range(k), classes, rotation=60, ha="right", fontsize=8)
-    ax.set_yticks(range(k), classes, fontsize=8)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("ground truth")
-    ax.set_title("confusion matrix (rows normalised)")
-    if k <= 25:
-        for i in range(k):
-            for j in range(k):
-                if m[i, j] > 0:
-                    ax.text(
-                        j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=6,
-                        color="white" if norm[i, j] > 0.5 else "black",
-                    )
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    fig.tight_layout()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "confusion.png"
-    fig.savefig(path, format="png")
-    return path

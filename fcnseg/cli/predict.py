@@ -1,4 +1,5 @@
-"""`fcnseg predict`: segment image files with a checkpoint.
+"""`fcnseg predict`: argument parsing over `fcnseg.predict` (in `fcnseg.engine.predict`),
+which segments image files with a checkpoint.
 
 Writes NAME.png (palette PNG of class indices at the input's size), NAME_overlay.jpg (the
 image blended with the prediction, with a legend) and, with --probs, NAME_probs.npy (float16
@@ -11,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fcnseg.cli.eval import add_inference_args, checkpoint_inference
+from fcnseg.cli.eval import add_inference_args
 
 
 def register(subparsers) -> None:
@@ -30,15 +31,11 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fcnseg.engine.checkpoint import load_checkpoint
-    from fcnseg.engine.predict import PredictFailures, predict, resolve_inputs
+    from fcnseg.engine.predict import PredictFailures, predict
 
-    resolve_inputs(args.inputs)  # argument errors before the checkpoint is loaded
-    ckpt = load_checkpoint(args.checkpoint)
-    tta, crf = checkpoint_inference(args, ckpt)
     try:
         written = predict(
-            ckpt,
+            args.checkpoint,
             args.inputs,
             args.out,
             batch_size=4 if args.batch_size is None else args.batch_size,
@@ -46,10 +43,10 @@ def run(args: argparse.Namespace) -> int:
             save_probs=args.probs,
             device=args.device,
             precision=args.precision,
-            tta=tta,
+            tta="auto" if args.tta is None else args.tta,
             sliding_window=args.sliding_window,
             progress=sys.stderr.isatty(),
-            crf=crf,
+            crf="auto" if args.crf is None else args.crf,
         )
     except PredictFailures as e:
         for _path, reason in e.failures:

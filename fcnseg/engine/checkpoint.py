@@ -1,4 +1,4 @@
-"""Checkpoints: atomic writes, and rebuilding a model from one.
+"""Checkpoints: atomic writes, safe reads, rebuilding a model from one; output folders.
 
 A checkpoint is a dict (docs/design.md): ``model`` (state dict, unwrapped from DDP and
 torch.compile), ``model_config`` (``build_model`` kwargs), ``optimizer``, ``scheduler``,
@@ -11,14 +11,18 @@ with ``ema_updates`` the number of steps averaged (for resuming).
 from __future__ import annotations
 
 import contextlib
+import copy
+import errno
+import glob
 import os
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePath
 
+import numpy as np
 import torch
 from torch import nn
 
-from fcnseg.errors import WeightsError
+from fcnseg.errors import OutputError, WeightsError
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -32,34 +36,145 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
+def plain(obj):
+    """``obj`` with numpy arrays and scalars turned into lists and Python numbers and paths
+    into strings, so that ``torch.load(weights_only=True)`` reads it back with nothing
+    allow-listed. Containers are copied only where something inside changed (state dicts keep
+    their ``_metadata``); tensors are never copied."""
+    if isinstance(obj, torch.Tensor):
+        return obj
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, PurePath):
+        return str(obj)
+    if isinstance(obj, dict):
+        new = {k: plain(v) for k, v in obj.items()}
+        if all(new[k] is v for k, v in obj.items()):
+            return obj
+        out = copy.copy(obj)
+        out.update(new)
+        return out
+    if isinstance(obj, list | tuple):
+        new = [plain(v) for v in obj]
+        if all(a is b for a, b in zip(new, obj, strict=True)):
+            return obj
+        return type(obj)(new) if type(obj) in (list, tuple) else obj
+    return obj
+
+
 def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
-    """Writes to a temporary file in the same folder, fsyncs, then renames over ``path``:
-    a crash at any moment leaves either the old or the new file, never a broken one."""
+    """Writes ``plain(state)`` to a temporary file in the same folder, fsyncs it, renames it
+    over ``path`` and fsyncs the folder: a crash at any moment leaves either the old or the
+    new file, never a broken one. A failed write (disk full, read-only folder) removes the
+    temporary file, leaves the previous ``path`` as it was and raises ``OutputError``.
+    Temporary files of earlier writes cut short (a kill -9) are removed after a good write."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise _write_error(path, e) from None
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+            _chmod_like_open(f.fileno())
+            torch.save(plain(state), f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        os_error = _os_error(e)
+        if os_error is not None:
+            raise _write_error(path, os_error) from None
         raise
+    _fsync_dir(path.parent)
+    for stale in path.parent.glob(glob.escape(path.name) + ".*.tmp"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
+
+
+def check_output_dir(path: str | os.PathLike, *, option: str = "--out") -> Path:
+    """Raises ``OutputError`` when ``path`` cannot become a folder (it, or a parent, is a
+    file); nothing is created. For checking arguments before any work."""
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                what = "is a file" if p == path else f"is under {p}, which is a file"
+                raise OutputError(f"{option} {path} {what}; pass a folder (new or existing) for the outputs")
+            return path
+    return path
+
+
+def ensure_output_dir(path: str | os.PathLike, *, option: str = "--out") -> Path:
+    """``path`` as a folder, created with its parents; ``OutputError`` when it cannot be."""
+    path = check_output_dir(path, option=option)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot create {option} {path}: {e.strerror or e}; pass a folder you can write to") from None
+    return path
+
+
+def _chmod_like_open(fd: int) -> None:
+    """mkstemp makes the file 0600; give it the mode ``open()`` would (0666 less the umask),
+    so that a checkpoint is as readable as the run's other files."""
+    mask = os.umask(0)
+    os.umask(mask)
+    with contextlib.suppress(OSError, AttributeError):  # no fchmod on Windows
+        os.fchmod(fd, 0o666 & ~mask)
+
+
+def _os_error(e: BaseException) -> OSError | None:
+    """The OSError behind ``e``: torch.save reports a failed write as a RuntimeError raised
+    while handling the file's OSError."""
+    seen = 0
+    while e is not None and seen < 8:
+        if isinstance(e, OSError):
+            return e
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return None
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Makes the rename durable (POSIX); a no-op where folders cannot be opened (Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_error(path: Path, e: OSError) -> OutputError:
+    kept = f"the previous {path.name} is intact; " if path.is_file() else ""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return OutputError(
+            f"cannot write checkpoint {path}: the disk is full ({e.strerror}); {kept}"
+            f"free space in {path.parent} (or train into another --out), then continue with --resume"
+        )
+    return OutputError(
+        f"cannot write checkpoint {path}: {e.strerror or e}; {kept}make {path.parent} writable "
+        "(or train into another --out), then continue with --resume"
+    )
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Reads an fcnseg checkpoint without executing code (``safe_torch_load``)."""
+    from fcnseg.weights import safe_torch_load
+
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise WeightsError(f"checkpoint {path} not found; pass the .pt file a training run wrote (RUN/best.pt or RUN/last.pt)")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as e:  # truncated / not a torch file
-        raise WeightsError(f"cannot read checkpoint {path}: {e}; the file is damaged or not an fcnseg checkpoint") from e
+    ckpt = safe_torch_load(path, what="checkpoint", map_location=map_location)
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
-        raise WeightsError(f"{path} is not an fcnseg checkpoint (no 'model'/'model_config' entries)")
+        raise WeightsError(f"{path} is not an fcnseg checkpoint (no 'model'/'model_config' entries); pass RUN/best.pt or RUN/last.pt of a training run")
     return ckpt
 
 

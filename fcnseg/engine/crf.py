@@ -31,7 +31,7 @@ from fcnseg.errors import ConfigError
 class CRF:
     """Parameters of the local dense CRF (positions in pixels of the score map, colours 0-255).
 
-    The defaults were chosen on the first half of CamVid val (docs/camvid.md): a window of
+    The defaults were chosen on the first half of CamVid val (docs/experiments/camvid.md): a window of
     17x17 samples two pixels apart (+-16 pixels), a weak appearance kernel, no smoothness kernel.
     """
 

@@ -10,22 +10,29 @@ Batches only ever hold images of one size: padding a smaller image to its batch-
 changes what a large receptive field sees (with a random-init FCN-8s/ResNet-18 on
 Oxford-IIIT Pet photos, 0.2-7 % of pixels changed class), so results would depend on the
 batch size. Mixed-size datasets therefore get smaller batches; same-size ones full batches.
+
+``evaluate_checkpoint(path)`` is ``fcnseg eval``: it takes the data, normalisation and
+TTA/CRF defaults from the checkpoint, checks the classes, and returns what ``--json`` prints.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from fcnseg.data.base import IGNORE_INDEX
 from fcnseg.engine.crf import CRF, parse_crf
-from fcnseg.engine.inference import TTA, parse_tta, parse_window, segment
-from fcnseg.engine.precision import Precision, resolve_precision
+from fcnseg.engine.inference import TTA, checkpoint_inference, parse_tta, parse_window, segment
+from fcnseg.engine.precision import Precision, resolve_device, resolve_precision
 from fcnseg.errors import ConfigError
 from fcnseg.metrics import ConfusionMatrix
 
@@ -58,7 +65,7 @@ def _class_names(dataset, num_classes: int) -> list[str]:
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module,
+    model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
     dataset,
     *,
     device: torch.device | str = "cpu",
@@ -83,6 +90,8 @@ def evaluate(
     ``crf``: refine the probabilities with the local dense CRF (``fcnseg.engine.crf``); it needs
     the normalisation's ``std`` (and ``mean``, which only raw datasets use).
     ``distributed``: score ``indices[rank::world]`` on each rank and sum the matrices.
+    ``model`` may also be any callable (N, 3, H, W) float → (N, K, H, W) logits (e.g. another
+    inference backend); an ``nn.Module`` is put in eval mode for the run.
 
     Returns ``ConfusionMatrix.compute()`` (``pixel_acc``, ``mean_acc``, ``mean_iou``,
     ``fw_iou`` as fractions, per-class lists ``iou``/``acc``) plus ``per_class``
@@ -100,7 +109,7 @@ def evaluate(
     if crf is not None and std is None:
         raise ConfigError("evaluate(crf=...) needs the normalisation's std= (and mean=) to recover the images' colours")
     num_classes = int(getattr(dataset, "num_classes", 0) or len(dataset.classes))
-    cm = ConfusionMatrix(num_classes, ignore_index=getattr(dataset, "ignore_index", 255))
+    cm = ConfusionMatrix(num_classes, ignore_index=getattr(dataset, "ignore_index", IGNORE_INDEX))
     normalise = None
     if mean is not None and std is not None:
         from fcnseg.data.transforms import eval_transforms
@@ -128,8 +137,9 @@ def evaluate(
     # shards; the bare module gives the same numbers.
     if isinstance(model, nn.parallel.DistributedDataParallel):
         model = model.module
-    was_training = model.training
-    model.eval()
+    was_training = getattr(model, "training", False)
+    if isinstance(model, nn.Module):
+        model.eval()
     bar = None
     if progress and rank == 0:
         from tqdm import tqdm
@@ -188,7 +198,8 @@ def evaluate(
     finally:
         if bar is not None:
             bar.close()
-        model.train(was_training)
+        if isinstance(model, nn.Module):
+            model.train(was_training)
 
     if world > 1:
         cm.all_reduce()
@@ -204,3 +215,156 @@ def evaluate(
     result["num_images"] = num_images
     result["confusion"] = cm.matrix.cpu().tolist()
     return result
+
+
+def checkpoint_data(
+    config: Mapping,
+    data: str | None = None,
+    data_root: str | os.PathLike | None = None,
+    data_options: Mapping | None = None,
+    split: str | None = None,
+) -> tuple[str, str | os.PathLike | None, dict, str]:
+    """(name, root, options, split) to score a checkpoint on: the arguments first, then its
+    training config's validation data (``val_data``/``val_data_root``/``val_data_options``
+    when the run validated on another dataset, else ``data``/``data_root``/``data_options``)
+    and ``val_split`` (default "val"). ``data_options`` are added to the checkpoint's own when
+    ``data`` is its dataset (or not given), else they are the only ones."""
+    if config.get("val_data"):
+        ck_data, ck_root, ck_options = (
+            config["val_data"], config.get("val_data_root"), config.get("val_data_options")
+        )
+    else:
+        ck_data, ck_root, ck_options = (
+            config.get("data"), config.get("data_root"), config.get("data_options")
+        )
+    same = data is None or data == ck_data
+    name = data or ck_data
+    if not name:
+        raise ConfigError("the checkpoint records no dataset; pass --data NAME (and --data-root DIR)")
+    root = data_root if data_root is not None else (ck_root if same else None)
+    options = dict(ck_options or {}) if same else {}
+    options.update(data_options or {})
+    return name, root, options, split or config.get("val_split") or "val"
+
+
+def evaluate_checkpoint(
+    checkpoint: str | os.PathLike | dict,
+    data: str | None = None,
+    data_root: str | os.PathLike | None = None,
+    split: str | None = None,
+    *,
+    data_options: Mapping | None = None,
+    tta: str | TTA | None = "auto",
+    crf: str | CRF | None = "auto",
+    sliding_window: int | str | Sequence[int] | None = None,
+    batch_size: int = 1,
+    num_workers: int = 0,
+    max_images: int | None = None,
+    device: str | torch.device | None = None,
+    precision: str = "auto",
+    plots: str | os.PathLike | None = None,
+    progress: bool = False,
+    model: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> dict:
+    """Scores a checkpoint written by ``fcnseg train`` (a path, or the loaded dict) the way
+    ``fcnseg eval`` does, and returns the dict its ``--json`` prints.
+
+    Data: ``data``/``data_root``/``data_options``/``split``, defaulting to the run's
+    validation data (:func:`checkpoint_data`); images are normalised with the checkpoint's
+    ``mean``/``std`` (ImageNet's if it has none). ``tta``/``crf``: ``"auto"`` applies the
+    ones the run saved (``eval_tta``/``eval_crf``), ``None``/``"none"`` none, else a spec
+    (``"flip,scales=0.75,1,1.25"``; ``"default"`` or ``"appearance=2,theta_b=5"``).
+    ``device``: None/"auto" = cuda when available. ``plots``: a folder to write
+    ``confusion.png`` into. ``model``: what to run instead of the checkpoint's network, any
+    callable (N, 3, H, W) normalised float → (N, K, H, W) logits (e.g. another inference
+    backend); the checkpoint still gives data, classes, normalisation and defaults.
+
+    Returns ``checkpoint``, ``data``, ``split``, ``num_images``, ``tta``, ``crf``,
+    ``sliding_window`` (specs as strings, None when off), ``precision``, ``pixel_acc``,
+    ``mean_acc``, ``mean_iou``, ``fw_iou`` (fractions), ``per_class`` ({name: {"iou",
+    "acc"}}, NaN for a class absent from labels and predictions), ``classes``, ``confusion``
+    (K x K, rows = truth) and, with ``plots``, ``plots`` (the written paths). A dataset
+    whose class count differs from the checkpoint's is a ConfigError; differing class names
+    only warn.
+    """
+    from fcnseg.data import build_dataset
+    from fcnseg.data.transforms import eval_transforms
+    from fcnseg.engine.checkpoint import load_checkpoint, model_from_checkpoint
+    from fcnseg.weights import IMAGENET_MEAN, IMAGENET_STD
+
+    if batch_size < 1:
+        raise ConfigError(f"batch_size={batch_size}: must be >= 1")
+    if num_workers < 0:
+        raise ConfigError(f"num_workers={num_workers}: must be >= 0")
+    window = parse_window(sliding_window)
+    dev = resolve_device(None if device is None else str(device))
+    prec = resolve_precision(precision, dev)
+    path = None if isinstance(checkpoint, dict) else checkpoint
+    ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
+    tta, crf = checkpoint_inference(ckpt, tta, crf)
+    name, root, options, split = checkpoint_data(
+        ckpt.get("config") or {}, data, data_root, data_options, split
+    )
+    mean, std = ckpt.get("mean"), ckpt.get("std")
+    if mean is None or std is None:
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    dataset = build_dataset(
+        name, root=root, split=split, transforms=eval_transforms(mean=mean, std=std), **options
+    )
+    k_model = int(ckpt["model_config"].get("num_classes", 0))
+    if k_model != dataset.num_classes:
+        raise ConfigError(
+            f"{'the checkpoint' if path is None else f'checkpoint {path}'} predicts {k_model} "
+            f"classes but dataset {name!r} has {dataset.num_classes}; evaluate on the dataset it "
+            "was trained for (or the same --data-option settings)"
+        )
+    classes = list(dataset.classes)
+    ck_classes = list(ckpt.get("classes") or [])
+    if ck_classes and ck_classes != classes:
+        warnings.warn(
+            f"class names differ between checkpoint ({', '.join(ck_classes)}) "
+            f"and dataset ({', '.join(classes)})",
+            stacklevel=2,
+        )
+    if model is None:
+        model = model_from_checkpoint(ckpt).to(dev)
+        if prec.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+
+    res = evaluate(
+        model,
+        dataset,
+        device=dev,
+        precision=prec,
+        batch_size=batch_size,
+        tta=tta,
+        sliding_window=window,
+        num_workers=num_workers,
+        max_images=max_images,
+        progress=progress,
+        mean=mean,
+        std=std,
+        crf=crf,
+    )
+    out = {
+        "checkpoint": None if path is None else str(path),
+        "data": name,
+        "split": split,
+        "num_images": res["num_images"],
+        "tta": str(tta) if tta is not None else None,
+        "crf": str(crf) if crf is not None else None,
+        "sliding_window": list(window) if window else None,
+        "precision": prec.name,
+        "pixel_acc": res["pixel_acc"],
+        "mean_acc": res["mean_acc"],
+        "mean_iou": res["mean_iou"],
+        "fw_iou": res["fw_iou"],
+        "per_class": res["per_class"],
+        "classes": classes,
+        "confusion": res["confusion"],
+    }
+    if plots is not None:
+        from fcnseg.engine.visualize import plot_confusion
+
+        out["plots"] = [str(plot_confusion(res["confusion"], classes, Path(plots)))]
+    return out

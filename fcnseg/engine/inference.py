@@ -120,6 +120,28 @@ def parse_window(spec: int | str | Sequence[int] | None) -> tuple[int, int] | No
     return size[0], size[1]
 
 
+def checkpoint_inference(
+    ckpt: dict, tta: str | TTA | None = "auto", crf: str | CRF | None = "auto"
+) -> tuple[TTA | None, CRF | None]:
+    """The (TTA, CRF) to run a checkpoint with: ``"auto"`` takes the one its training run
+    saved (config ``eval_tta`` / ``eval_crf``, set by ``fcnseg train --eval-tta/--eval-crf``),
+    ``None`` or ``"none"`` turns it off, anything else is parsed as a spec."""
+    config = ckpt.get("config") or {}
+    chosen = []
+    for value, key, flag, parse in (
+        (tta, "eval_tta", "--tta", parse_tta),
+        (crf, "eval_crf", "--crf", parse_crf),
+    ):
+        if not (isinstance(value, str) and value == "auto"):
+            chosen.append(parse(value))
+            continue
+        try:
+            chosen.append(parse(config.get(key)))
+        except ConfigError as e:
+            raise ConfigError(f"checkpoint config {key}: {e}; override it with {flag}") from None
+    return chosen[0], chosen[1]
+
+
 def _positions(length: int, window: int) -> list[int]:
     """Window starts covering ``[0, length)`` at a stride of ceil(2/3 window), the last one
     flush with the end."""

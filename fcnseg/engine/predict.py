@@ -22,7 +22,7 @@ import glob
 import logging
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -32,16 +32,19 @@ from PIL import Image, ImageDraw, ImageFont
 from fcnseg.data.base import IMAGE_EXTENSIONS, image_to_rgb, list_images, make_palette, open_image
 from fcnseg.data.show import overlay
 from fcnseg.data.transforms import eval_transforms
-from fcnseg.engine.checkpoint import load_checkpoint, model_from_checkpoint
+from fcnseg.engine.checkpoint import (
+    check_output_dir,
+    ensure_output_dir,
+    load_checkpoint,
+    model_from_checkpoint,
+)
 from fcnseg.engine.crf import CRF, parse_crf
-from fcnseg.engine.inference import TTA, parse_tta, parse_window, segment
+from fcnseg.engine.inference import TTA, checkpoint_inference, parse_tta, parse_window, segment
 from fcnseg.engine.precision import resolve_device, resolve_precision
 from fcnseg.errors import ConfigError, DataError
+from fcnseg.weights import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class PredictFailures(DataError):
@@ -122,7 +125,7 @@ def read_image(path: Path) -> np.ndarray:
     try:
         return image_to_rgb(open_image(path, "image"))
     except DataError as e:
-        raise DataError(f"{path}: {getattr(e, 'detail', e)}") from None
+        raise DataError(str(e) if str(path) in str(e) else f"{path}: {e}") from None
 
 
 def _font(size: int):
@@ -156,7 +159,8 @@ def legend_strip(width: int, present: Sequence[int], classes: Sequence[str], pal
     return np.asarray(strip)
 
 
-def _palette_png(pred: np.ndarray, palette: np.ndarray) -> Image.Image:
+def palette_png(pred: np.ndarray, palette: np.ndarray) -> Image.Image:
+    """(H, W) class indices → a palette-mode PIL image (pixel values stay the indices)."""
     im = Image.fromarray(pred.astype(np.uint8), mode="P")
     flat = np.zeros((256, 3), np.uint8)
     flat[: len(palette)] = palette
@@ -176,6 +180,71 @@ def _checkpoint_meta(ckpt: dict) -> tuple[list[str], np.ndarray, tuple, tuple]:
     return classes, palette, tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
 
+class Predictor:
+    """A checkpoint loaded for inference with fixed settings: the one inference path of
+    ``predict()`` and ``fcnseg serve`` (so a served mask equals ``predict``'s).
+
+    ``checkpoint``: a path or the loaded dict. ``tta``/``crf``: ``"auto"`` applies the ones the
+    training run saved (config ``eval_tta``/``eval_crf``), ``None``/``"none"`` none, else a
+    spec. ``device``: None/"auto" = cuda when available. ``model``: what to run instead of the
+    checkpoint's network, any callable (N, 3, H, W) normalised float → (N, K, H, W) logits
+    (e.g. another inference backend); the checkpoint still gives classes, palette and
+    normalisation. Attributes: ``classes``, ``palette`` (uint8 (K, 3)), ``mean``/``std``,
+    ``model``, ``device``, ``precision``, ``tta``, ``crf``, ``window``, ``checkpoint`` (dict)."""
+
+    def __init__(
+        self,
+        checkpoint: str | os.PathLike | dict,
+        *,
+        device: str | torch.device | None = None,
+        precision: str = "auto",
+        tta: str | TTA | None = "auto",
+        crf: str | CRF | None = "auto",
+        sliding_window: int | str | Sequence[int] | None = None,
+        model: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        tta = tta if tta == "auto" else parse_tta(tta)
+        crf = crf if crf == "auto" else parse_crf(crf)
+        self.window = parse_window(sliding_window)
+        ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
+        self.checkpoint = ckpt
+        self.tta, self.crf = checkpoint_inference(ckpt, tta, crf)
+        self.classes, palette, self.mean, self.std = _checkpoint_meta(ckpt)
+        if len(palette) < len(self.classes):
+            palette = np.concatenate([palette, make_palette(len(self.classes))[len(palette):]])
+        self.palette = palette
+        self.device = resolve_device(str(device) if device is not None else None)
+        self.precision = resolve_precision(precision, self.device)
+        if model is None:
+            model = model_from_checkpoint(ckpt).to(self.device).eval()
+            if self.precision.channels_last:
+                model = model.to(memory_format=torch.channels_last)
+        elif isinstance(model, torch.nn.Module):
+            model.eval()
+        self.model = model
+        self._prep = eval_transforms(mean=self.mean, std=self.std)  # exactly what `fcnseg eval` feeds the model
+
+    @property
+    def views(self) -> int:
+        """Forward passes per image for the TTA (1 without)."""
+        return 1 if self.tta is None else len(self.tta.scales) * (2 if self.tta.flip else 1)
+
+    @torch.no_grad()
+    def scores(self, images: Sequence[np.ndarray], *, probs: bool = False) -> list[torch.Tensor]:
+        """uint8 (H_i, W_i, 3) RGB images → float32 (K, H_i, W_i) score maps (logits, or
+        softmax probabilities with ``probs``/TTA/CRF; see ``segment``), in one forward pass
+        when the images share a size."""
+        tensors = [self._prep(im, np.zeros(im.shape[:2], np.uint8))[0] for im in images]
+        return segment(
+            self.model, tensors, device=self.device, precision=self.precision, tta=self.tta,
+            sliding_window=self.window, probs=probs, crf=self.crf, std=self.std,
+        )
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        """uint8 (H, W, 3) RGB → uint8 (H, W) class indices."""
+        return self.scores([image])[0].argmax(0).to(torch.uint8).cpu().numpy()
+
+
 @torch.no_grad()
 def predict(
     checkpoint: str | os.PathLike | dict,
@@ -187,36 +256,34 @@ def predict(
     save_probs: bool = False,
     device: str | torch.device | None = None,
     precision: str = "auto",
-    tta: str | TTA | None = None,
+    tta: str | TTA | None = "auto",
     sliding_window: int | str | Sequence[int] | None = None,
     progress: bool = False,
-    crf: str | CRF | None = None,
+    crf: str | CRF | None = "auto",
+    model: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> list[Path]:
-    """Segments every input image and writes its outputs to ``out_dir`` (see the module
-    docstring). Images are batched ``batch_size`` at a time among images of the same size,
-    so results do not depend on the batch. Returns the written paths; raises
-    ``PredictFailures`` after the run if some images could not be decoded."""
+    """Segments every input image with a checkpoint (a path, or the loaded dict) and writes
+    its outputs to ``out_dir`` (see the module docstring), as ``fcnseg predict`` does.
+    Images are batched ``batch_size`` at a time among images of the same size, so results
+    do not depend on the batch. ``tta``/``crf``/``device``/``model``: as ``Predictor``.
+    Returns the written paths; raises ``PredictFailures`` after the run if some images
+    could not be decoded."""
     if batch_size < 1:
         raise ConfigError(f"batch_size={batch_size}: must be >= 1")
     if not 0.0 <= alpha <= 1.0:
         raise ConfigError(f"alpha={alpha}: the overlay opacity must be in [0, 1]")
-    tta = parse_tta(tta)
-    window = parse_window(sliding_window)
-    crf = parse_crf(crf)
-    paths = resolve_inputs(inputs)
-    ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
-    classes, palette, mean, std = _checkpoint_meta(ckpt)
-    dev = resolve_device(str(device) if device is not None else None)
-    prec = resolve_precision(precision, dev)
-    model = model_from_checkpoint(ckpt).to(dev).eval()
-    if prec.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if len(palette) < len(classes):
-        palette = np.concatenate([palette, make_palette(len(classes))[len(palette):]])
-    prep = eval_transforms(mean=mean, std=std)  # exactly what `fcnseg eval` feeds the model
+    tta = tta if tta == "auto" else parse_tta(tta)
+    parse_window(sliding_window)
+    crf = crf if crf == "auto" else parse_crf(crf)
+    paths = resolve_inputs(inputs)  # argument errors before the checkpoint is loaded
+    check_output_dir(out_dir)
+    predictor = Predictor(
+        checkpoint, device=device, precision=precision, tta=tta, crf=crf,
+        sliding_window=sliding_window, model=model,
+    )
+    classes, palette = predictor.classes, predictor.palette
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_output_dir(out_dir)
     names = _output_names(paths)
     written: list[Path] = []
     failures: list[tuple[Path, str]] = []
@@ -243,11 +310,7 @@ def predict(
         for group in groups.values():
             for b in range(0, len(group), batch_size):
                 batch = group[b : b + batch_size]
-                tensors = [prep(im, np.zeros(im.shape[:2], np.uint8))[0] for _, _, im in batch]
-                scores = segment(
-                    model, tensors, device=dev, precision=prec, tta=tta,
-                    sliding_window=window, probs=save_probs, crf=crf, std=std,
-                )
+                scores = predictor.scores([im for _, _, im in batch], probs=save_probs)
                 for (_path, name, image), score in zip(batch, scores, strict=True):
                     written += _write(out, name, image, score, save_probs, alpha, classes, palette)
                     if bar is not None:
@@ -257,6 +320,17 @@ def predict(
     if failures:
         raise PredictFailures(failures, written, len(paths))
     return written
+
+
+def overlay_with_legend(
+    image: np.ndarray, pred: np.ndarray, classes: Sequence[str], palette: np.ndarray, alpha: float = 0.5
+) -> np.ndarray:
+    """``image`` uint8 (H, W, 3) blended with the colourised ``pred`` (H, W) at opacity
+    ``alpha``, above a legend strip of the classes present: uint8 (H + h, W, 3)."""
+    blend = overlay(image, pred, palette, alpha)
+    present = np.flatnonzero(np.bincount(pred.reshape(-1), minlength=len(classes)))
+    strip = legend_strip(blend.shape[1], present.tolist(), classes, palette)
+    return np.concatenate([blend, strip], axis=0)
 
 
 def _write(
@@ -272,11 +346,10 @@ def _write(
     """Writes the outputs for one image; ``score`` (K, H, W) at the image's size."""
     pred = score.argmax(0).to(torch.uint8).cpu().numpy()
     paths = [out / f"{name}.png", out / f"{name}_overlay.jpg"]
-    _palette_png(pred, palette).save(paths[0])
-    blend = overlay(image, pred, palette, alpha)
-    present = np.flatnonzero(np.bincount(pred.reshape(-1), minlength=len(classes)))
-    strip = legend_strip(blend.shape[1], present.tolist(), classes, palette)
-    Image.fromarray(np.concatenate([blend, strip], axis=0)).save(paths[1], quality=92, subsampling=0)
+    palette_png(pred, palette).save(paths[0])
+    Image.fromarray(overlay_with_legend(image, pred, classes, palette, alpha)).save(
+        paths[1], quality=92, subsampling=0
+    )
     if save_probs:
         paths.append(out / f"{name}_probs.npy")
         np.save(paths[2], score.to(torch.float16).cpu().numpy())

@@ -33,7 +33,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from fcnseg.engine import distributed as ddp
-from fcnseg.engine.checkpoint import load_checkpoint, save_checkpoint
+from fcnseg.engine.checkpoint import (
+    check_output_dir,
+    ensure_output_dir,
+    load_checkpoint,
+    save_checkpoint,
+)
 from fcnseg.engine.config import TrainConfig, resolve_config, save_yaml
 from fcnseg.engine.precision import Precision, resolve_device, resolve_precision
 from fcnseg.errors import ConfigError, DataError
@@ -503,6 +508,7 @@ class _Trainer:
         np.random.seed(cfg["seed"])
         self.run_dir = Path(ddp.broadcast_object(str(_new_run_dir(cfg))))
         cfg["out"] = str(self.run_dir)
+        check_output_dir(self.run_dir)
 
     # ---------------------------------------------------------------- setup
     def setup(self) -> None:
@@ -534,7 +540,7 @@ class _Trainer:
         self._wrap()
 
         if self.main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            ensure_output_dir(self.run_dir)
             save_yaml(cfg, self.run_dir / "config.yaml")
             self._open_logs()
         ddp.barrier()
@@ -748,7 +754,7 @@ class _Trainer:
         if fatal or not cfg["skip_check"]:
             log.error("%s", report)
             how = "fix them" if fatal else "fix them, or pass --skip-check to leave those files out"
-            raise DataError(f"{cfg['data']}: {len(problems)} problem(s) in the data (report above; `fcnseg data check` lists them); {how}")
+            raise DataError(f"{cfg['data']}: {len(problems)} problem(s) in the data, the first: {problems[0].message} (report above; `fcnseg data check` lists them); {how}")
         paths = bad_paths(problems)
         dropped = self.train_ds.exclude(paths) + self.val_ds.exclude(paths)
         log.warning("%s\n--skip-check: left out %d image/mask pair(s), listed above", report, dropped)
@@ -824,8 +830,10 @@ class _Trainer:
 
     def _check_weights_classes(self, path: Path) -> None:
         """A full fcnseg checkpoint given as --weights must predict the dataset's classes."""
+        from fcnseg.weights import safe_torch_load
+
         try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+            ckpt = safe_torch_load(path, what="weights file")
         except Exception:
             return  # not a checkpoint; the weights loader reports what it is
         conf = ckpt.get("model_config") if isinstance(ckpt, dict) else None
@@ -886,6 +894,8 @@ class _Trainer:
         self.events.append(event)
         with open(self.jsonl, "a") as f:
             f.write(json.dumps(event) + "\n")
+        if getattr(self, "callback", None) is not None:
+            self.callback(event)
         if self.tb is not None:
             kind = event["event"]
             for key, value in event.items():
@@ -1272,7 +1282,7 @@ class _Trainer:
         plot_curves(self.events, self.run_dir / "curves.png")
 
 
-def train(cfg: dict | TrainConfig | None = None, *, config_file: str | os.PathLike | None = None) -> Path:
+def train(cfg: dict | TrainConfig | None = None, *, config_file: str | os.PathLike | None = None, callback=None) -> Path:
     """Trains a model and returns its run directory.
 
     ``cfg``: TrainConfig fields to set (a dict of the options given, or a whole
@@ -1295,6 +1305,7 @@ def train(cfg: dict | TrainConfig | None = None, *, config_file: str | os.PathLi
         if "out" not in given:
             resolved["out"] = str(path.parent)
     trainer = _Trainer(resolved, ckpt)
+    trainer.callback = callback
     try:
         trainer.setup()
         return trainer.run()

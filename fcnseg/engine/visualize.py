@@ -1,5 +1,6 @@
 """Pictures of a training run: ``curves.png`` (loss, mean IU, pixel accuracy) and
-``samples/epoch_N.png`` (image | ground truth | prediction). Matplotlib, headless (Agg)."""
+``samples/epoch_N.png`` (image | ground truth | prediction); of an evaluation:
+``confusion.png``. Matplotlib, headless (Agg)."""
 
 from __future__ import annotations
 
@@ -103,3 +104,38 @@ def _save(fig, path: str | os.PathLike) -> None:
     tmp = path.with_name(path.name + ".tmp.png")
     fig.savefig(tmp, dpi=90)
     os.replace(tmp, path)
+
+
+def plot_confusion(confusion: list[list[int]], classes: Sequence[str], out_dir: str | os.PathLike) -> Path:
+    """Writes `confusion.png` in `out_dir`: rows (truth) normalised to sum 1, class names on
+    both axes. Returns the path."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    m = np.asarray(confusion, dtype=np.float64)
+    rows = m.sum(1, keepdims=True)
+    norm = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
+    k = len(classes)
+    side = max(4.0, 0.45 * k + 2.0)
+    fig = Figure(figsize=(side + 1.0, side), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    im = ax.imshow(norm, vmin=0.0, vmax=1.0, cmap="Blues", interpolation="nearest")
+    ax.set_xticks(range(k), classes, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(k), classes, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("ground truth")
+    ax.set_title("confusion matrix (rows normalised)")
+    if k <= 25:
+        for i in range(k):
+            for j in range(k):
+                if m[i, j] > 0:
+                    ax.text(
+                        j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                        color="white" if norm[i, j] > 0.5 else "black",
+                    )
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    path = Path(out_dir) / "confusion.png"
+    _save(fig, path)
+    return path

@@ -1,5 +1,5 @@
-"""``seed``: the tutorial's own network (the Keras code at the end of
-shared/seed/fcn_tutorial_zh.txt), in PyTorch, returning logits instead of a softmax.
+"""``seed``: the tutorial's own network (the Keras code at the end of the
+tutorial's text, ``../shared/seed/fcn_tutorial_zh.txt`` beside a checkout), in PyTorch, returning logits instead of a softmax.
 
 VGG16 conv trunk, then from pool5 (block5_pool)::
 

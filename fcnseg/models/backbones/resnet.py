@@ -2,7 +2,7 @@
 
 ResNet-10 (one BasicBlock per stage: timm's ``resnet10t`` block counts, torchvision's stem) has
 no torchvision checkpoint: it is for training from scratch, where it makes ~1.6x the
-steps per second of ResNet-18 (docs/camvid.md, rows AK-AM).
+steps per second of ResNet-18 (docs/experiments/camvid.md, rows AK-AM).
 
 ``output_stride`` 16 or 8 replaces the stride of layer4 (and layer3) by dilation, as
 torchvision's ``replace_stride_with_dilation`` does for ``fcn_resnet50``; BasicBlocks

@@ -1,0 +1,289 @@
+"""The catalogue of bad input (docs/reliability.md): every case a user can cause gives a
+one-line error naming the file or value and the fix, exit code 2 (1 where some outputs were
+written), no traceback, nothing partial that looks complete. Each CASES row is one row of
+the catalogue (its id is the test id there). Run ``python tests/test_reliability.py`` to
+print the table's rows with the messages as fcnseg prints them today."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from datagen import make_camvid, random_image, truncate, write_gray, write_rgb
+
+from fcnseg.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+# id -> (argv, exit code, fragments the message must hold). "{ws}" is the workspace folder.
+CASES: dict[str, tuple[list[str], int, list[str]]] = {
+    # ---- arguments and configs
+    "train-unknown-model": (["train", "--model", "fcn9s"], 2, ["unknown model 'fcn9s'", "fcn8s"]),
+    "train-unknown-backbone": (["train", "--backbone", "resnet7"], 2, ["resnet7", "resnet18"]),
+    "train-crop-three-numbers": (["train", "--crop", "64", "64", "64"], 2, ["crop must be one or two"]),
+    "train-batch-size-0": (["train", "--batch-size", "0"], 2, ["batch_size", "0"]),
+    "train-negative-lr": (["train", "--lr", "-0.1"], 2, ["lr", "-0.1"]),
+    "train-fp16-on-cpu": (["train", "--precision", "fp16", "--device", "cpu"], 2, ["fp16 needs a GPU", "bf16"]),
+    "train-cuda-without-gpu": (["train", "--device", "cuda"], 2, ["cuda", "no CUDA GPU"]),
+    "train-config-missing": (["train", "--config", "{ws}/nowhere.yaml"], 2, ["{ws}/nowhere.yaml"]),
+    "train-config-unknown-key": (["train", "--config", "{ws}/unknown_key.yaml"], 2, ["unknown config key 'epoch'", "epochs"]),
+    "train-config-not-yaml": (["train", "--config", "{ws}/not_yaml.yaml"], 2, ["{ws}/not_yaml.yaml"]),
+    "train-config-wrong-type": (["train", "--config", "{ws}/wrong_type.yaml"], 2, ["lr", "fast"]),
+    "train-data-option-no-equals": (["train", "--data-option", "border"], 2, ["--data-option 'border'", "KEY=VALUE"]),
+    "train-out-is-a-file": (["train", "--out", "{ws}/a_file"], 2, ["{ws}/a_file", "file"]),
+    # ---- datasets
+    "train-unknown-dataset": (["train", "--data", "imagenet21k"], 2, ["imagenet21k", "camvid"]),
+    "train-data-root-missing": (["train", "--data", "camvid", "--data-root", "{ws}/nowhere"], 2, ["{ws}/nowhere", "does not exist"]),
+    "train-data-root-empty": (["train", "--data", "camvid", "--data-root", "{ws}/empty"], 2, ["{ws}/empty"]),
+    "train-corrupt-image": (["train", "--data", "camvid", "--data-root", "{ws}/camvid_corrupt"], 2, ["0001TP_train0000.png", "--skip-check"]),
+    "train-mask-bad-values": (["train", "--data", "camvid", "--data-root", "{ws}/camvid_values"], 2, ["0001TP_train0001.png", "42"]),
+    "train-mask-size-mismatch": (["train", "--data", "camvid", "--data-root", "{ws}/camvid_size"], 2, ["0001TP_train0002.png"]),
+    "data-check-bad-dataset": (["data", "check", "--data", "camvid", "--data-root", "{ws}/camvid_corrupt"], 1, ["0001TP_train0000.png"]),
+    # ---- checkpoints and weight files
+    "train-weights-missing": (["train", "--weights", "{ws}/nowhere.pt"], 2, ["{ws}/nowhere.pt", "no such file"]),
+    "train-weights-other-classes": (["train", "--weights", "{ws}/five.pt"], 2, ["predicts 5 classes", "--init-from"]),
+    "train-weights-crafted-pickle": (["train", "--weights", "{ws}/evil.pt"], 2, ["refused to load", "{ws}/evil.pt", "posix.system"]),
+    "train-init-from-crafted-pickle": (["train", "--init-from", "{ws}/evil.pt"], 2, ["refused to load", "{ws}/evil.pt"]),
+    "train-init-from-missing": (["train", "--init-from", "{ws}/nowhere.pt"], 2, ["{ws}/nowhere.pt", "not found"]),
+    "train-resume-nothing-to-resume": (["train", "--resume", "--out", "{ws}/empty"], 2, ["{ws}/empty/last.pt", "not found"]),
+    "train-resume-crafted-pickle": (["train", "--resume", "{ws}/evil.pt"], 2, ["refused to load", "{ws}/evil.pt"]),
+    "train-resume-truncated": (["train", "--resume", "{ws}/truncated.pt"], 2, ["{ws}/truncated.pt", "damaged"]),
+    "eval-checkpoint-missing": (["eval", "--checkpoint", "{ws}/nowhere.pt"], 2, ["{ws}/nowhere.pt", "not found", "best.pt"]),
+    "eval-checkpoint-is-a-folder": (["eval", "--checkpoint", "{ws}/run"], 2, ["{ws}/run", "folder", "best.pt"]),
+    "eval-checkpoint-truncated": (["eval", "--checkpoint", "{ws}/truncated.pt"], 2, ["{ws}/truncated.pt", "damaged"]),
+    "eval-checkpoint-not-torch": (["eval", "--checkpoint", "{ws}/text.pt"], 2, ["{ws}/text.pt", "not a PyTorch file"]),
+    "eval-checkpoint-crafted-pickle": (["eval", "--checkpoint", "{ws}/evil.pt"], 2, ["refused to load", "{ws}/evil.pt", "posix.system"]),
+    "eval-checkpoint-state-dict-only": (["eval", "--checkpoint", "{ws}/state_dict.pt"], 2, ["{ws}/state_dict.pt", "not an fcnseg checkpoint", "best.pt"]),
+    "eval-unknown-split": (["eval", "--checkpoint", "{ws}/run/best.pt", "--split", "nosuch"], 2, ["nosuch"]),
+    "eval-other-class-count": (["eval", "--checkpoint", "{ws}/run/best.pt", "--data", "camvid", "--data-root", "{ws}/camvid_ok"], 2, ["3", "11"]),
+    "eval-bad-tta": (["eval", "--checkpoint", "{ws}/run/best.pt", "--tta", "spin"], 2, ["spin", "flip"]),
+    # ---- images (predict)
+    "predict-out-is-a-file": (["predict", "--checkpoint", "{ws}/run/best.pt", "{ws}/images/a.png", "--out", "{ws}/a_file"], 2, ["{ws}/a_file", "file"]),
+    "predict-input-missing": (["predict", "--checkpoint", "{ws}/run/best.pt", "{ws}/nowhere.jpg", "--out", "{ws}/pred_missing"], 2, ["{ws}/nowhere.jpg"]),
+    "predict-folder-without-images": (["predict", "--checkpoint", "{ws}/run/best.pt", "{ws}/empty", "--out", "{ws}/pred_empty"], 2, ["{ws}/empty"]),
+    "predict-corrupt-image": (["predict", "--checkpoint", "{ws}/run/best.pt", "{ws}/images", "--out", "{ws}/pred_corrupt"], 1, ["{ws}/images/broken.jpg", "1 of 2"]),
+    "predict-bad-alpha": (["predict", "--checkpoint", "{ws}/run/best.pt", "{ws}/images/a.png", "--out", "{ws}/pred_alpha", "--alpha", "2"], 2, ["alpha", "2"]),
+    "predict-bad-sliding-window": (["predict", "--checkpoint", "{ws}/run/best.pt", "{ws}/images/a.png", "--out", "{ws}/pred_sw", "--sliding-window", "big"], 2, ["big"]),
+}
+
+
+# --------------------------------------------------------------------------- workspace
+
+
+def _tiny_run(out: Path) -> Path:
+    """A real training run, as small as the trainer allows (plain SGD: small checkpoints)."""
+    from fcnseg.engine.train import train
+
+    return train(dict(
+        data="synthetic", data_options={"size": 32, "length": 4}, model="fcn32s", backbone="resnet10",
+        upsample="bilinear", crop=[32, 32], batch_size=2, epochs=1, warmup_steps=0, optimizer="sgd",
+        momentum=0.0, eval_batch_size=4, num_samples=0, tensorboard=False, out=str(out), device="cpu",
+        precision="fp32",
+    ))  # fmt: skip
+
+
+class _Evil:
+    """Unpickling it runs a shell command that creates MARKER (what a crafted file could do)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory) -> Path:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return build_workspace(tmp_path_factory.mktemp("ws"))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def build_workspace(ws: Path) -> Path:
+    """The files the cases name: a tiny run, bad checkpoints, configs, datasets, images."""
+    run = _tiny_run(ws / "run")
+    ckpt = torch.load(run / "best.pt", weights_only=True)
+    torch.save({**ckpt, "model_config": {**ckpt["model_config"], "num_classes": 5}}, ws / "five.pt")
+    torch.save({"model": _Evil(ws / "MARKER"), "model_config": {}}, ws / "evil.pt")
+    torch.save(ckpt["model"], ws / "state_dict.pt")
+    (ws / "truncated.pt").write_bytes((run / "best.pt").read_bytes()[:100_000])
+    (ws / "text.pt").write_text("not a checkpoint\n")
+    (ws / "a_file").write_text("in the way\n")
+    (ws / "empty").mkdir()
+    (ws / "unknown_key.yaml").write_text("epoch: 3\n")
+    (ws / "not_yaml.yaml").write_text("lr: [0.1\nepochs: 2\n")
+    (ws / "wrong_type.yaml").write_text("lr: fast\n")
+    for name in ("camvid_ok", "camvid_corrupt", "camvid_values", "camvid_size"):
+        make_camvid(ws / name)
+    (ws / "camvid_corrupt" / "train" / "0001TP_train0000.png").write_bytes(b"this is no image at all")
+    write_gray(ws / "camvid_values" / "trainannot" / "0001TP_train0001.png", np.full((24, 32), 42, np.uint8))
+    write_gray(ws / "camvid_size" / "trainannot" / "0001TP_train0002.png", np.zeros((20, 32), np.uint8))
+    write_rgb(ws / "images" / "a.png", random_image(np.random.default_rng(0), 37, 53))
+    write_rgb(ws / "images" / "broken.jpg", random_image(np.random.default_rng(1), 37, 53), quality=90)
+    truncate(ws / "images" / "broken.jpg", 0.3)
+    return ws
+
+
+def _argv(argv: list[str], ws: Path) -> list[str]:
+    return [a.replace("{ws}", str(ws)) for a in argv]
+
+
+def _outside_run_argv(argv: list[str], ws: Path, case: str) -> list[str]:
+    """``fcnseg train`` cases get their own --out (nothing is trained: they stop before)."""
+    argv = _argv(argv, ws)
+    if argv[0] == "train" and "--out" not in argv and "--resume" not in argv:
+        argv += ["--out", str(ws / "runs" / case)]
+    return argv
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_is_one_line_naming_the_fault_and_the_fix(case, ws, capsys, monkeypatch):
+    argv, code, fragments = CASES[case]
+    monkeypatch.chdir(ws)
+    rc = main(_outside_run_argv(argv, ws, case))  # an uncaught exception fails the test here
+    out, err = capsys.readouterr()
+    lines = [line for line in err.strip().splitlines() if ": error: " in line]
+    assert rc == code, err
+    assert "Traceback" not in err, err
+    if code == 2:
+        assert len(lines) == 1, err  # one line
+    else:  # a report (data check), or the files that failed (predict): the rest was done
+        lines = (out + err).splitlines()
+    for fragment in fragments:
+        fragment = fragment.replace("{ws}", str(ws))
+        assert any(fragment in line for line in lines), (fragment, err)
+    assert not (ws / "MARKER").exists(), "a crafted checkpoint ran code"
+
+
+def test_crafted_checkpoint_in_a_real_process_runs_nothing(ws):
+    proc = subprocess.run(
+        [sys.executable, "-m", "fcnseg", "predict", "--checkpoint", str(ws / "evil.pt"), str(ws / "images" / "a.png"), "--out", str(ws / "p")],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"fcnseg predict: error: refused to load checkpoint {ws / 'evil.pt'}: it holds posix.system, which fcnseg "
+        "files never hold and whose loading could run code; use a checkpoint written by fcnseg (RUN/best.pt), or, "
+        "only if you trust the file, re-save its tensors: torch.save(torch.load(FILE, weights_only=False)['model'], 'weights.pt')"
+    ]
+    assert not (ws / "MARKER").exists() and not (ws / "p").exists()
+
+
+def test_checkpoints_are_plain_data_and_older_ones_still_load(ws):
+    from fcnseg.engine.checkpoint import load_checkpoint, model_from_checkpoint
+
+    # today's files read with nothing allow-listed
+    ckpt = torch.load(ws / "run" / "last.pt", weights_only=True)
+    assert ckpt["rng"]["numpy"][0] == "MT19937" and isinstance(ckpt["rng"]["numpy"][1], list)
+    # the format fcnseg wrote before: the numpy RNG key as an ndarray, numpy metric values
+    legacy = {**ckpt, "rng": {**ckpt["rng"], "numpy": np.random.get_state()}, "best_miou": np.float64(ckpt["best_miou"])}
+    torch.save(legacy, ws / "legacy.pt")
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(ws / "legacy.pt")  # needs the allow-list
+    got = load_checkpoint(ws / "legacy.pt")
+    np.testing.assert_array_equal(got["rng"]["numpy"][1], np.random.get_state()[1])
+    assert got["best_miou"] == ckpt["best_miou"]
+    model = model_from_checkpoint(got)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, ckpt["model"][k]), k
+
+
+def test_disk_full_while_writing_a_checkpoint_keeps_the_previous_one(ws, monkeypatch, capsys):
+    """An older-format last.pt resumed (it loads and restores), then ENOSPC injected into the
+    file write of the next checkpoint (as a full tmpfs gives it): exit 2, one line naming the
+    file and saying what to do, the previous last.pt intact and loadable, no temp file left."""
+    import io
+
+    import fcnseg.engine.checkpoint as ckpt_mod
+    from fcnseg.engine.checkpoint import load_checkpoint
+
+    if not (ws / "legacy.pt").exists():
+        test_checkpoints_are_plain_data_and_older_ones_still_load(ws)
+    out = ws / "full"
+    out.mkdir()
+    before = (ws / "legacy.pt").read_bytes()
+    (out / "last.pt").write_bytes(before)
+    real_save = torch.save
+
+    def save_until_full(obj, f, *a, **kw):
+        class Full(io.RawIOBase):
+            written = 0
+
+            def writable(self):
+                return True
+
+            def write(self, b):
+                Full.written += len(b)
+                if Full.written > 50_000:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                return f.write(b)
+
+        return real_save(obj, Full(), *a, **kw)
+
+    monkeypatch.setattr(ckpt_mod.torch, "save", save_until_full)
+    capsys.readouterr()
+    rc = main(["train", "--resume", "--out", str(out), "--epochs", "2", "--ckpt-every-steps", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err, err
+    line = [x for x in err.splitlines() if ": error: " in x]
+    assert len(line) == 1, err
+    assert f"cannot write checkpoint {out / 'last.pt'}: the disk is full" in line[0]
+    assert "the previous last.pt is intact" in line[0] and "free space" in line[0] and "--resume" in line[0]
+    assert (out / "last.pt").read_bytes() == before
+    assert sorted(p.name for p in out.iterdir() if p.suffix in (".pt", ".tmp")) == ["last.pt"]
+    assert load_checkpoint(out / "last.pt")["step"] == 2
+
+
+def test_ctrl_c_leaves_a_resumable_last_pt(ws, monkeypatch, capsys):
+    """SIGINT (Ctrl-C) in the middle of training: "interrupted", exit 130, the last
+    checkpoint written stays intact, and --resume continues from it."""
+    import fcnseg.engine.train as train_mod
+    from fcnseg.engine.checkpoint import load_checkpoint
+
+    out = ws / "sigint"
+    real_save = train_mod._Trainer._save
+
+    def save_then_ctrl_c(self, name):
+        real_save(self, name)
+        if self.step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(train_mod._Trainer, "_save", save_then_ctrl_c)
+    rc = main(["train", "--resume", str(ws / "run" / "last.pt"), "--out", str(out), "--epochs", "2", "--ckpt-every-steps", "1"])
+    err = capsys.readouterr().err
+    assert rc == 130 and "fcnseg train: interrupted" in err and "Traceback" not in err, err
+    assert load_checkpoint(out / "last.pt")["step"] == 3
+    monkeypatch.undo()
+    assert main(["train", "--resume", "--out", str(out)]) == 0
+    assert load_checkpoint(out / "last.pt")["step"] == 4
+
+
+if __name__ == "__main__":  # the catalogue's rows, as fcnseg prints them today
+    import contextlib
+    import io
+    import tempfile
+
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = build_workspace(Path(tmp))
+        os.chdir(root)
+        for case, (argv, _, _) in CASES.items():
+            err = io.StringIO()
+            with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+                try:
+                    rc = main(_outside_run_argv(argv, root, case))
+                except BaseException as e:  # a case that fails today
+                    rc, msg = "raises", f"{type(e).__name__}: {e}"
+                    print(f"| {case} | {rc} | {msg} |")
+                    continue
+            msg = next((x for x in err.getvalue().splitlines() if ": error: " in x), err.getvalue().strip()[-300:]).replace("\n", " / ")
+            print(f"| {' '.join(argv).replace('{ws}/', '')} | `{msg.replace(str(root) + '/', '')}` | {rc} | `{case}` |")
