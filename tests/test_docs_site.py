@@ -63,7 +63,7 @@ def test_api_lines_resolve_to_the_first_importable_name():
 
 
 def test_figure_values_are_formatted_as_a_reader_writes_them():
-    assert hook._format([3, 333, 500]) == "3 x 333 x 500"
+    assert hook._format([1, 2, 3]) == "[1, 2, 3]"
     assert hook._format([[1.0, 2.0], [3.0, 4.0]]) == "[[1, 2], [3, 4]]"
     assert hook._format(1.5e-8) == "1.5e-08"
     assert hook._format(True) == "True"
@@ -80,6 +80,12 @@ def test_every_tutorial_page_has_a_chinese_twin_with_the_same_figures():
         figs = lambda p: sorted(re.findall(r"figures/([\w.-]+\.png)", p.read_text(encoding="utf-8")))  # noqa: E731
         assert figs(page) == figs(twin), page.name
         assert re.search(r"[\u4e00-\u9fff]", twin.read_text(encoding="utf-8")), f"{twin.name} has no Chinese"
+
+
+def test_a_line_break_between_chinese_characters_is_removed_outside_code():
+    text = "中文\n文字 and\nEnglish\n```\n代码\n代码\n```\n"
+    got = hook._outside_code(text, lambda chunk: hook.CJK_BREAK.sub("", chunk))
+    assert got == "中文文字 and\nEnglish\n```\n代码\n代码\n```\n"
 
 
 def test_readme_sections_the_site_includes_exist():

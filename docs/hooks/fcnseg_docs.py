@@ -10,7 +10,9 @@
 * ``<!-- readme: Set up -->`` is replaced by that section of README.md (its heading
   dropped, its links rebased), so the site's set-up commands are README's, word for word.
 * ``{{ fig.label_resize.keras_invented_pixels }}`` is replaced by that number from
-  ``docs/figures/label_resize.json``: the text quotes what the figure shows.
+  ``docs/figures/label_resize.json``: the text quotes what the figure shows
+  (``{{ fig.downsampling.input | shape }}`` writes a list as ``3 x 333 x 500``).
+* A line break between two Chinese characters is removed (a browser shows it as a space).
 * Optional pages: nav entries listed in ``extra.optional_pages`` are dropped while their
   file does not exist (pages other parts of the project write: export, serving,
   reliability); the ``Experiments`` section lists every page under ``docs/experiments/``.
@@ -35,7 +37,9 @@ from mkdocs.exceptions import PluginError
 
 CLI_MARKER = "<!-- fcnseg-cli-help -->"
 README_MARKER = re.compile(r"<!-- readme: (?P<title>[^>]+?) -->")
-FIG_VALUE = re.compile(r"\{\{\s*fig\.(?P<name>\w+)\.(?P<path>[\w.]+)\s*\}\}")
+FIG_VALUE = re.compile(r"\{\{\s*fig\.(?P<name>\w+)\.(?P<path>[\w.]+)\s*(?:\|\s*(?P<filter>shape)\s*)?\}\}")
+# a line break between two CJK characters is no space in Chinese (the browser would show one)
+CJK_BREAK = re.compile(r"(?<=[\u3000-\u303f\u4e00-\u9fff\uff00-\uffef])\n(?=[\u3000-\u303f\u4e00-\u9fff\uff00-\uffef])")
 API_LINE = re.compile(r"^:::[ \t]+(?P<names>[^\n]+?)[ \t]*$", re.MULTILINE)
 LINK = re.compile(r"(?<!!)\[(?P<text>[^\]\n]+)\]\((?P<target>[^)\s]+)\)")
 EXPERIMENTS = "Experiments"
@@ -86,10 +90,12 @@ def _experiments(listed, docs: Path, optional: set[str]):
     heading), so that notes added there appear without editing mkdocs.yml."""
     have = {v if isinstance(v, str) else next(iter(v.values())) for v in listed}
     extra = []
-    for page in sorted((docs / "experiments").glob("**/*.md")):
+    pages = sorted((docs / "experiments").glob("**/*.md"), key=lambda p: (p.name != "index.md", p.as_posix()))
+    for page in pages:
         rel = page.relative_to(docs).as_posix()
         if rel not in have:
-            extra.append({_title(page): rel})
+            # the section's index.md is its landing page (navigation.indexes): no title
+            extra.append(rel if page.name == "index.md" else {_title(page): rel})
     return list(listed) + extra
 
 
@@ -107,7 +113,8 @@ def on_page_markdown(markdown, page, config, files):
     docs = Path(config["docs_dir"])
     src_dir = (docs / page.file.src_uri).parent
     markdown = README_MARKER.sub(lambda m: readme_section(m.group("title"), src_dir), markdown)
-    markdown = FIG_VALUE.sub(lambda m: _fig_value(docs, m.group("name"), m.group("path")), markdown)
+    markdown = FIG_VALUE.sub(lambda m: _fig_value(docs, m.group("name"), m.group("path"), m.group("filter")), markdown)
+    markdown = _outside_code(markdown, lambda chunk: CJK_BREAK.sub("", chunk))
     if CLI_MARKER in markdown:
         markdown = markdown.replace(CLI_MARKER, cli_reference())
     markdown = API_LINE.sub(_resolve_api, markdown)
@@ -133,7 +140,7 @@ def readme_section(title: str, src_dir: Path) -> str:
     return _outside_code(m.group("body").strip("\n"), lambda chunk: LINK.sub(rebase, chunk))
 
 
-def _fig_value(docs: Path, name: str, path: str) -> str:
+def _fig_value(docs: Path, name: str, path: str, filter: str | None = None) -> str:
     import json
 
     file = docs / "figures" / f"{name}.json"
@@ -143,12 +150,14 @@ def _fig_value(docs: Path, name: str, path: str) -> str:
             value = value[int(key)] if isinstance(value, list) else value[key]
     except (OSError, KeyError, IndexError, ValueError) as e:
         raise PluginError(f"{{{{ fig.{name}.{path} }}}}: not in {file} ({e!r}); run docs/figures/make.py") from e
+    if filter == "shape":
+        return " x ".join(str(v) for v in value)
     return _format(value)
 
 
 def _format(value) -> str:
-    """Numbers as a reader writes them: 1.0 -> 1, a shape [3, 333, 500] -> 3 x 333 x 500,
-    a matrix -> [[1, 2], [3, 4]], a mapping -> key: value pairs."""
+    """Numbers as a reader writes them: 1.0 -> 1, a matrix -> [[1, 2], [3, 4]], a mapping ->
+    key: value pairs (``| shape`` in the page writes a list as 3 x 333 x 500)."""
     if isinstance(value, bool):
         return str(value)
     if isinstance(value, float):
@@ -156,8 +165,6 @@ def _format(value) -> str:
             return str(int(value))
         return f"{value:.2g}" if abs(value) < 1e-2 else f"{value:g}"
     if isinstance(value, list):
-        if value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-            return " x ".join(str(v) for v in value)
         return "[" + ", ".join(_format_item(v) for v in value) + "]"
     if isinstance(value, dict):
         return ", ".join(f"{k}: {_format_item(v)}" for k, v in value.items())
