@@ -66,6 +66,8 @@ def test_figure_values_are_formatted_as_a_reader_writes_them():
     assert hook._format([1, 2, 3]) == "[1, 2, 3]"
     assert hook._format([[1.0, 2.0], [3.0, 4.0]]) == "[[1, 2], [3, 4]]"
     assert hook._format(1.5e-8) == "1.5e-08"
+    assert hook._format(0.5032053973013493) == "0.503"
+    assert hook._format(1047.14) == "1047"
     assert hook._format(True) == "True"
 
 

@@ -163,7 +163,9 @@ def _format(value) -> str:
     if isinstance(value, float):
         if value.is_integer():
             return str(int(value))
-        return f"{value:.2g}" if abs(value) < 1e-2 else f"{value:g}"
+        if abs(value) < 1e-2:
+            return f"{value:.2g}"
+        return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
     if isinstance(value, list):
         return "[" + ", ".join(_format_item(v) for v in value) + "]"
     if isinstance(value, dict):
