@@ -26,7 +26,7 @@ import time
 
 import torch
 
-from fcnseg.bench import _synthetic_batch, make_train_step
+from fcnseg.bench import make_train_step, synthetic_batch
 from fcnseg.engine.precision import Precision
 from fcnseg.models import build_model
 
@@ -67,7 +67,7 @@ def train_variants(args: argparse.Namespace) -> dict:
         opt = torch.optim.Adam(params, lr=1e-4, **{adam: True})
         runner = torch.compile(net) if compiled else net
         step = make_train_step(runner, opt, prec, torch.device("cpu"))
-        x, y = _synthetic_batch(
+        x, y = synthetic_batch(
             args.batch, 3, (args.size, args.size), args.num_classes, torch.device("cpu"), cl
         )
         steps[name] = lambda step=step, x=x, y=y: step(x, y)
@@ -90,7 +90,7 @@ def infer_variants(args: argparse.Namespace) -> dict:
         if cast:
             net = net.to(dtype)
         runner = torch.compile(net) if compiled else net
-        x, _ = _synthetic_batch(
+        x, _ = synthetic_batch(
             args.batch, 3, (args.size, args.size), args.num_classes, torch.device("cpu"), cl
         )
         if cast:

@@ -1,7 +1,7 @@
 """Speed, memory and FLOPs benchmark of a segmentation model on synthetic (or real) batches.
 
-``benchmark(...)`` times training steps (forward + cross-entropy + backward + Adam step, with
-the same autocast / channels_last policy as training) and inference batches (eval mode,
+``benchmark(...)`` times training steps (the trainer's own step, ``fcnseg.engine.step``:
+forward + loss + backward + Adam step, with the same autocast / channels_last policy) and inference batches (eval mode,
 ``inference_mode``), counts FLOPs per image with ``torch.utils.flop_counter.FlopCounterMode``
 and measures the machine's matmul peak in the same dtype, so the achieved TFLOP/s can be read
 as a fraction of what the hardware does on its best-case kernel.
@@ -195,33 +195,12 @@ def _sync(device: torch.device) -> None:
 
 
 def make_optimizer(params, lr: float, device: torch.device) -> torch.optim.Optimizer:
-    """Adam as training builds it (``fcnseg.engine.train.build_optimizer``: the fused kernel
+    """Adam as training builds it (``fcnseg.engine.step.build_optimizer``: the fused kernel
     where this torch has it for the device, else ``foreach``)."""
+    from fcnseg.engine.step import build_optimizer
+
     params = [p for p in params if p.requires_grad]
-    try:
-        from fcnseg.engine.train import build_optimizer
-    except ImportError:  # pragma: no cover - engine absent
-        build_optimizer = None
-    if build_optimizer is not None:
-        return build_optimizer(
-            [{"params": params}], name="adam", lr=lr, momentum=0.0, device=device
-        )
-    try:  # pragma: no cover
-        return torch.optim.Adam(params, lr=lr, fused=True)
-    except (RuntimeError, TypeError):  # pragma: no cover
-        return torch.optim.Adam(params, lr=lr, foreach=True)
-
-
-def _loss_fn() -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """Training's loss (cross-entropy over labelled pixels, ignore 255, computed in fp32)."""
-    try:
-        from fcnseg.engine.train import segmentation_loss
-
-        return segmentation_loss
-    except ImportError:  # pragma: no cover - engine absent
-        return lambda logits, target: F.cross_entropy(
-            logits.float(), target, ignore_index=IGNORE_INDEX
-        )
+    return build_optimizer([{"params": params}], name="adam", lr=lr, momentum=0.0, device=device)
 
 
 def make_train_step(
@@ -229,29 +208,17 @@ def make_train_step(
     optimizer: torch.optim.Optimizer,
     precision: Precision,
     device: torch.device,
+    **options: Any,
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """One optimisation step ``(x (N, C, H, W), target (N, H, W) int64) -> loss (0-d tensor)``,
-    as the training loop does it: forward and loss under autocast, backward, (scaled) step.
+    """The trainer's own training step (``fcnseg.engine.step.TrainStep``: forward and loss
+    under autocast, from the coarse scores where the model's last upsampling is fixed,
+    backward, (scaled) optimizer step) as ``step(x (N, C, H, W), target (N, H, W) int64) ->
+    loss`` (a 0-d tensor: no host synchronisation). ``options``: TrainStep's keywords
+    (``class_weight``, ``hard_pixels``, ``aux_loss``, ``copy_paste``, ...)."""
+    from fcnseg.engine.step import TrainStep
 
-    No host synchronisation: the loss is returned as a tensor, never ``.item()``-ed.
-    """
-    scaler = torch.amp.GradScaler(device.type) if precision.use_scaler else None
-    loss_fn = _loss_fn()
-
-    def step(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        with precision.autocast(device):
-            loss = loss_fn(model(x), target)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
-
-    return step
+    step = TrainStep(model, optimizer, precision=precision, device=device, **options)
+    return lambda x, target: step([(x, target)])
 
 
 def _cpu_seconds() -> float:
@@ -293,7 +260,7 @@ def _cpu_figures(phase: str, images: int, seconds: float, cpu_s: float, dev: tor
     }
 
 
-def _synthetic_batch(
+def synthetic_batch(
     batch: int,
     in_channels: int,
     size: tuple[int, int],
@@ -418,7 +385,7 @@ def benchmark(
     fmt = torch.channels_last if prec.channels_last else torch.contiguous_format
     net = net.to(dev, memory_format=fmt)
     runner: nn.Module = torch.compile(net) if compile else net
-    x, y = _synthetic_batch(batch, in_channels, (h, w), num_classes, dev, prec.channels_last)
+    x, y = synthetic_batch(batch, in_channels, (h, w), num_classes, dev, prec.channels_last)
 
     result: dict[str, Any] = {
         "model": model if isinstance(model, str) else type(model).__name__,

@@ -54,7 +54,6 @@ def _imagenet(file_name: str, source: str) -> dict:
 # backbone -> weights name -> entry. The VGG entries must be IMAGENET1K_V1: torchvision's
 # VGG16_Weights.IMAGENET1K_FEATURES has NaN classifier weights, useless for fc6/fc7.
 WEIGHTS: dict[str, dict[str, dict]] = {
-    "resnet10": {},  # no published checkpoint: from scratch only
     "vgg16": {
         "imagenet": _imagenet("vgg16-397923af.pth", "torchvision VGG16_Weights.IMAGENET1K_V1")
     },
@@ -89,7 +88,7 @@ def preprocessing(backbone: str, weights: str | PathLike | None = "imagenet") ->
     if backbone not in WEIGHTS:
         raise ConfigError(f"unknown backbone {backbone!r}; choose one of {', '.join(WEIGHTS)}")
     entry = WEIGHTS[backbone].get(weights if isinstance(weights, str) else "imagenet")
-    if entry is None:  # a file, or a backbone with no published checkpoint (resnet10)
+    if entry is None:  # a weights file
         return {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
     return {"mean": tuple(entry["mean"]), "std": tuple(entry["std"])}
 
@@ -390,3 +389,20 @@ def load_weights(model: nn.Module, weights: str | PathLike, *, progress: bool = 
             f"{path} is neither a torchvision state dict nor an fcnseg checkpoint "
             "(a dict with 'model' and 'model_config')"
         )
+
+
+def load_matching(model: nn.Module, state: Mapping[str, Tensor]) -> tuple[list[str], list[str], list[str]]:
+    """Copies every tensor of ``state`` whose name and shape match one of ``model``'s.
+    Returns (loaded, left at their initialisation, unused names of ``state``)."""
+    own = model.state_dict()
+    loaded, left = [], []
+    with torch.no_grad():
+        for name, tensor in own.items():
+            src = state.get(name)
+            if src is not None and tuple(src.shape) == tuple(tensor.shape):
+                tensor.copy_(src)
+                loaded.append(name)
+            else:
+                left.append(name)
+    unused = [k for k in state if k not in own or tuple(state[k].shape) != tuple(own[k].shape)]
+    return loaded, left, unused

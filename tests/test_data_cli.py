@@ -65,35 +65,6 @@ def test_stats_hand_computed():
     json.dumps(s)  # JSON-ready
 
 
-def test_pasted_median_frequency_weights_hand_computed():
-    """The weights of the masks as copy-paste changes them: half the time each mask is as
-    loaded, half the time it carries the other mask's class-b pixels at the same place."""
-    from fcnseg.data.stats import pasted_median_frequency_weights
-
-    m0 = np.zeros((4, 4), np.uint8)
-    m0[3, 3] = 2  # a: 15, c: 1
-    m1 = np.zeros((4, 4), np.uint8)
-    m1[:2] = 1
-    m1[3, 0] = 255  # b: 8 (top half), a: 7, one ignored pixel
-    ds = FakeDataset([m0, m1])
-    # m0 pasted with m1's b pixels: b 8, a 7, c 1; m1 pasted with m0's (none): m1 itself.
-    # pixels: 0.5 [15, 0, 1] + 0.5 [7, 8, 1] + 0.5 [7, 8, 0] + 0.5 [7, 8, 0] = [18, 12, 1]
-    # labelled pixels of the images containing each class: a 8 + 8 + 7.5 + 7.5, b 8 + 15, c 8 + 8
-    freq = [18 / 31, 12 / 23, 1 / 16]
-    expected = [freq[1] / f for f in freq] + [1.0]  # median freq is b's; d unseen
-    assert pasted_median_frequency_weights(ds, [1], 0.5) == pytest.approx(expected)
-    plain = median_frequency_weights(ds)  # a 22/31, b 8/15, c 1/16
-    assert plain == pytest.approx([(8 / 15) / (22 / 31), 1.0, (8 / 15) / (1 / 16), 1.0])
-    assert pasted_median_frequency_weights(ds, [1], 0.0) == pytest.approx(plain)
-    assert pasted_median_frequency_weights(FakeDataset([m1]), [1], 0.5) == pytest.approx(median_frequency_weights(FakeDataset([m1])))
-    # a source of another size overlaps at the top-left corner; ignore is never pasted
-    small = np.full((2, 2), 255, np.uint8)
-    small[0, 0] = 2
-    w = pasted_median_frequency_weights(FakeDataset([m1, small]), [2, 255], 1.0)
-    # m1 takes c at (0, 0): a 7, b 7, c 1 (labelled 15); small takes nothing from m1: c 1 (labelled 1)
-    assert w == pytest.approx([(7 / 15) / (7 / 15), (7 / 15) / (7 / 15), (7 / 15) / (2 / 16), 1.0])
-
-
 def test_stats_max_images_spreads_and_bad_values():
     s = dataset_stats(FakeDataset([MASK_A, MASK_B, MASK_C]), max_images=2)
     assert s["num_images"] == 2 and s["pixel_counts"] == [6, 1, 0, 0]  # A and C

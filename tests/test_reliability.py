@@ -82,7 +82,7 @@ def _tiny_run(out: Path) -> Path:
     from fcnseg.engine.train import train
 
     return train(dict(
-        data="synthetic", data_options={"size": 32, "length": 4}, model="fcn32s", backbone="resnet10",
+        data="synthetic", data_options={"size": 32, "length": 4}, model="fcn32s", backbone="resnet18",
         upsample="bilinear", crop=[32, 32], batch_size=2, epochs=1, warmup_steps=0, optimizer="sgd",
         momentum=0.0, eval_batch_size=4, num_samples=0, tensorboard=False, out=str(out), device="cpu",
         precision="fp32",
@@ -250,14 +250,14 @@ def test_ctrl_c_leaves_a_resumable_last_pt(ws, monkeypatch, capsys):
     from fcnseg.engine.checkpoint import load_checkpoint
 
     out = ws / "sigint"
-    real_save = train_mod._Trainer._save
+    real_save = train_mod.save_checkpoint
 
-    def save_then_ctrl_c(self, name):
-        real_save(self, name)
-        if self.step == 3:
+    def save_then_ctrl_c(state, path):
+        real_save(state, path)
+        if state["step"] == 3:
             os.kill(os.getpid(), signal.SIGINT)
 
-    monkeypatch.setattr(train_mod._Trainer, "_save", save_then_ctrl_c)
+    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_ctrl_c)
     rc = main(["train", "--resume", str(ws / "run" / "last.pt"), "--out", str(out), "--epochs", "2", "--ckpt-every-steps", "1"])
     err = capsys.readouterr().err
     assert rc == 130 and "fcnseg train: interrupted" in err and "Traceback" not in err, err

@@ -46,7 +46,7 @@ def write_checkpoint(path: Path, eval_tta: str | None = None) -> Path:
     """FCN-8s / ResNet-10, 3 classes, untrained but with random score layers (FCN zero-
     initialises them, which would make every pixel class 0), so masks follow the image."""
     torch.manual_seed(0)
-    model = build_model("fcn8s", backbone="resnet10", num_classes=len(CLASSES))
+    model = build_model("fcn8s", backbone="resnet18", num_classes=len(CLASSES))
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "score" in name and p.dim() == 4:
@@ -133,7 +133,7 @@ def test_model_health_and_spec(client, ckpt_file):
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").json() == {"status": "ready"}
     m = client.get("/v1/model").json()
-    assert (m["model"], m["backbone"], m["classes"]) == ("fcn8s", "resnet10", CLASSES)
+    assert (m["model"], m["backbone"], m["classes"]) == ("fcn8s", "resnet18", CLASSES)
     assert m["palette"] == PALETTE.tolist()
     assert m["checkpoint"]["sha256"] == hashlib.sha256(ckpt_file.read_bytes()).hexdigest()
     assert m["preprocessing"]["mean"] == [0.485, 0.456, 0.406]
@@ -174,6 +174,23 @@ def test_served_mask_equals_fcnseg_predict(client, ckpt_file, tmp_path):
     over = client.post("/v1/segment?format=overlay", content=path.read_bytes())
     assert over.headers["content-type"] == "image/jpeg"
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(over.content))), np.asarray(Image.open(tmp_path / "out" / "odd_overlay.jpg")))
+
+
+@pytest.mark.slow  # exports the model to ONNX (~30 s on 2 busy cores)
+def test_served_mask_equals_predict_with_onnxruntime_backend(ckpt_file, tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime", reason='the export extra is not installed (pip install -e ".[export]")')
+    monkeypatch.setenv("FCNSEG_CACHE", str(tmp_path / "cache"))
+    app = create_app(ckpt_file, device="cpu", backend="onnxruntime", workers=2, warmup_size=(16, 16))
+    info = app.state.service.model_info()["inference"]
+    assert (info["backend"], info["precision"], info["tta"]) == ("onnxruntime", "fp32", "flip")
+    path = tmp_path / "odd.png"
+    Image.fromarray(image(45, 67, seed=3)).save(path)
+    out = tmp_path / "out"
+    assert main(["predict", "--checkpoint", str(ckpt_file), str(path), "--out", str(out), "--device", "cpu", "--backend", "onnxruntime"]) == 0
+    with TestClient(app, raise_server_exceptions=False) as c:
+        served = c.post("/v1/segment", content=path.read_bytes())
+        assert c.post("/v1/segment", content=encode(image(1, 1))).status_code == 200
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(served.content))), np.asarray(Image.open(out / "odd.png")))
 
 
 def test_json_summary(client):
@@ -297,7 +314,8 @@ def test_unexpected_failure_is_500_json_and_server_keeps_serving(client, app, mo
 def test_bad_settings_are_config_errors(ckpt_file):
     from fcnseg.errors import ConfigError
 
-    for kwargs in ({"workers": 0}, {"max_queue": -1}, {"max_upload_mb": 0}, {"max_image_pixels": 10**12}, {"tta": "flip,scales=x"}):
+    for kwargs in ({"workers": 0}, {"max_queue": -1}, {"max_upload_mb": 0}, {"max_image_pixels": 10**12},
+                   {"tta": "flip,scales=x"}, {"backend": "tensorrt"}, {"onnx_path": ckpt_file}):
         with pytest.raises(ConfigError):
             create_app(ckpt_file, device="cpu", warmup_size=None, **kwargs)
 

@@ -41,8 +41,7 @@ def test_no_transform_invents_label_values():
     rng = np.random.default_rng(0)
     ops = [
         Resize((37, 53)), Resize(91), RandomScale((0.3, 2.5)), RandomScale((0.5, 2), base_size=40),
-        RandomScale((0.3, 0.9), area_for_downscale=False),
-        RandomCrop(48), RandomCrop(48, balanced_crops=1.0), HorizontalFlip(p=1.0), ColorJitter(0.4),
+        RandomCrop(48), HorizontalFlip(p=1.0), ColorJitter(0.4),
         train_transforms(40, mean=MEAN, std=STD, scale=(0.25, 3.0)),
     ]  # fmt: skip
     for trial in range(60):
@@ -67,31 +66,18 @@ def test_resize_shapes_and_nearest_mask():
     assert img.shape == (81, 121, 3) and set(np.unique(msk)) == {0, 7}
 
 
-def test_random_scale_area_by_default_bilinear_on_request():
-    """A 0.3x shrink of one-pixel stripes: INTER_AREA (the default) averages them (every pixel
-    within 20 of the mean 100); bilinear (area_for_downscale=False) samples them (some output
-    pixels near 0 or 200)."""
+def test_random_scale_shrinks_with_inter_area():
+    """A 0.3x shrink of one-pixel stripes: INTER_AREA averages them (every pixel within 20 of
+    the mean 100), where bilinear sampling would give pixels near 0 or 200; the training
+    preset's scale op shrinks the same way."""
     image = np.zeros((64, 64, 3), np.uint8)
     image[:, ::2] = 200  # columns alternate 200, 0
     mask = np.zeros((64, 64), np.uint8)
-    img, _ = RandomScale((0.3, 0.3), area_for_downscale=False)(image, mask)
     area, _ = RandomScale((0.3, 0.3))(image, mask)
-    assert img.shape == area.shape == (19, 19, 3)
+    assert area.shape == (19, 19, 3)
     assert np.abs(area.astype(int) - 100).max() <= 20
-    assert np.abs(img.astype(int) - 100).max() >= 90
-
-
-def test_area_for_downscale_flag_reaches_the_training_preset():
-    from fcnseg.cli import build_parser
-    from fcnseg.cli.train import overrides_from_args
-    from fcnseg.engine.config import resolve_config
-
-    assert resolve_config({})["area_for_downscale"] is True
-    args = build_parser().parse_args(["train", "--no-area-for-downscale"])
-    assert resolve_config(overrides_from_args(args))["area_for_downscale"] is False
-    for area, expected in ((True, "image"), (False, None)):
-        scale_op = train_transforms(40, mean=MEAN, std=STD, scale=(0.5, 1.5), area_for_downscale=area).transforms[0].compose.transforms[0]
-        assert scale_op.area_for_downscale == expected
+    scale_op = train_transforms(40, mean=MEAN, std=STD, scale=(0.5, 1.5)).transforms[0].compose.transforms[0]
+    assert scale_op.area_for_downscale == "image"
 
 
 def test_random_crop_pads_mask_with_ignore_and_image_with_fill():
@@ -102,38 +88,6 @@ def test_random_crop_pads_mask_with_ignore_and_image_with_fill():
     assert (msk == 255).sum() == 400 - 120 and (msk == 1).sum() == 120
     assert ((img == 50).all(2) == (msk == 1)).all()
     assert (img[msk == 255] == [1, 2, 3]).all()
-
-
-def test_balanced_crops_hold_a_rare_class_as_often_as_a_common_one():
-    # a 4-pixel class-3 patch in a corner, the rest class 0 (and an unlabelled strip):
-    # uniform 40x40 crops rarely hold it; class-centred crops hold it half the time
-    # (two classes present, each drawn with probability 1/2), and the patch comes whole
-    # (4 pixels) in most of them
-    mask = np.zeros((100, 150), np.uint8)
-    mask[10:12, 140:142] = 3
-    mask[90:, :5] = 255
-
-    def rate(op, m, n=600):
-        op.set_random_seed(0)
-        outs = [op(np.zeros((*m.shape, 3), np.uint8), m)[1] for _ in range(n)]
-        assert all(o.shape == (40, 40) for o in outs)
-        return np.mean([(o == 3).sum() == 4 for o in outs]), np.mean([(o == 3).any() for o in outs])
-
-    full_rate, _ = rate(RandomCrop(40), mask)
-    assert full_rate < 0.05  # 2 % measured
-    full_rate, any_rate = rate(RandomCrop(40, balanced_crops=1.0), mask)
-    assert 0.44 < any_rate < 0.60 and full_rate > 0.3
-    _, half = rate(RandomCrop(40, balanced_crops=0.5), mask)
-    assert 0.18 < half < 0.35  # 0.5 x 0.5 + a little from the uniform half
-    # a 30x200 frame is padded to 40 rows first: class-3 pixels at two opposite corners are
-    # still in the crop whenever class 3 is drawn (half the time), so the window is placed
-    # in padded coordinates
-    wide = np.zeros((30, 200), np.uint8)
-    wide[0, 199] = wide[29, 0] = 3
-    _, any_rate = rate(RandomCrop(40, balanced_crops=1.0), wide)
-    assert 0.44 < any_rate < 0.58  # 0.51 measured
-    with pytest.raises(ConfigError, match=r"balanced_crops=1.5: the fraction of class-centred crops must be in \[0, 1\]"):
-        RandomCrop(40, balanced_crops=1.5)
 
 
 def test_flip_is_joint():

@@ -433,8 +433,7 @@ def test_weights_table():
         "resnet50": "resnet50-0676ba61.pth",
         "resnet101": "resnet101-63fe2227.pth",
     }
-    assert set(WEIGHTS) == set(expected) | {"resnet10"}
-    assert WEIGHTS["resnet10"] == {}  # no published checkpoint
+    assert set(WEIGHTS) == set(expected)
     for backbone, file_name in expected.items():
         entry = WEIGHTS[backbone]["imagenet"]
         assert entry["url"] == "https://download.pytorch.org/models/" + file_name
@@ -447,14 +446,3 @@ def test_weights_table():
     assert preprocessing("resnet50", None)["mean"] == (0.485, 0.456, 0.406)
     with pytest.raises(ConfigError, match="vgg19"):
         preprocessing("vgg19", "imagenet")
-
-
-def test_resnet10_is_from_scratch_only():
-    # one BasicBlock per stage, torchvision key layout; ImageNet statistics for its inputs
-    trunk = build_backbone("resnet10")
-    keys = trunk.state_dict().keys()
-    assert "layer4.0.conv2.weight" in keys and not any(k.startswith("layer1.1.") for k in keys)
-    assert sum(p.numel() for p in trunk.parameters()) == 4_905_792
-    assert preprocessing("resnet10", None) == {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
-    with pytest.raises(WeightsError, match="'resnet10' has no published ImageNet checkpoint.*resnet18"):
-        build_model("fcn8s", backbone="resnet10", num_classes=2, weights="imagenet", progress=False)

@@ -18,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "inference batches; report images/s, ms per step, peak memory, FLOPs per image and "
         "achieved TFLOP/s against the measured matmul peak.",
     )
-    p.add_argument("--model", default="fcn8s", help="model name (fcn32s, fcn16s, fcn8s, fcn4s, fcn2s, fpn, seed)")
+    p.add_argument("--model", default="fcn8s", help="model name (fcn32s, fcn16s, fcn8s, fcn4s, seed)")
     p.add_argument("--backbone", default="vgg16", help="backbone name (vgg16, resnet18, ...)")
     p.add_argument(
         "--size",
@@ -119,7 +119,7 @@ def _profile(args: argparse.Namespace, options: dict) -> str:
 
     import torch
 
-    from fcnseg.bench import _synthetic_batch, profile_train_step
+    from fcnseg.bench import profile_train_step, synthetic_batch
     from fcnseg.engine.precision import resolve_device, resolve_precision
     from fcnseg.models import build_model
 
@@ -131,7 +131,7 @@ def _profile(args: argparse.Namespace, options: dict) -> str:
     fmt = torch.channels_last if prec.channels_last else torch.contiguous_format
     net = net.to(dev, memory_format=fmt)
     size = (args.size[0], args.size[-1])
-    x, y = _synthetic_batch(args.batch, 3, size, args.num_classes, dev, prec.channels_last)
+    x, y = synthetic_batch(args.batch, 3, size, args.num_classes, dev, prec.channels_last)
     table = profile_train_step(torch.compile(net) if args.compile else net, x, y, prec, dev)
     Path(args.profile).write_text(table)
     return str(args.profile)

@@ -47,6 +47,18 @@ def add_inference_args(p: argparse.ArgumentParser, *, batch_size: int) -> None:
         help=f"images per forward pass (default {batch_size}); only images of one size share a pass (never padded), so scores do not depend on it",
     )
     p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp16", "fp32"))
+    p.add_argument(
+        "--backend",
+        default="torch",
+        choices=("torch", "compile", "onnxruntime", "openvino", "auto"),
+        help="inference engine (default torch, in --precision); compile/onnxruntime/openvino run fp32; "
+        "auto: the fastest one verified against eager fp32 for this model on this machine (probed once, cached). "
+        'onnxruntime/openvino need pip install -e ".[export]" (docs/deploy.md)',
+    )
+    p.add_argument(
+        "--onnx", default=None, metavar="FILE",
+        help="run this file written by `fcnseg export` (e.g. the int8 one) with --backend onnxruntime or openvino",
+    )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
 
 
@@ -107,6 +119,8 @@ def run(args: argparse.Namespace) -> int:
         precision=args.precision,
         plots=args.plots,
         progress=sys.stderr.isatty(),
+        backend=args.backend,
+        onnx_path=args.onnx,
     )
     if args.json:
         print(json.dumps(_clean(res)))
@@ -114,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
 
     print(
         f"{res['checkpoint']}: {res['data']}/{res['split']}, {res['num_images']} images, "
-        f"tta {res['tta'] or 'none'}, crf {res['crf'] or 'none'}, precision {res['precision']}"
+        f"tta {res['tta'] or 'none'}, crf {res['crf'] or 'none'}, precision {res['precision']}, backend {res['backend']}"
     )
     print(
         f"pixel acc {_pct(res['pixel_acc']).strip()}  mean acc {_pct(res['mean_acc']).strip()}  "

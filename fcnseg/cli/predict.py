@@ -47,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
             sliding_window=args.sliding_window,
             progress=sys.stderr.isatty(),
             crf="auto" if args.crf is None else args.crf,
+            backend=args.backend,
+            onnx_path=args.onnx,
         )
     except PredictFailures as e:
         for _path, reason in e.failures:

@@ -18,7 +18,12 @@ def register(subparsers) -> None:
     p.add_argument("--checkpoint", required=True, metavar="FILE", help="a .pt file written by `fcnseg train`")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument("--backend", default="torch", choices=("torch",), help="inference backend (default torch)")
+    p.add_argument(
+        "--backend", default="torch", choices=("torch", "compile", "onnxruntime", "openvino", "auto"),
+        help="inference engine, as in `fcnseg predict` (default torch, in --precision; the others run fp32; "
+        'auto: the fastest verified for this model on this machine); onnxruntime/openvino need pip install -e ".[export]"',
+    )
+    p.add_argument("--onnx", default=None, metavar="FILE", help="run this file written by `fcnseg export` with --backend onnxruntime or openvino")
     p.add_argument("--tta", default=None, metavar="SPEC", help="test-time augmentation as in `fcnseg predict` (default: the checkpoint's; 'none' turns it off)")
     p.add_argument("--crf", default=None, metavar="SPEC", help="CRF refinement as in `fcnseg predict` (default: the checkpoint's; 'none' turns it off)")
     p.add_argument("--sliding-window", default=None, metavar="SIZE", help="run large images in overlapping tiles of SIZE or HxW pixels")
@@ -48,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         precision=args.precision,
         backend=args.backend,
+        onnx_path=args.onnx,
         max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS if args.max_image_pixels is None else args.max_image_pixels,
         max_upload_mb=DEFAULT_MAX_UPLOAD_MB if args.max_upload_mb is None else args.max_upload_mb,
         workers=args.workers,

@@ -131,53 +131,6 @@ def median_frequency_weights(dataset: Any, *, max_images: int | None = None) -> 
     return dataset_stats(dataset, max_images=max_images)["median_frequency_weights"]
 
 
-def pasted_median_frequency_weights(
-    dataset: Any, classes: Any, p: float, *, sources: int = 4, seed: int = 0
-) -> list[float]:
-    """Median-frequency weights of the masks as class copy-paste changes them
-    (`fcnseg.data.transforms.copy_paste`): each mask counts with weight `1 - p` as loaded and
-    `p` with the `classes` pixels of another mask pasted at the same place, averaged over
-    `sources` other masks drawn at random (`seed`). The pasted classes become more frequent,
-    so their weights drop below `median_frequency_weights`'s; the classes they cover lose
-    pixels. Masks of other sizes overlap at their top-left corner. One mask: no paste."""
-    num_classes = int(dataset.num_classes)
-    ignore = int(getattr(dataset, "ignore_index", 255))
-    masks = [np.asarray(dataset.load(i)[1]) for i in range(len(dataset))]
-    if not masks:
-        raise DataError("the dataset is empty: no images to compute statistics on")
-    lut = np.zeros(256, dtype=bool)
-    lut[np.asarray(list(classes), dtype=np.int64)] = True
-    lut[ignore] = False
-
-    def counts(mask: np.ndarray) -> np.ndarray:
-        c = np.bincount(mask.ravel(), minlength=256).astype(np.float64)
-        return c[:num_classes]
-
-    pixel_counts = np.zeros(num_classes)
-    present_pixels = np.zeros(num_classes)
-
-    def add(c: np.ndarray, weight: float) -> None:
-        pixel_counts[:] += weight * c
-        present_pixels[c > 0] += weight * c.sum()
-
-    rng = np.random.default_rng(seed)
-    n = len(masks)
-    draws = min(sources, n - 1)
-    for i, target in enumerate(masks):
-        add(counts(target), 1.0 - p if draws else 1.0)
-        if not draws:
-            continue
-        for j in rng.choice(n - 1, size=draws, replace=False):
-            source = masks[j + (j >= i)]  # any mask but the target
-            h, w = min(target.shape[0], source.shape[0]), min(target.shape[1], source.shape[1])
-            pasted = target.copy()
-            region = source[:h, :w]
-            take = lut[region]
-            pasted[:h, :w][take] = region[take]
-            add(counts(pasted), p / draws)
-    return _median_frequency(pixel_counts, present_pixels)
-
-
 def format_stats(stats: dict) -> str:
     """A plain-text table: class, pixel %, images containing it, median-frequency weight."""
     sizes = stats["image_sizes"]

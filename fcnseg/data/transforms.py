@@ -3,10 +3,7 @@
 Images stay uint8 (H, W, 3) RGB until `Normalize`; masks are uint8/int (H, W) class
 indices with 255 = ignore. Geometric ops use albumentations 2.x with
 `mask_interpolation=cv2.INTER_NEAREST` (every mask resize is NEAREST, so no label value is
-ever invented) and images that shrink use INTER_AREA (`area_for_downscale`; bilinear when
-they grow). The training scale (`RandomScale`, `train_transforms`) can be bilinear both
-ways instead (`area_for_downscale=False`, as mmsegmentation's RandomResize and the
-test-time views are): INTER_AREA costs ~1 ms more a 360x480 frame at 0.4-0.9x. Crops pad
+ever invented) and images that shrink use INTER_AREA (bilinear when they grow). Crops pad
 the mask with 255 and the image with the mean colour (which normalises to 0). `ToTensor`
 gives float32 (3, H, W) and int64 (H, W).
 
@@ -107,10 +104,10 @@ def Resize(size: int | Sequence[int]) -> Albu:
     )
 
 
-def RandomScale(scale: tuple[float, float] = (0.5, 2.0), base_size: int | None = None, *, area_for_downscale: bool = True) -> Albu:
+def RandomScale(scale: tuple[float, float] = (0.5, 2.0), base_size: int | None = None) -> Albu:
     """Scale by a factor drawn uniformly from `scale`; with `base_size`, the shorter side is
     first set to `base_size` (so the final shorter side is `base_size * factor`). Images
-    that shrink use INTER_AREA, or with `area_for_downscale=False` bilinear (faster, aliases)."""
+    that shrink use INTER_AREA."""
     lo, hi = float(scale[0]), float(scale[1])
     if not 0 < lo <= hi:
         raise ConfigError(f"scale={scale!r}: need 0 < low <= high")
@@ -121,7 +118,7 @@ def RandomScale(scale: tuple[float, float] = (0.5, 2.0), base_size: int | None =
                 max_size=int(base_size),
                 interpolation=cv2.INTER_LINEAR,
                 mask_interpolation=NEAREST,
-                area_for_downscale="image" if area_for_downscale else None,
+                area_for_downscale="image",
             )
         )
     ops.append(
@@ -129,7 +126,7 @@ def RandomScale(scale: tuple[float, float] = (0.5, 2.0), base_size: int | None =
             scale_limit=(lo - 1.0, hi - 1.0),
             interpolation=cv2.INTER_LINEAR,
             mask_interpolation=NEAREST,
-            area_for_downscale="image" if area_for_downscale else None,
+            area_for_downscale="image",
             p=1.0,
         )
     )
@@ -141,57 +138,12 @@ def RandomCrop(
     *,
     fill: float | Sequence[float] = 0,
     fill_mask: int = IGNORE_INDEX,
-    balanced_crops: float = 0.0,
 ) -> Albu:
-    """Random (H, W) crop; smaller inputs are padded first (image `fill`, mask 255). With
-    `balanced_crops` p > 0, a fraction p of the crops is placed around a pixel of a class drawn
-    uniformly among the classes the mask holds (see `_ClassBalancedCrop`)."""
+    """Random (H, W) crop; smaller inputs are padded first (image `fill`, mask 255)."""
     h, w = _size(size)
-    if not 0 <= balanced_crops <= 1:
-        raise ConfigError(f"balanced_crops={balanced_crops!r}: the fraction of class-centred crops must be in [0, 1]")
     fill_t = fill if isinstance(fill, int | float) else tuple(float(v) for v in fill)
     kwargs = dict(pad_if_needed=True, border_mode=cv2.BORDER_CONSTANT, fill=fill_t, fill_mask=fill_mask, pad_position="center", p=1.0)
-    if balanced_crops > 0:
-        return Albu(_ClassBalancedCrop(h, w, p_class=balanced_crops, ignore_index=fill_mask, **kwargs))
     return Albu(A.RandomCrop(h, w, **kwargs))
-
-
-class _ClassBalancedCrop(A.RandomCrop):
-    """`A.RandomCrop` (padding as configured) that, with probability `p_class`, places the
-    crop around a pixel of one class drawn uniformly among the labelled classes in the mask
-    (nnU-Net's foreground oversampling, over every class): rare classes are in the crop as
-    often as common ones, at a random position inside it. Otherwise a uniform crop."""
-
-    def __init__(self, height: int, width: int, *, p_class: float, ignore_index: int = IGNORE_INDEX, **kwargs) -> None:
-        super().__init__(height, width, **kwargs)
-        self.p_class = float(p_class)
-        self.ignore_index = int(ignore_index)
-
-    def get_params_dependent_on_data(self, params: dict, data: dict) -> dict:
-        out = super().get_params_dependent_on_data(params, data)
-        if self.py_random.random() >= self.p_class:
-            return out
-        mask = np.asarray(data["mask"]).reshape(data["mask"].shape[:2])
-        counts = np.bincount(mask.ravel().astype(np.int64), minlength=self.ignore_index + 1)
-        counts[self.ignore_index] = 0
-        present = np.flatnonzero(counts)
-        if present.size == 0:
-            return out
-        cls = present[self.py_random.randrange(present.size)]
-        ys, xs = np.nonzero(mask == cls)
-        i = self.py_random.randrange(ys.size)
-        pad = out["pad_params"] or {}
-        y, x = ys[i] + pad.get("pad_top", 0), xs[i] + pad.get("pad_left", 0)
-        full_h = mask.shape[0] + pad.get("pad_top", 0) + pad.get("pad_bottom", 0)
-        full_w = mask.shape[1] + pad.get("pad_left", 0) + pad.get("pad_right", 0)
-        # a uniform top-left among the windows that hold (y, x) and stay inside the frame
-        y0 = self.py_random.randint(max(0, y - self.height + 1), min(y, full_h - self.height))
-        x0 = self.py_random.randint(max(0, x - self.width + 1), min(x, full_w - self.width))
-        out["crop_coords"] = (x0, y0, x0 + self.width, y0 + self.height)
-        return out
-
-    def get_transform_init_args_names(self) -> tuple[str, ...]:
-        return (*super().get_transform_init_args_names(), "p_class", "ignore_index")
 
 
 def HorizontalFlip(p: float = 0.5) -> Albu:
@@ -258,20 +210,17 @@ def train_transforms(
     hflip: bool = True,
     color_jitter: float = 0.2,
     base_size: int | None = None,
-    balanced_crops: float = 0.0,
-    area_for_downscale: bool = True,
 ) -> Compose:
-    """Training preset: random scale (INTER_AREA for frames that shrink, or bilinear with
-    `area_for_downscale=False`) -> random crop (mask padded 255; a `balanced_crops` fraction of them
-    class-centred) -> flip -> colour jitter -> normalise -> tensors `(3, H, W)` float32 and
+    """Training preset: random scale (INTER_AREA for frames that shrink) -> random crop (mask
+    padded 255) -> flip -> colour jitter -> normalise -> tensors `(3, H, W)` float32 and
     `(H, W)` int64 of `crop_size`."""
     ops: list = []
     if scale is not None:
-        ops += RandomScale(scale, base_size, area_for_downscale=area_for_downscale).compose.transforms
+        ops += RandomScale(scale, base_size).compose.transforms
     elif base_size is not None:
-        ops += RandomScale((1.0, 1.0), base_size, area_for_downscale=area_for_downscale).compose.transforms[:1]
+        ops += RandomScale((1.0, 1.0), base_size).compose.transforms[:1]
     fill = tuple(float(round(m * 255)) for m in mean)  # pads normalise to ~0
-    ops += RandomCrop(crop_size, fill=fill, balanced_crops=balanced_crops).compose.transforms
+    ops += RandomCrop(crop_size, fill=fill).compose.transforms
     if hflip:
         ops += HorizontalFlip().compose.transforms
     if color_jitter:

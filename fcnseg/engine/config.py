@@ -22,97 +22,110 @@ from fcnseg.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("poly", "cosine", "constant")
-# what the lr schedule counts: optimizer steps, or steps weighted by their crop's pixels
-# (a progressive stage at a quarter of the pixels advances it a quarter step: ~wall time)
-SCHEDULE_UNITS = ("step", "pixels")
 # median: median(freq) / freq(c) (Eigen & Fergus; SegNet); median_sqrt: its square root, a
-# softer balance that trades some class-average accuracy for IoU (docs/camvid.md)
+# softer balance that trades some class-average accuracy for IoU (docs/experiments)
 CLASS_WEIGHTS = ("none", "median", "median_sqrt")
+UPSAMPLES = ("deconv", "bilinear", "unpool")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+# the groups of `fcnseg train --help`, in order
+GROUPS = ("data", "model", "augmentation", "optimisation", "run")
+
+# options that were removed (an ablation measured no gain; the figures stay in the experiment
+# notes): key -> the value that meant "off". A config or checkpoint that holds the key at that
+# value still loads (the key is dropped); any other value is an error that names it.
+REMOVED = {
+    "schedule_unit": "step",
+    "freeze_schedule": [],
+    "paste_weights": False,
+    "balanced_crops": 0.0,
+    "area_for_downscale": True,
+    "context": None,
+}
+
+
+def option(default: Any, group: str, help: str | None = None, **cli: Any) -> Any:
+    """A TrainConfig field with its command-line flag: ``group`` (a section of ``fcnseg
+    train --help``), ``help``, and argparse keywords (``metavar``, ``choices``, ``nargs``,
+    ``type`` of list items, ``const``; ``flag`` to spell it otherwise; ``flag=None``: no flag)."""
+    meta = {"group": group, "help": help, **cli}
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
 class TrainConfig:
-    """Every training option with its default. The defaults are the zero-argument
-    ``fcnseg train``: FCN-8s on a ResNet-18 trunk, trained from scratch on the built-in
-    synthetic dataset in about two minutes on two CPU cores."""
+    """Every training option with its default and its flag. The defaults are the
+    zero-argument ``fcnseg train``: FCN-8s on a ResNet-18 trunk, trained from scratch on the
+    built-in synthetic dataset in about two minutes on two CPU cores."""
 
-    # data
-    data: str = "synthetic"
-    data_root: str | None = None
-    data_options: dict = field(default_factory=dict)
-    train_split: str = "train"
-    val_split: str = "val"
-    # validate on another dataset (e.g. the paper: train on SBD, validate on VOC seg11valid)
-    val_data: str | None = None
-    val_data_root: str | None = None
-    val_data_options: dict = field(default_factory=dict)
-    skip_check: bool = False
-    workers: int = 0
-    preload: bool = False  # decode the training pairs into memory once (small datasets)
+    # data (--data, --data-root and --data-option come from fcnseg.cli.data, shared with eval)
+    data: str = option("synthetic", "data", flag=None)
+    data_root: str | None = option(None, "data", flag=None)
+    data_options: dict = option({}, "data", flag=None)
+    train_split: str = option("train", "data", "the split to train on", metavar="S")
+    val_split: str = option("val", "data", "the split to validate on", metavar="S")
+    val_data: str | None = option(None, "data", "validate on another dataset (default: --data; e.g. the paper trains on SBD, validates on VOC seg11valid)", metavar="NAME")
+    val_data_root: str | None = option(None, "data", "its folder", metavar="DIR")
+    val_data_options: dict = option({}, "data", flag=None)
+    skip_check: bool = option(False, "data", "leave out the files the data check lists instead of stopping")
+    workers: int = option(0, "data", "data loader processes", metavar="N")
+    preload: bool = option(False, "data", "decode the training pairs into memory once (small datasets)")
     # model
-    model: str = "fcn8s"
-    backbone: str = "resnet18"
-    weights: str | None = None  # "imagenet", a weights file, or None (random init)
-    upsample: str = "bilinear"
-    align: str = "same"
-    output_stride: int = 32
-    context: str | None = None  # "ppm": a pyramid pooling module on the last map (FCN models)
-    init_from: str | None = None  # a checkpoint whose name+shape-matching tensors are copied
-    freeze_backbone: bool = False
-    # late freezing (FreezeOut, Brock et al. 2017, in steps): [{at, modules}], the parameters of
-    # `modules` (dotted names, e.g. backbone.layer1) stop training at fraction `at` of the run
-    # (the clock of `progressive`); no gradient flows below the lowest trainable layer
-    freeze_schedule: list = field(default_factory=list)
-    zero_init_residual: bool = False  # from scratch: each ResNet block starts as the identity
+    model: str = option("fcn8s", "model", "fcn32s, fcn16s, fcn8s, fcn4s, seed", metavar="NAME")
+    backbone: str = option("resnet18", "model", "vgg16, vgg16_bn, resnet18, resnet34, resnet50, resnet101", metavar="NAME")
+    weights: str | None = option(None, "model", "pretrained backbone weights (none: random init)", metavar="imagenet|PATH")
+    upsample: str = option("bilinear", "model", "the upsampling of the scores", choices=UPSAMPLES)
+    align: str = option("same", "model", "same, or paper (the Caffe geometry: pad 100, crops 5/9/31)", choices=("same", "paper"))
+    output_stride: int = option(32, "model", "8, 16 (dilated ResNets) or 32", metavar="S")
+    init_from: str | None = option(None, "model", "copy the tensors whose name and shape match (staged FCN-32s → 16s → 8s)", metavar="CKPT")
+    freeze_backbone: bool = option(False, "model", "train the head only (frozen BatchNorm statistics too)")
+    zero_init_residual: bool = option(False, "model", "from scratch: start each ResNet block's residual branch at zero (its last BatchNorm scale 0)")
     # augmentation (train split only; masks are always resized NEAREST)
-    crop: list = field(default_factory=lambda: [128, 128])  # [H, W]
-    scale: list = field(default_factory=lambda: [1.0, 1.0])  # random rescaling; recipes use e.g. [0.5, 2.0]
-    area_for_downscale: bool = True  # frames the random scale shrinks: INTER_AREA (False: bilinear, ~1 ms a 360x480 frame cheaper)
-    hflip: bool = True
-    color_jitter: float = 0.2
-    balanced_crops: float = 0.0  # fraction of crops placed around a pixel of a class drawn uniformly from the frame's classes
-    copy_paste: float = 0.0  # probability that a crop receives the paste_classes pixels of another crop of its batch
-    paste_classes: list | None = None  # class names (or indices) copy_paste moves; None: the classes rarer than the median
-    paste_weights: bool = False  # median-frequency class weights of the masks as copy_paste changes them (pasted classes weigh less)
+    crop: list = option([128, 128], "augmentation", "training crop: H [W]", nargs="+", type=int, metavar="PX")
+    scale: list = option([1.0, 1.0], "augmentation", "random rescaling of training images before the crop (e.g. 0.5 2.0)", nargs=2, type=float, metavar=("MIN", "MAX"))
+    hflip: bool = option(True, "augmentation", "random horizontal flips")
+    color_jitter: float = option(0.2, "augmentation", "brightness, contrast and saturation of training crops scaled by factors in [1 - S, 1 + S] (0: off)", metavar="S")
+    copy_paste: float = option(0.0, "augmentation", "class copy-paste: with probability P a training crop receives, at the same place, the --paste-classes pixels of another crop of its batch (0: off)", metavar="P")
+    paste_classes: list | None = option(None, "augmentation", "the classes --copy-paste moves, by name or index (default: those rarer than the median class)", nargs="+", metavar="NAME")
     # progressive resizing: earlier parts of the run on other crops/scales (e.g. smaller frames,
     # more epochs per second), each [{until, crop, scale}] with `until` the fraction of the run
     # (of max_minutes, else of the planned steps) it lasts to; crop/scale above apply after the last
-    progressive: list = field(default_factory=list)
+    progressive: list = option([], "augmentation", "progressive resizing: train up to fraction F of the run on HxW crops of frames scaled MIN-MAX, then on --crop/--scale (e.g. 0.5:144x192:0.375-0.625)", nargs="+", metavar="F:HxW:MIN-MAX")
     # optimisation
-    epochs: int = 8
-    batch_size: int = 8
-    accum_steps: int = 1
-    optimizer: str = "adamw"
-    lr: float = 2e-3
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    schedule: str = "poly"
-    schedule_unit: str = "step"  # or "pixels" (see SCHEDULE_UNITS; matters with progressive)
-    warmup_steps: int = 20
-    clip_grad: float | None = None
-    class_weights: str = "none"
-    hard_pixels: float = 1.0  # < 1: the loss averages only this fraction of hardest pixels
-    aux_loss: float = 0.0  # weight of an auxiliary stride-16 loss; 0 = off
-    lovasz: float = 0.0  # weight of a Lovász-softmax (mean-IU surrogate) loss added to the cross-entropy; 0 = off
-    ema: float = 0.0  # decay of an exponential moving average of the weights, which validation and checkpoints use; 0 = off
+    epochs: int = option(8, "optimisation", metavar="N")
+    batch_size: int = option(8, "optimisation", "per process", metavar="B")
+    accum_steps: int = option(1, "optimisation", "gradient accumulation", metavar="N")
+    optimizer: str = option("adamw", "optimisation", choices=OPTIMIZERS)
+    lr: float = option(2e-3, "optimisation", metavar="X")
+    momentum: float = option(0.9, "optimisation", "SGD's", metavar="M")
+    weight_decay: float = option(1e-4, "optimisation", "on weights, not on biases and norms", metavar="WD")
+    schedule: str = option("poly", "optimisation", "the lr after warmup", choices=SCHEDULES)
+    warmup_steps: int = option(20, "optimisation", metavar="N")
+    clip_grad: float | None = option(None, "optimisation", "clip the gradient norm", metavar="NORM")
+    class_weights: str = option("none", "optimisation", "median-frequency class weights of the loss", choices=CLASS_WEIGHTS)
+    hard_pixels: float = option(1.0, "optimisation", "average the loss over the hardest fraction F of each batch's pixels (bootstrapped cross-entropy; 1: all)", metavar="F")
+    aux_loss: float = option(0.0, "optimisation", "weight of an auxiliary stride-16 loss (0: off)", metavar="W")
+    lovasz: float = option(0.0, "optimisation", "add W x the Lovász-softmax loss (a mean-IU surrogate; Berman et al. 2018) to the cross-entropy (0: off)", metavar="W")
+    ema: float = option(0.0, "optimisation", "validate and save an exponential moving average of the weights with decay D per step (e.g. 0.999; 0: off)", metavar="D")
     # numerics / hardware
-    precision: str = "auto"
-    device: str = "auto"
-    compile: bool = False
-    seed: int = 0
+    precision: str = option("auto", "run", "auto: bf16 where the CPU or GPU has it natively, else fp32 (fp16: GPUs)", choices=PRECISIONS)
+    device: str = option("auto", "run", "auto, cpu, cuda, cuda:1", metavar="DEV")
+    compile: bool = option(False, "run", "torch.compile the model")
+    seed: int = option(0, "run", metavar="S")
     # run control and output
-    max_minutes: float | None = None
-    eval_every: int = 1  # epochs; 0: never (no validation in the run: the whole budget trains, best.pt is the final model, `fcnseg eval` scores it)
-    eval_batch_size: int = 1
-    eval_tta: str | None = None  # default TTA of `fcnseg eval/predict` on this run's checkpoints, e.g. "flip"
-    eval_crf: str | None = None  # default CRF refinement of validation and `fcnseg eval/predict`, e.g. "default"; see fcnseg.engine.crf
-    ckpt_every_steps: int = 0  # 0: last.pt at epoch ends only
-    log_every: int = 20  # steps between loss reads (each read is a host sync)
-    num_samples: int = 4  # images in samples/epoch_N.png
-    tensorboard: bool = True
-    out: str | None = None  # run directory; default runs/<name or timestamp>
-    name: str | None = None
-    resume: str | None = None  # a checkpoint path, or "auto" for OUT/last.pt
+    max_minutes: float | None = option(None, "run", "wall-clock budget, final validation (if any) included; the lr schedule fits it (0: none, e.g. to run a config's recipe for --epochs)", metavar="M")
+    eval_every: int = option(1, "run", "validate every N epochs (0: never: the whole budget trains, best.pt is the final model; score it with `fcnseg eval`)", metavar="N")
+    eval_batch_size: int = option(1, "run", metavar="B")
+    eval_tta: str | None = option(None, "run", "test-time augmentation of validation (and the default of `fcnseg eval`/`predict` for this run), e.g. 'flip,scales=0.75,1,1.25'; 'none': off", metavar="SPEC")
+    eval_crf: str | None = option(None, "run", "CRF refinement of validation (and the default of `fcnseg eval`/`predict` for this run): 'default' or key=value pairs, e.g. 'appearance=2,theta_b=5'; 'none': off", metavar="SPEC")
+    ckpt_every_steps: int = option(0, "run", "also write last.pt every N steps (0: at epoch ends only)", metavar="N")
+    log_every: int = option(20, "run", "steps between loss reads (each read is a host sync)", metavar="N")
+    num_samples: int = option(4, "run", "images in samples/epoch_N.png", metavar="N")
+    tensorboard: bool = option(True, "run", "write TensorBoard event files")
+    out: str | None = option(None, "run", "run directory (default runs/<name or timestamp>)", metavar="DIR")
+    name: str | None = option(None, "run", "run name under runs/")
+    resume: str | None = option(None, "run", "continue from a checkpoint (default OUT/last.pt)", metavar="PATH", nargs="?", const="auto")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -182,6 +195,9 @@ def merge(base: dict, overrides: dict, source: str) -> dict:
     out = dict(base)
     for key, value in overrides.items():
         key = key.replace("-", "_")
+        if key in REMOVED:
+            check_removed(key, value, source)
+            continue
         if key not in FIELDS:
             raise _unknown_key(key, source)
         value = _coerce(key, value, source)
@@ -189,6 +205,15 @@ def merge(base: dict, overrides: dict, source: str) -> dict:
             value = {**out.get(key, {}), **value}
         out[key] = value
     return out
+
+
+def check_removed(key: str, value: Any, source: str) -> None:
+    """A removed option is accepted only at the value that meant "off" (checkpoints of
+    earlier versions hold every key)."""
+    off = REMOVED[key]
+    if value == off or (isinstance(off, list) and not value):
+        return
+    raise ConfigError(f"{key} was removed from fcnseg (an ablation measured no gain; docs/experiments has the figures); drop {key}: {value!r} from {source}")
 
 
 def load_yaml(path: str | os.PathLike) -> dict:
@@ -205,7 +230,7 @@ def load_yaml(path: str | os.PathLike) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of option: value, got {type(data).__name__}")
     for key in data:
-        if not isinstance(key, str) or key.replace("-", "_") not in FIELDS:
+        if not isinstance(key, str) or key.replace("-", "_") not in {*FIELDS, *REMOVED}:
             raise _unknown_key(str(key), str(path))
     return data
 
@@ -217,6 +242,9 @@ def resolve_config(overrides: dict | TrainConfig | None = None, *, config_file: 
     # a checkpoint from an older version may lack newer keys
     for key, value in default_config().items():
         cfg.setdefault(key, value)
+    for key in REMOVED:
+        if key in cfg:
+            check_removed(key, cfg[key], "the checkpoint's config")
     cfg = {k: v for k, v in cfg.items() if k in FIELDS}
     if config_file is not None:
         cfg = merge(cfg, load_yaml(config_file), str(config_file))
@@ -255,28 +283,6 @@ def parse_stage(spec: str | dict) -> dict:
     return {"until": until, "crop": [int(c) for c in crop], "scale": scale}
 
 
-def parse_freeze(spec: str | dict) -> dict:
-    """One ``freeze_schedule`` entry from ``{"at": F, "modules": [NAME, ...]}`` or the flag
-    form ``"F:NAME,NAME"`` (e.g. ``0.5:backbone.conv1,backbone.bn1,backbone.layer1``), checked
-    (the names are checked against the model when it is built)."""
-    form = "a freeze_schedule entry is {at: F, modules: [NAME, ...]} or 'F:NAME,NAME' (e.g. 0.5:backbone.conv1,backbone.layer1)"
-    try:
-        if isinstance(spec, str):
-            at, names = spec.split(":")
-            spec = {"at": float(at), "modules": [n for n in names.split(",") if n]}
-        if not isinstance(spec, dict) or set(spec) != {"at", "modules"}:
-            raise ValueError
-        at = float(spec["at"])
-        modules = [spec["modules"]] if isinstance(spec["modules"], str) else list(spec["modules"])
-        if not modules or not all(isinstance(m, str) and m for m in modules):
-            raise ValueError
-    except (TypeError, ValueError):
-        raise ConfigError(f"{form}; got {spec!r}") from None
-    if not 0 <= at < 1:
-        raise ConfigError(f"{form}, with 0 <= F < 1 (the fraction of the run after which the modules stop training); got {spec!r}")
-    return {"at": at, "modules": modules}
-
-
 def validate(cfg: dict) -> None:
     """Range and choice checks that need no model or dataset."""
 
@@ -286,8 +292,10 @@ def validate(cfg: dict) -> None:
 
     choice("optimizer", OPTIMIZERS)
     choice("schedule", SCHEDULES)
-    choice("schedule_unit", SCHEDULE_UNITS)
     choice("class_weights", CLASS_WEIGHTS)
+    choice("upsample", UPSAMPLES)
+    choice("align", ("same", "paper"))
+    choice("precision", PRECISIONS)
     crop = cfg["crop"]
     if len(crop) == 1:
         crop = [crop[0], crop[0]]
@@ -301,12 +309,6 @@ def validate(cfg: dict) -> None:
     untils = [stage["until"] for stage in cfg["progressive"]]
     if untils != sorted(set(untils)):
         raise ConfigError(f"progressive stages must be in order of `until`, each later than the one before; got {untils}")
-    cfg["freeze_schedule"] = [parse_freeze(entry) for entry in cfg["freeze_schedule"]]
-    ats = [entry["at"] for entry in cfg["freeze_schedule"]]
-    if ats != sorted(ats):
-        raise ConfigError(f"freeze_schedule entries must be in order of `at`; got {ats}")
-    if cfg["freeze_schedule"] and cfg["freeze_backbone"]:
-        raise ConfigError("freeze_backbone freezes the whole backbone from the start; freeze_schedule then has nothing to add (drop one of the two)")
     for key in ("epochs", "batch_size", "accum_steps", "log_every", "eval_batch_size"):
         if cfg[key] < 1:
             raise ConfigError(f"{key} must be >= 1, got {cfg[key]}")
@@ -317,10 +319,6 @@ def validate(cfg: dict) -> None:
         raise ConfigError(f"lr must be > 0, got {cfg['lr']}")
     if cfg["weight_decay"] < 0 or cfg["aux_loss"] < 0 or cfg["lovasz"] < 0 or not 0 <= cfg["momentum"] < 1:
         raise ConfigError("weight_decay, aux_loss and lovasz must be >= 0 and momentum in [0, 1)")
-    if not 0 <= cfg["balanced_crops"] <= 1:
-        raise ConfigError(f"balanced_crops is the fraction of class-centred training crops: in [0, 1], got {cfg['balanced_crops']}")
-    if cfg["context"] == "ppm" and cfg["batch_size"] < 2:
-        raise ConfigError(f"context 'ppm' batch-normalises its global (1x1) bin over the batch, which needs batch_size >= 2 per process in training; got {cfg['batch_size']} (raise --batch-size or drop --context)")
     if not 0 <= cfg["color_jitter"] < 1:
         raise ConfigError(f"color_jitter scales brightness, contrast and saturation by factors in [1 - S, 1 + S]: S in [0, 1), got {cfg['color_jitter']}")
     if not 0 <= cfg["copy_paste"] <= 1:
@@ -335,6 +333,11 @@ def validate(cfg: dict) -> None:
         raise ConfigError(f"clip_grad must be > 0 (or none), got {cfg['clip_grad']}")
     if cfg["max_minutes"] is not None and cfg["max_minutes"] < 0:
         raise ConfigError(f"max_minutes must be > 0 (or 0: no time budget), got {cfg['max_minutes']}")
+    from fcnseg.models import REMOVED_MODELS
+
+    for key in ("model", "backbone"):
+        if cfg[key] in REMOVED_MODELS:
+            raise ConfigError(f"{key} {cfg[key]!r} was removed from fcnseg (an ablation measured no gain; docs/experiments has the figures); {REMOVED_MODELS[cfg[key]]}")
     from fcnseg.engine.inference import parse_tta
 
     parse_tta(cfg["eval_tta"])  # a bad spec fails now, not at the first validation

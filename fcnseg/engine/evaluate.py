@@ -81,7 +81,8 @@ def evaluate(
     std: Sequence[float] | None = None,
     crf: str | CRF | None = None,
 ) -> dict:
-    """Scores ``model`` on ``dataset`` and returns the paper's metrics.
+    """Scores ``model`` (a module, or a backend from ``fcnseg.engine.backends``) on
+    ``dataset`` and returns the paper's metrics.
 
     ``dataset[i]`` gives (image (3, h, w) float normalised, mask (H, W) int) — or the raw
     uint8 pair, normalised here with ``mean``/``std``. ``batch_size`` > 1 batches images of
@@ -247,6 +248,15 @@ def checkpoint_data(
     return name, root, options, split or config.get("val_split") or "val"
 
 
+def _backend_name(model) -> str:
+    """``torch`` for a module; a backend's name, ``auto (onnxruntime)`` for auto."""
+    if isinstance(model, nn.Module):
+        return "torch"
+    name = getattr(model, "name", type(model).__name__)
+    chosen = sorted({e["backend"] for e in getattr(model, "report", {}).values()})
+    return f"{name} ({', '.join(chosen)})" if chosen else name
+
+
 def evaluate_checkpoint(
     checkpoint: str | os.PathLike | dict,
     data: str | None = None,
@@ -265,6 +275,8 @@ def evaluate_checkpoint(
     plots: str | os.PathLike | None = None,
     progress: bool = False,
     model: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    backend: str = "torch",
+    onnx_path: str | os.PathLike | None = None,
 ) -> dict:
     """Scores a checkpoint written by ``fcnseg train`` (a path, or the loaded dict) the way
     ``fcnseg eval`` does, and returns the dict its ``--json`` prints.
@@ -278,12 +290,15 @@ def evaluate_checkpoint(
     ``confusion.png`` into. ``model``: what to run instead of the checkpoint's network, any
     callable (N, 3, H, W) normalised float → (N, K, H, W) logits (e.g. another inference
     backend); the checkpoint still gives data, classes, normalisation and defaults.
+    ``backend``: the engine that runs the checkpoint's network when ``model`` is not given
+    (``fcnseg.engine.backends``: torch, compile, onnxruntime, openvino, auto; the non-torch
+    ones run fp32), ``onnx_path`` an exported file (e.g. int8) for the ONNX ones.
 
     Returns ``checkpoint``, ``data``, ``split``, ``num_images``, ``tta``, ``crf``,
     ``sliding_window`` (specs as strings, None when off), ``precision``, ``pixel_acc``,
     ``mean_acc``, ``mean_iou``, ``fw_iou`` (fractions), ``per_class`` ({name: {"iou",
     "acc"}}, NaN for a class absent from labels and predictions), ``classes``, ``confusion``
-    (K x K, rows = truth) and, with ``plots``, ``plots`` (the written paths). A dataset
+    (K x K, rows = truth), ``backend`` (for ``auto``: with the engine it chose) and, with ``plots``, ``plots`` (the written paths). A dataset
     whose class count differs from the checkpoint's is a ConfigError; differing class names
     only warn.
     """
@@ -326,7 +341,12 @@ def evaluate_checkpoint(
             f"and dataset ({', '.join(classes)})",
             stacklevel=2,
         )
-    if model is None:
+    if model is None and (backend != "torch" or onnx_path is not None):
+        from fcnseg.engine.backends import load_backend
+
+        model = load_backend(backend, ckpt, device=dev, precision=precision, onnx_path=onnx_path)
+        prec = resolve_precision("fp32", dev)
+    elif model is None:
         model = model_from_checkpoint(ckpt).to(dev)
         if prec.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -355,6 +375,7 @@ def evaluate_checkpoint(
         "crf": str(crf) if crf is not None else None,
         "sliding_window": list(window) if window else None,
         "precision": prec.name,
+        "backend": _backend_name(model),
         "pixel_acc": res["pixel_acc"],
         "mean_acc": res["mean_acc"],
         "mean_iou": res["mean_iou"],

@@ -28,7 +28,7 @@ softmax.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +38,9 @@ from torch import nn
 from fcnseg.engine.crf import CRF, crf_refine, parse_crf
 from fcnseg.engine.precision import Precision, resolve_precision
 from fcnseg.errors import ConfigError
+
+# what segment() runs: a module, or a backend (any callable (N, C, H, W) -> logits (N, K, H, W))
+Model = nn.Module | Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -153,14 +156,18 @@ def _positions(length: int, window: int) -> list[int]:
     return starts
 
 
-def _run(model: nn.Module, x: torch.Tensor, precision: Precision, device: torch.device) -> torch.Tensor:
+def _run(model: Model, x: torch.Tensor, precision: Precision, device: torch.device) -> torch.Tensor:
     """One forward: ``x`` (N, C, H, W) → float32 logits (N, K, H, W) (resized to H, W if the
-    model returns another size)."""
+    model returns another size). A module runs here in ``precision``; any other callable (a
+    ``fcnseg.engine.backends`` backend) is called as it is."""
     x = x.to(device, non_blocking=True)
-    if precision.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    with precision.autocast(device):
+    if not isinstance(model, nn.Module):
         out = model(x)
+    else:
+        if precision.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with precision.autocast(device):
+            out = model(x)
     if isinstance(out, dict):  # tolerate torchvision-style {"out": ...} heads
         out = out["out"]
     out = out.float()
@@ -170,7 +177,7 @@ def _run(model: nn.Module, x: torch.Tensor, precision: Precision, device: torch.
 
 
 def _run_windows(
-    model: nn.Module,
+    model: Model,
     x: torch.Tensor,
     window: tuple[int, int],
     precision: Precision,
@@ -198,7 +205,7 @@ def _run_windows(
 
 
 def _logits_at(
-    model: nn.Module,
+    model: Model,
     images: Sequence[torch.Tensor],
     window: tuple[int, int] | None,
     precision: Precision,
@@ -230,7 +237,7 @@ def _resize(t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 @torch.no_grad()
 def segment(
-    model: nn.Module,
+    model: Model,
     images: Sequence[torch.Tensor],
     *,
     out_sizes: Sequence[tuple[int, int]] | None = None,
@@ -252,7 +259,8 @@ def segment(
     the TTA views). ``crf`` (a ``CRF`` or its spec): refine each probability map with the local
     dense CRF of ``fcnseg.engine.crf``, guided by the image's colours at the output size, which
     it recovers from the normalised input with the normalisation's ``std`` (required then).
-    The caller sets ``model.eval()``.
+    ``model``: a module (the caller sets ``model.eval()``) or a backend from
+    ``fcnseg.engine.backends.load_backend`` (then ``precision`` is the backend's business).
     """
     device = torch.device(device)
     if isinstance(precision, str):

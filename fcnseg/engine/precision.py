@@ -7,9 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from fcnseg.engine.config import PRECISIONS
 from fcnseg.errors import ConfigError
-
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
 @dataclass(frozen=True)

@@ -189,7 +189,9 @@ class Predictor:
     spec. ``device``: None/"auto" = cuda when available. ``model``: what to run instead of the
     checkpoint's network, any callable (N, 3, H, W) normalised float → (N, K, H, W) logits
     (e.g. another inference backend); the checkpoint still gives classes, palette and
-    normalisation. Attributes: ``classes``, ``palette`` (uint8 (K, 3)), ``mean``/``std``,
+    normalisation. ``backend``: the engine that runs the checkpoint's network when ``model`` is
+    not given (``fcnseg.engine.backends``: torch, compile, onnxruntime, openvino, auto; the
+    non-torch ones run fp32), ``onnx_path`` an exported file for the ONNX ones. Attributes: ``classes``, ``palette`` (uint8 (K, 3)), ``mean``/``std``,
     ``model``, ``device``, ``precision``, ``tta``, ``crf``, ``window``, ``checkpoint`` (dict)."""
 
     def __init__(
@@ -202,6 +204,8 @@ class Predictor:
         crf: str | CRF | None = "auto",
         sliding_window: int | str | Sequence[int] | None = None,
         model: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        backend: str = "torch",
+        onnx_path: str | os.PathLike | None = None,
     ) -> None:
         tta = tta if tta == "auto" else parse_tta(tta)
         crf = crf if crf == "auto" else parse_crf(crf)
@@ -215,7 +219,11 @@ class Predictor:
         self.palette = palette
         self.device = resolve_device(str(device) if device is not None else None)
         self.precision = resolve_precision(precision, self.device)
-        if model is None:
+        if model is None and (backend != "torch" or onnx_path is not None):
+            from fcnseg.engine.backends import load_backend
+
+            model = load_backend(backend, ckpt, device=self.device, precision=precision, onnx_path=onnx_path)
+        elif model is None:
             model = model_from_checkpoint(ckpt).to(self.device).eval()
             if self.precision.channels_last:
                 model = model.to(memory_format=torch.channels_last)
@@ -223,6 +231,13 @@ class Predictor:
             model.eval()
         self.model = model
         self._prep = eval_transforms(mean=self.mean, std=self.std)  # exactly what `fcnseg eval` feeds the model
+
+    @property
+    def backend(self) -> str:
+        """The engine that runs: ``torch``, a backend's name, ``auto (onnxruntime)`` for auto."""
+        from fcnseg.engine.evaluate import _backend_name
+
+        return _backend_name(self.model)
 
     @property
     def views(self) -> int:
@@ -261,11 +276,14 @@ def predict(
     progress: bool = False,
     crf: str | CRF | None = "auto",
     model: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    backend: str = "torch",
+    onnx_path: str | os.PathLike | None = None,
 ) -> list[Path]:
     """Segments every input image with a checkpoint (a path, or the loaded dict) and writes
     its outputs to ``out_dir`` (see the module docstring), as ``fcnseg predict`` does.
     Images are batched ``batch_size`` at a time among images of the same size, so results
-    do not depend on the batch. ``tta``/``crf``/``device``/``model``: as ``Predictor``.
+    do not depend on the batch. ``tta``/``crf``/``device``/``model``/``backend``/``onnx_path``: as
+    ``Predictor``.
     Returns the written paths; raises ``PredictFailures`` after the run if some images
     could not be decoded."""
     if batch_size < 1:
@@ -279,7 +297,7 @@ def predict(
     check_output_dir(out_dir)
     predictor = Predictor(
         checkpoint, device=device, precision=precision, tta=tta, crf=crf,
-        sliding_window=sliding_window, model=model,
+        sliding_window=sliding_window, model=model, backend=backend, onnx_path=onnx_path,
     )
     classes, palette = predictor.classes, predictor.palette
 

@@ -139,3 +139,24 @@ def plot_confusion(confusion: list[list[int]], classes: Sequence[str], out_dir: 
     path = Path(out_dir) / "confusion.png"
     _save(fig, path)
     return path
+
+def draw_samples(model, dataset, n: int, path: str | os.PathLike, *, mean, std, palette: np.ndarray, device, precision, title: str = "") -> None:
+    """``path``: the first ``n`` images of ``dataset`` (raw pairs) | their ground truth |
+    ``model``'s prediction (in eval mode; the caller restores train mode)."""
+    import torch
+
+    from fcnseg.engine.inference import segment
+
+    mean_t = torch.tensor(mean).view(3, 1, 1)
+    std_t = torch.tensor(std).view(3, 1, 1)
+    images, targets, preds = [], [], []
+    model.eval()
+    with torch.no_grad():
+        for i in range(n):
+            image, mask = dataset.load(i)
+            x = (torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255 - mean_t) / std_t
+            score = segment(model, [x], out_sizes=[np.shape(mask)], device=device, precision=precision)[0]
+            images.append(image)
+            targets.append(np.asarray(mask))
+            preds.append(score.argmax(0).cpu().numpy())
+    save_sample_grid(images, targets, preds, palette, path, title=title)

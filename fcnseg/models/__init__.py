@@ -1,8 +1,7 @@
 """Models built by name: a plain dict registry filled by ``@register_model``.
 
 ``build_model("fcn8s", backbone="vgg16", num_classes=21)`` and ``list_models()``; the
-architectures live in ``fcn.py`` (fcn32s/16s/8s/4s), ``fpn.py`` (the same skips fused on
-features) and ``seed.py`` (the tutorial's net), the
+architectures live in ``fcn.py`` (fcn32s/16s/8s/4s) and ``seed.py`` (the tutorial's net), the
 backbones in ``backbones/`` (one contract: a dict of named feature maps), the upsamplers
 (deconv / bilinear / unpool, and the pixel geometry that aligns them) in ``upsample.py``,
 pretrained weights in ``fcnseg/weights.py``.
@@ -24,6 +23,8 @@ from fcnseg.errors import ConfigError
 MODELS: dict[str, Callable[..., nn.Module]] = {}
 
 ALIGNS = ("same", "paper")
+# models and backbones that were removed (measured no gain) -> what to use instead
+REMOVED_MODELS = {"fcn2s": "use fcn4s", "fpn": "use fcn4s", "resnet10": "use resnet18"}
 
 
 def register_model(name: str) -> Callable:
@@ -50,8 +51,8 @@ def build_model(
     upsample: str = "deconv",
     align: str = "same",
     output_stride: int = 32,
-    context: str | None = None,
     progress: bool = True,
+    context: str | None = None,
 ) -> nn.Module:
     """Build model ``name`` (see ``list_models()``); ``forward(x: (N, in_channels, H, W))``
     returns logits ``(N, num_classes, H, W)`` for any ``H, W >= 32``.
@@ -60,13 +61,17 @@ def build_model(
     downloaded and hash-checked), or a path to a torchvision-format backbone state dict
     or an fcnseg checkpoint. ``upsample``: ``"deconv"``, ``"bilinear"`` or ``"unpool"``.
     ``align``: ``"same"`` or ``"paper"`` (Caffe FCN geometry, VGG FCNs only).
-    ``output_stride``: 32, or 16/8 for ResNets (dilated). ``context``: ``None``, or ``"ppm"``
-    (a pyramid pooling module before the FCN models' ``score_fr``). Conflicts raise ``ConfigError``.
+    ``output_stride``: 32, or 16/8 for ResNets (dilated). Conflicts raise ``ConfigError``.
+    (``context`` is accepted only as None: the pyramid pooling module was removed, and the
+    config of a checkpoint that used it names it in the error.)
     The model's ``.config`` holds these arguments minus ``weights``/``progress``.
     """
     from fcnseg.models.backbones import BACKBONES
     from fcnseg.models.upsample import UPSAMPLE_MODES
 
+    if name in REMOVED_MODELS or backbone in REMOVED_MODELS or context is not None:
+        what = f"context={context!r}" if context is not None else repr(name if name in REMOVED_MODELS else backbone)
+        raise ConfigError(f"{what} was removed from fcnseg (an ablation measured no gain; docs/experiments has the figures); {REMOVED_MODELS.get(name) or REMOVED_MODELS.get(backbone) or 'drop it'}")
     if name not in MODELS:
         raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(list_models())}")
     if backbone not in BACKBONES:
@@ -83,10 +88,6 @@ def build_model(
         raise ConfigError(f"unknown align {align!r}; choose one of {', '.join(ALIGNS)}")
     if output_stride not in (8, 16, 32):
         raise ConfigError(f"output_stride must be 8, 16 or 32, not {output_stride!r}")
-    from fcnseg.models.fcn import VARIANTS as FCN_VARIANTS
-
-    if context is not None and name not in FCN_VARIANTS:
-        raise ConfigError(f"context={context!r} is for the FCN models (fcn32s ... fcn2s), not {name!r}")
     config = dict(
         name=name,
         backbone=backbone,
@@ -96,8 +97,6 @@ def build_model(
         align=align,
         output_stride=output_stride,
     )
-    if context is not None:  # only when set: checkpoints from before the option still load
-        config["context"] = context
     model = MODELS[name](**{k: v for k, v in config.items() if k != "name"}, config=config)
     if weights is not None:
         from fcnseg.weights import load_weights
@@ -108,7 +107,6 @@ def build_model(
 
 # the builders register themselves on import
 from fcnseg.models import fcn as _fcn  # noqa: E402,F401
-from fcnseg.models import fpn as _fpn  # noqa: E402,F401
 from fcnseg.models import seed as _seed  # noqa: E402,F401
 
 __all__ = ["MODELS", "build_model", "list_models", "register_model"]

@@ -3,20 +3,12 @@
 ``fcn4s`` continues the paper's skip pattern one level further (``score_pool2`` on the
 stride-4 map, ``upscore_pool3``, ``upscore4``); the paper stops at pool3 ("diminishing
 returns" on VOC), but thin classes (poles, signs) on street scenes are 1-4 px wide, under
-one stride-8 cell. ``fcn2s`` goes one level further still (``score_conv2`` on the stride-2
-map, VGG's conv2_2 or ResNet's stem; ``upscore_pool2``, ``upscore2x``). Neither has Caffe
-geometry, so only ``align="same"``.
+one stride-8 cell. It has no Caffe geometry, so only ``align="same"``.
 
 Layer names follow the authors' Caffe nets (``score_fr``, ``score_pool4``, ``score_pool3``,
 ``upscore2``, ``upscore_pool4``, ``upscore8``/``upscore16``/``upscore32``) so conversions
 map one to one. Score layers are zero-initialised (as the authors do); the deconvolutions
 are bilinear-initialised and learnable.
-
-``context="ppm"`` puts PSPNet's pyramid pooling module (Zhao et al. 2017) between the
-backbone's last map and ``score_fr``: the map average-pooled into 1x1, 2x2, 3x3 and 6x6 bins,
-each reduced to a quarter of the channels (1x1 conv + BN + ReLU) and upsampled back, then
-concatenated with the map and fused by a 3x3 conv + BN + ReLU to half its channels — every
-stride-32 score then sees the whole image, not only its receptive field.
 
 Fusion: ``up`` (the upsampled coarser scores) and ``skip`` (the finer score map, read from
 offset ``c``) are summed over their common extent ``up[:h, :w] + skip[c:c+h, c:c+w]``,
@@ -28,7 +20,6 @@ pool4, 9 for pool3; final crop 31), which reproduces their Caffe ``crop`` layers
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -42,33 +33,7 @@ PAPER_CROPS = {"fcn32s": (0, 0, 19), "fcn16s": (5, 0, 27), "fcn8s": (5, 9, 31)}
 # with unpooling the maps stay in the pooled frames: only fc6's valid 7x7 conv (3 px each
 # side) and conv1_1's 100 px padding need undoing
 PAPER_UNPOOL_PAD, PAPER_UNPOOL_CROP = 3, 100
-VARIANTS = {"fcn32s": 0, "fcn16s": 1, "fcn8s": 2, "fcn4s": 3, "fcn2s": 4}
-CONTEXTS = ("ppm",)
-
-
-class PyramidPooling(nn.Module):
-    """PSPNet's pyramid pooling module: ``(N, C, h, w) -> (N, out_channels, h, w)``."""
-
-    def __init__(self, in_channels: int, out_channels: int, bins: tuple[int, ...] = (1, 2, 3, 6)) -> None:
-        super().__init__()
-        mid = in_channels // 4
-        self.bins = bins
-        self.stages = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(in_channels, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(inplace=True)) for _ in bins
-        )
-        self.fuse = nn.Sequential(
-            nn.Conv2d(in_channels + mid * len(bins), out_channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(out_channels),
-            nn.ReLU(inplace=True),
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        size = x.shape[-2:]
-        pooled = [
-            F.interpolate(stage(F.adaptive_avg_pool2d(x, b)), size=size, mode="bilinear", align_corners=False)
-            for b, stage in zip(self.bins, self.stages, strict=True)
-        ]
-        return self.fuse(torch.cat([x, *pooled], dim=1))
+VARIANTS = {"fcn32s": 0, "fcn16s": 1, "fcn8s": 2, "fcn4s": 3}
 
 
 class FCN(nn.Module):
@@ -83,13 +48,10 @@ class FCN(nn.Module):
         upsample: str,
         align: str,
         config: dict,
-        context: str | None = None,
     ) -> None:
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"unknown FCN variant {variant!r}")
-        if context is not None and context not in CONTEXTS:
-            raise ConfigError(f"unknown context {context!r}; choose one of {', '.join(CONTEXTS)} (or none)")
         self.backbone = backbone
         self.config = dict(config)
         self.variant, self.num_classes = variant, num_classes
@@ -122,12 +84,7 @@ class FCN(nn.Module):
                 geometry=geometry,
             )
 
-        self.context = None
-        top = ch["out"]
-        if context == "ppm":
-            self.context = PyramidPooling(top, top // 2)
-            top //= 2
-        self.score_fr = nn.Conv2d(top, K, 1)
+        self.score_fr = nn.Conv2d(ch["out"], K, 1)
         if skips == 0:
             self.upscore32 = up("out", 1)
         if skips >= 1:
@@ -145,17 +102,12 @@ class FCN(nn.Module):
             self.upscore_pool3 = up("pool3", st["pool2"])
         if skips == 3:
             self.upscore4 = up("pool2", 1)
-        if skips == 4:
-            self.score_conv2 = nn.Conv2d(ch["conv2"], K, 1)
-            self.upscore_pool2 = up("pool2", st["conv2"])
-            self.upscore2x = up("conv2", 1)
-        self._last = ("upscore32", "upscore16", "upscore8", "upscore4", "upscore2x")[skips]  # the last upsampling
+        self._last = ("upscore32", "upscore16", "upscore8", "upscore4")[skips]  # the last upsampling
         for m in (
             self.score_fr,
             getattr(self, "score_pool4", None),
             getattr(self, "score_pool3", None),
             getattr(self, "score_pool2", None),
-            getattr(self, "score_conv2", None),
         ):
             if m is not None:
                 nn.init.zeros_(m.weight)
@@ -190,8 +142,7 @@ class FCN(nn.Module):
         with ``coarse=True`` the scores before the last upsampling (see ``upsample_scores``)."""
         H, W = x.shape[-2:]
         feats = self.backbone(x)
-        top = feats["out"] if self.context is None else self.context(feats["out"])
-        score = self.score_fr(top)
+        score = self.score_fr(feats["out"])
         if self.pre_pad:
             score = F.pad(score, (self.pre_pad,) * 4)
         if self.variant != "fcn32s":
@@ -202,11 +153,8 @@ class FCN(nn.Module):
             score = self.fuse(
                 self.upscore_pool4(score, feats), self.score_pool3(feats["pool3"]), self.crop_pool3
             )
-        # no offsets: fcn4s and fcn2s have only the "same" alignment
-        if self.variant in ("fcn4s", "fcn2s"):
+        if self.variant == "fcn4s":  # no offsets: fcn4s has only the "same" alignment
             score = self.fuse(self.upscore_pool3(score, feats), self.score_pool2(feats["pool2"]), 0)
-        if self.variant == "fcn2s":
-            score = self.fuse(self.upscore_pool2(score, feats), self.score_conv2(feats["conv2"]), 0)
         return score if coarse else self._finish(score, feats, (H, W))
 
 
@@ -220,7 +168,6 @@ def _builder(variant: str):
         align: str,
         output_stride: int,
         config: dict,
-        context: str | None = None,
     ) -> FCN:
         trunk = build_backbone(
             backbone,
@@ -237,7 +184,6 @@ def _builder(variant: str):
             upsample=upsample,
             align=align,
             config=config,
-            context=context,
         )
 
     build.__name__ = variant

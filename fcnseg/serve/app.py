@@ -24,6 +24,7 @@ an unexpected exception is logged and answered 500 without its traceback.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
 import logging
@@ -52,6 +53,7 @@ try:
     from pydantic import BaseModel, Field
     from starlette.datastructures import UploadFile
     from starlette.exceptions import HTTPException as StarletteHTTPException
+    from starlette.requests import ClientDisconnect
 except ModuleNotFoundError as e:  # pragma: no cover - depends on the environment
     raise ConfigError(
         f"fcnseg serve needs the optional serving packages ({e.name} is missing); "
@@ -199,7 +201,6 @@ class Service:
         *,
         checkpoint_name: str | None,
         checkpoint_sha256: str | None,
-        backend: str,
         max_upload_bytes: int,
         max_image_pixels: int,
         workers: int,
@@ -208,7 +209,9 @@ class Service:
         self.predictor = predictor
         self.checkpoint_name = checkpoint_name
         self.checkpoint_sha256 = checkpoint_sha256
-        self.backend = backend
+        # torch modules run concurrently from threads; the other engines' runners (an OpenVINO
+        # infer request, auto's first-call probing, torch.compile) are not known to be thread-safe
+        self._model_lock = contextlib.nullcontext() if predictor.backend.startswith("torch") else threading.Lock()
         self.max_upload_bytes = max_upload_bytes
         self.max_image_pixels = max_image_pixels
         self.workers = workers
@@ -225,7 +228,8 @@ class Service:
         """One inference on a random (H, W) = ``size`` image; its milliseconds."""
         image = np.random.default_rng(0).integers(0, 256, (*size, 3), np.uint8)
         t = time.perf_counter()
-        self.predictor(image)
+        with self._model_lock:
+            self.predictor(image)
         self.warmup_ms = (time.perf_counter() - t) * 1000.0
         self.warmup_size = tuple(size)
         return self.warmup_ms
@@ -238,7 +242,12 @@ class Service:
         if self.warmup_ms is not None:
             h, w = self.warmup_size
             cost = f"; one {h}x{w} image takes {self.warmup_ms:.0f} ms (warm-up)"
-        return f"{tta}, {crf}, backend {self.backend}, {p.device.type} {p.precision.name}{cost}"
+        return f"{tta}, {crf}, backend {p.backend}, {p.device.type} {self.precision}{cost}"
+
+    @property
+    def precision(self) -> str:
+        """What the model runs in: the torch precision, fp32 for the other engines."""
+        return self.predictor.precision.name if self.predictor.backend.startswith("torch") else "fp32"
 
     def record(self, ms: float) -> None:
         with self._lock:
@@ -265,9 +274,9 @@ class Service:
             },
             "checkpoint": {"file": self.checkpoint_name, "sha256": self.checkpoint_sha256},
             "inference": {
-                "backend": self.backend,
+                "backend": p.backend,
                 "device": str(p.device),
-                "precision": p.precision.name,
+                "precision": self.precision,
                 "tta": str(p.tta) if p.tta is not None else None,
                 "tta_views": p.views,
                 "crf": str(p.crf) if p.crf is not None else None,
@@ -289,9 +298,10 @@ class Service:
         """Runs in a worker thread: decode, infer, encode. Returns (body, inference ms)."""
         p = self.predictor
         image = decode_upload(im)
-        t = time.perf_counter()
-        pred = p(image)
-        ms = (time.perf_counter() - t) * 1000.0
+        with self._model_lock:
+            t = time.perf_counter()
+            pred = p(image)
+            ms = (time.perf_counter() - t) * 1000.0
         self.record(ms)
         if fmt == "overlay":
             buf = io.BytesIO()
@@ -324,6 +334,7 @@ def create_app(
     device: str | None = None,
     precision: str = "auto",
     backend: str = "torch",
+    onnx_path: str | os.PathLike | None = None,
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
     workers: int = 1,
@@ -333,14 +344,13 @@ def create_app(
     """Loads ``checkpoint`` (a path or a loaded dict) and returns the FastAPI app serving it.
 
     ``tta``/``crf``: as ``fcnseg.predict`` ("auto": the checkpoint's saved default; None or
-    "none": off; else a spec).
+    "none": off; else a spec). ``backend``/``onnx_path``: the inference engine, as
+    ``fcnseg.engine.backends.load_backend`` (torch, compile, onnxruntime, openvino, auto).
     ``workers``: images in inference at once; ``max_queue``: more requests admitted to wait;
     ``warmup_size``: (H, W) of the timed start-up inference (None: skip it). Bad settings
     raise ConfigError/WeightsError before anything is served."""
     from fcnseg.engine.checkpoint import load_checkpoint
 
-    if backend != "torch":
-        raise ConfigError(f"backend {backend!r} is not available; use --backend torch")
     for name, value, low in (("workers", workers, 1), ("max_queue", max_queue, 0), ("max_image_pixels", max_image_pixels, 1)):
         if not isinstance(value, int) or value < low:
             raise ConfigError(f"{name}={value!r}: must be an integer >= {low}")
@@ -355,12 +365,14 @@ def create_app(
         ckpt, name, sha = checkpoint, None, None
     else:
         ckpt, name, sha = load_checkpoint(checkpoint), Path(checkpoint).name, sha256_file(checkpoint)
-    predictor = Predictor(ckpt, device=device, precision=precision, tta=tta, crf=crf, sliding_window=sliding_window)
+    predictor = Predictor(
+        ckpt, device=device, precision=precision, tta=tta, crf=crf, sliding_window=sliding_window,
+        backend=backend, onnx_path=onnx_path,
+    )
     service = Service(
         predictor,
         checkpoint_name=name,
         checkpoint_sha256=sha,
-        backend=backend,
         max_upload_bytes=int(max_upload_mb * 1024 * 1024),
         max_image_pixels=max_image_pixels,
         workers=workers,
@@ -547,10 +559,13 @@ async def _read_upload(request: Request, limit: int) -> bytes:
     if length.isdigit() and int(length) > cap:
         raise too_big
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > cap:
-            raise too_big
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > cap:
+                raise too_big
+    except ClientDisconnect:  # nobody will read the answer; keep the log free of tracebacks
+        raise ServeError(400, "client_disconnected", "the client closed the connection during the upload") from None
     if not multipart:
         return bytes(body)
 

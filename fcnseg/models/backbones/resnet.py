@@ -1,8 +1,4 @@
-"""ResNet-10/18/34/50/101 (torchvision's V1.5 layout and state-dict keys, ``fc`` omitted).
-
-ResNet-10 (one BasicBlock per stage: timm's ``resnet10t`` block counts, torchvision's stem) has
-no torchvision checkpoint: it is for training from scratch, where it makes ~1.6x the
-steps per second of ResNet-18 (docs/experiments/camvid.md, rows AK-AM).
+"""ResNet-18/34/50/101 (torchvision's V1.5 layout and state-dict keys, ``fc`` omitted).
 
 ``output_stride`` 16 or 8 replaces the stride of layer4 (and layer3) by dilation, as
 torchvision's ``replace_stride_with_dilation`` does for ``fcn_resnet50``; BasicBlocks
@@ -15,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-RESNETS = ("resnet10", "resnet18", "resnet34", "resnet50", "resnet101")
+RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
 
 
 def conv3x3(c_in: int, c_out: int, stride: int = 1, dilation: int = 1) -> nn.Conv2d:
@@ -82,7 +78,6 @@ class Bottleneck(nn.Module):
 
 
 _SPECS: dict[str, tuple[type[nn.Module], tuple[int, int, int, int]]] = {
-    "resnet10": (BasicBlock, (1, 1, 1, 1)),
     "resnet18": (BasicBlock, (2, 2, 2, 2)),
     "resnet34": (BasicBlock, (3, 4, 6, 3)),
     "resnet50": (Bottleneck, (3, 4, 6, 3)),

@@ -16,7 +16,7 @@ plain average over ``--batches`` batches of training images, drawn in one of the
 It scores the checkpoint on the validation split with the run's own test-time augmentation
 (``--tta`` to override), as saved and with each source asked for:
 
-    .venv/bin/python benchmarks/bn_statistics.py --checkpoint runs/camvid_train/best.pt \\
+    .venv/bin/python experiments/bn_statistics.py --checkpoint runs/camvid_train/best.pt \\
         --data-root ../shared/data/camvid --source frames crops
 """
 
@@ -30,10 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fcnseg.data.sampling import SeededDataset
 from fcnseg.data.transforms import copy_paste, train_transforms
-from fcnseg.engine import train as T
 from fcnseg.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from fcnseg.engine.config import TrainConfig, resolve_config
+from fcnseg.engine.data import stage_transforms, training_data
 from fcnseg.engine.evaluate import evaluate
 from fcnseg.engine.inference import parse_tta
 from fcnseg.engine.precision import resolve_precision
@@ -99,38 +100,37 @@ def main() -> None:
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     run_cfg = {k: v for k, v in (ckpt.get("config") or {}).items() if k in fields}
     cfg = resolve_config({**run_cfg, "data_root": args.data_root, "out": "/tmp/fcnseg_bn_statistics", "tensorboard": False, "workers": 0, "resume": None})
-    tr = T._Trainer(cfg, None)
-    tr._build_data()
+    data = training_data(cfg, main=True)
     precision = resolve_precision(cfg["precision"], torch.device("cpu"))
     tta = parse_tta(args.tta if args.tta is not None else cfg["eval_tta"])
     model = model_from_checkpoint(ckpt)
     if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model.eval()
-    height, width = np.shape(tr.val_ds.load(0)[1])[:2]  # the label size
+    height, width = np.shape(data.val.load(0)[1])[:2]  # the label size
 
     def score(net: nn.Module) -> float:
-        return evaluate(net, tr.val_ds, precision=precision, batch_size=4, tta=tta, mean=tr.mean, std=tr.std)["mean_iou"]
+        return evaluate(net, data.val, precision=precision, batch_size=4, tta=tta, mean=data.mean, std=data.std)["mean_iou"]
 
     def draw(source: str) -> list[torch.Tensor]:
-        last = tr.stages[-1]
+        last = data.stages[-1]
         if source == "crops":
             stage = last
         else:
             stage = {**last, "crop": [height, width], "scale": [1.0, 1.0]}
-        tf = tr._stage_transforms(stage)
+        tf = stage_transforms(cfg, stage, data.mean, data.std)
         if source == "clean-frames":
-            tf = train_transforms([height, width], mean=tr.mean, std=tr.std, scale=(1.0, 1.0), hflip=False, color_jitter=0.0)
-        tr.train_ds.transforms = tf
-        data = T.SeededDataset(tr.train_ds, args.seed)
+            tf = train_transforms([height, width], mean=data.mean, std=data.std, scale=(1.0, 1.0), hflip=False, color_jitter=0.0)
+        data.train.transforms = tf
+        seeded = SeededDataset(data.train, args.seed)
         g = torch.Generator().manual_seed(args.seed)
-        order = torch.randperm(len(data), generator=g).tolist()
+        order = torch.randperm(len(seeded), generator=g).tolist()
         B, out = cfg["batch_size"], []
         for b in range(args.batches):
-            xs, ms = zip(*[data[(0, order[(b * B + k) % len(order)])] for k in range(B)], strict=True)
+            xs, ms = zip(*[seeded[(0, order[(b * B + k) % len(order)])] for k in range(B)], strict=True)
             x, y = torch.stack(xs), torch.stack(ms)
-            if tr.paste_classes and source != "clean-frames":
-                x, y = copy_paste(x, y, tr.paste_classes, cfg["copy_paste"], generator=g)
+            if data.paste_classes and source != "clean-frames":
+                x, y = copy_paste(x, y, data.paste_classes, cfg["copy_paste"], generator=g)
             out.append(x)
         return out
 

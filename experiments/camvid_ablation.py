@@ -10,9 +10,9 @@ Training then runs through ``fcnseg.engine.train.train`` (the real engine and da
 pipeline) with a fixed epoch count and one validation at the end; the final model is
 scored on val at the labels' full resolution with the row's test-time input scale.
 
-    .venv/bin/python benchmarks/camvid_ablation.py --rows base half --budget-cpu-s 600 \\
+    .venv/bin/python experiments/camvid_ablation.py --rows base half --budget-cpu-s 600 \\
         --data-root ../shared/data/camvid --out runs/ablation
-    .venv/bin/python benchmarks/camvid_ablation.py --cost-only --rows base half three_q
+    .venv/bin/python experiments/camvid_ablation.py --cost-only --rows base half three_q
 
 Rows are overrides of configs/camvid.yaml (see ``ROWS``); ``eval_tta`` is the row's
 inference (e.g. ``scales=0.5``: the image is resized by 0.5, run, and its logits resized
@@ -79,45 +79,26 @@ ROWS: dict[str, dict] = {
 def step_cost(
     cfg: dict, *, steps: int = 5, num_classes: int = 11, data_root: str | None = None
 ) -> float:
-    """CPU-seconds per optimizer step of ``cfg``: model + loss + optimizer on a random batch
+    """CPU-seconds per optimizer step of ``cfg``: the trainer's step on a random batch
     of the crop size (median of ``steps`` after 2 warm-up steps) plus the augmentation of
     one batch of real images (when ``data_root`` is given)."""
     from fcnseg.engine.precision import resolve_precision
-    from fcnseg.engine.train import build_optimizer, param_groups, segmentation_loss
-    from fcnseg.models import build_model
+    from fcnseg.engine.step import build_model_for_training, build_train_step
 
     device = torch.device("cpu")
     prec = resolve_precision(cfg.get("precision", "auto"), device)
-    model = build_model(
-        cfg["model"],
-        num_classes=num_classes,
-        backbone=cfg["backbone"],
-        upsample=cfg["upsample"],
-        output_stride=cfg["output_stride"],
-    )
-    if prec.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    model.train()
-    opt = build_optimizer(
-        param_groups(model, cfg["weight_decay"]),
-        name=cfg["optimizer"],
-        lr=1e-4,
-        momentum=0.9,
-        device=device,
-    )
+    model = build_model_for_training(cfg, num_classes)
+    # the trainer's own step (loss, class weights, copy-paste, optimizer) at a tiny lr
+    weight = torch.ones(num_classes) if cfg["class_weights"] != "none" else None
+    step = build_train_step(model, {**cfg, "lr": 1e-4}, device=device, precision=prec, num_classes=num_classes, class_weight=weight, paste_classes=range(num_classes))
+    step.net.train()
     h, w = cfg["crop"]
     x = torch.randn(cfg["batch_size"], 3, h, w)
-    if prec.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, num_classes, (cfg["batch_size"], h, w))
     times = []
     for _ in range(steps + 2):
         t0 = time.process_time()
-        with prec.autocast(device):
-            loss = segmentation_loss(model(x), y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        step([(x, y)])
         times.append(time.process_time() - t0)
     cost = sorted(times[2:])[len(times[2:]) // 2]
     if data_root:

@@ -7,7 +7,7 @@ setting then refines them and is scored on the whole split and on its two halves
 half can be judged on the other. Prints mean IU, global and class-average accuracy, per-class
 IoU, and the CRF's seconds per frame (one process, the machine's threads):
 
-    .venv/bin/python benchmarks/crf.py --checkpoint runs/AQ/best.pt runs/AR/best.pt \\
+    .venv/bin/python experiments/crf.py --checkpoint runs/AQ/best.pt runs/AR/best.pt \\
         --data-root ../shared/data/camvid --crf default appearance=2 smoothness=1
 
 ``none`` is always scored first (the probabilities as the TTA leaves them).

@@ -1,0 +1,272 @@
+"""ONNX export (verified before writing) and the inference backends built on it.
+
+The default tests export one small model once (FCN-8s/ResNet-18, bilinear, 3 classes) and
+run it through onnxruntime, OpenVINO, the auto backend, TTA, sliding windows and evaluation;
+the sweep over every model x upsampling mode (and align=paper) is a slow test."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+from fcnseg.cli import main  # noqa: E402
+from fcnseg.engine import backends as B  # noqa: E402
+from fcnseg.engine.inference import segment  # noqa: E402
+from fcnseg.errors import ConfigError  # noqa: E402
+from fcnseg.export import (  # noqa: E402
+    MIN_AGREEMENT,
+    RTOL,
+    ExportError,
+    compare,
+    export_onnx,
+    parity_inputs,
+    read_metadata,
+)
+from fcnseg.models import build_model  # noqa: E402
+
+SMALL_SIZES = ((65, 79), (96, 128))
+CLASSES = ["pet", "background", "border"]
+
+
+def _randomise_scores(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Score layers are zero-initialised; give them weights so the logits vary."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.split(".")[0].startswith("score") and p.dim() > 1:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    return model.eval()
+
+
+def _checkpoint(model) -> dict:
+    return {
+        "model": model.state_dict(),
+        "model_config": model.config,
+        "classes": CLASSES,
+        "palette": [[255, 0, 0], [0, 0, 0], [255, 255, 255]],
+        "mean": [0.5, 0.4, 0.3],
+        "std": [0.2, 0.25, 0.3],
+        "config": {"data": "synthetic", "data_options": {"size": [72, 88], "length": 6}},
+    }
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    torch.manual_seed(0)
+    model = _randomise_scores(build_model("fcn8s", backbone="resnet18", num_classes=3, upsample="bilinear"))
+    ckpt = _checkpoint(model)
+    out = tmp_path_factory.mktemp("export") / "fcn8s.onnx"
+    res = export_onnx(ckpt, out, sizes=SMALL_SIZES, model=model)
+    return model, ckpt, res
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch, exported):
+    """An empty fcnseg cache holding the fixture's export under its checkpoint hash."""
+    monkeypatch.setenv("FCNSEG_CACHE", str(tmp_path / "cache"))
+    model, _, res = exported
+    (tmp_path / "cache" / "onnx").mkdir(parents=True)
+    shutil.copy(res.path, tmp_path / "cache" / "onnx" / f"{B.model_hash(model)}.onnx")
+    return tmp_path / "cache"
+
+
+def test_export_writes_verified_file_with_metadata(exported):
+    model, ckpt, res = exported
+    assert res.path.is_file()
+    assert len(res.parity) == 3  # two sizes and a batch of 2
+    assert all(p.rel <= RTOL and p.agreement >= MIN_AGREEMENT for p in res.parity)
+    meta = read_metadata(res.path)
+    assert meta["classes"] == CLASSES
+    assert meta["palette"][0] == [255, 0, 0]
+    assert meta["mean"] == [0.5, 0.4, 0.3] and meta["std"] == [0.2, 0.25, 0.3]
+    assert "RGB" in meta["input"] and "/ 255" in meta["input"]
+    assert meta["model_config"] == json.loads(json.dumps(model.config))
+    assert len(meta["parity"]) == 3
+    import onnx
+
+    dims = onnx.load(str(res.path)).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param for d in dims] == ["batch", "", "height", "width"]
+
+
+def test_exported_file_runs_any_batch_and_odd_size(exported):
+    """Dynamic batch/height/width: a size and batch the export never saw."""
+    model, _, res = exported
+    run = B.OnnxRuntimeBackend(res.path)
+    x = parity_inputs(((45, 67),))[0].repeat(3, 1, 1, 1) * torch.tensor([1.0, -1.0, 0.5]).view(3, 1, 1, 1)
+    with torch.no_grad():
+        ref = model(x)
+    p = compare(ref, run(x))
+    assert p.size == (3, 3, 45, 67)
+    assert p.rel <= RTOL and p.agreement >= MIN_AGREEMENT
+
+
+def test_failed_check_is_an_error_with_figures_and_writes_nothing(exported, tmp_path, monkeypatch):
+    import fcnseg.export as E
+
+    model, ckpt, res = exported
+    import onnx
+
+    proto = onnx.load(str(res.path))
+    monkeypatch.setattr(E, "trace_onnx", lambda *a, **k: proto)
+    real = E.ort_runner
+
+    def off_by_a_bit(session):
+        run = real(session)
+        return lambda x: run(x) * 1.001  # 1e-3 relative: over the 1e-4 tolerance
+    monkeypatch.setattr(E, "ort_runner", off_by_a_bit)
+    out = tmp_path / "bad.onnx"
+    with pytest.raises(ExportError, match=r"does not match PyTorch.*max\|Δlogit\|.*argmax agreement.*nothing written"):
+        export_onnx(ckpt, out, sizes=SMALL_SIZES[:1], model=model)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_export_cli_errors_are_one_line(tmp_path, capsys, exported):
+    _, ckpt, _ = exported
+    torch.save(ckpt, tmp_path / "m.pt")
+    assert main(["export", "--checkpoint", str(tmp_path / "m.pt"), "--out", str(tmp_path / "m.txt")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fcnseg export: error:") and "NAME.onnx" in err and "\n" not in err
+    assert main(["export", "--checkpoint", str(tmp_path / "m.pt"), "--int8"]) == 2
+    assert "--calib-data" in capsys.readouterr().err
+    assert main(["export", "--checkpoint", str(tmp_path / "m.pt"), "--opset", "9"]) == 2
+    assert not list(tmp_path.glob("*.onnx"))
+
+
+def test_missing_package_is_a_one_line_error_with_pip(monkeypatch, exported):
+    model, _, _ = exported
+    monkeypatch.setattr(B, "installed_pkg", lambda p: p != "openvino")
+    monkeypatch.setattr(B, "installed", lambda name: name != "openvino")
+    with pytest.raises(ConfigError, match=r'openvino.*not installed.*pip install -e "\.\[export\]"'):
+        B.load_backend("openvino", model)
+
+
+def test_backend_argument_errors(exported):
+    model, _, res = exported
+    with pytest.raises(ConfigError, match="unknown backend"):
+        B.load_backend("tensorrt", model)
+    with pytest.raises(ConfigError, match="runs fp32"):
+        B.load_backend("onnxruntime", model, precision="bf16", onnx_path=res.path)
+    with pytest.raises(ConfigError, match="--onnx"):
+        B.load_backend("torch", model, onnx_path=res.path)
+
+
+@pytest.mark.parametrize("name", ["onnxruntime", "openvino"])
+def test_tta_sliding_window_and_crf_work_with_every_backend(exported, name):
+    if name == "openvino":
+        pytest.importorskip("openvino")
+    model, _, res = exported
+    backend = B.load_backend(name, model, onnx_path=res.path)
+    torch_fp32 = B.load_backend("torch", model, precision="fp32")
+    images = [parity_inputs(((70, 90),), seed=s)[0][0] for s in (1, 2)]
+    kw = dict(tta="flip", sliding_window=64, crf="default", std=(0.2, 0.25, 0.3), out_sizes=[(80, 100)] * 2)
+    ref = segment(torch_fp32, images, **kw)
+    out = segment(backend, images, **kw)
+    for r, o in zip(ref, out, strict=True):
+        assert o.shape == r.shape == (3, 80, 100)
+        assert float((r - o).abs().max()) <= 1e-4  # probabilities
+        assert float((r.argmax(0) == o.argmax(0)).float().mean()) >= MIN_AGREEMENT
+
+
+def test_auto_probes_once_verifies_and_caches(exported, cache, monkeypatch):
+    model, ckpt, _ = exported
+    auto = B.load_backend("auto", ckpt)
+    auto.candidates = ["torch", "onnxruntime"]  # compile's first call takes minutes: kept out of the test
+    x = parity_inputs(((64, 80),))[0]
+    with torch.no_grad():
+        ref = model(x)
+    p = compare(ref, auto(x))
+    assert p.rel <= RTOL and p.agreement >= MIN_AGREEMENT
+    (entry,) = auto.report.values()
+    assert entry["backend"] in ("torch", "onnxruntime")
+    assert {"torch", "onnxruntime"} <= set(entry["figures"])
+    assert all(f["verified"] for f in entry["figures"].values())
+    stored = json.loads((cache / "auto.json").read_text())
+    (key,) = stored
+    assert B.model_hash(model) in key and "threads=" in key and "torch " in key
+    # a second process reads the choice from the cache without probing
+    auto2 = B.load_backend("auto", ckpt)
+    auto2.candidates = ["torch", "onnxruntime"]
+    monkeypatch.setattr(B, "time_backend", lambda *a, **k: pytest.fail("probed again"))
+    assert auto2.choose(x) == entry["backend"]
+
+
+def test_auto_never_picks_an_unverified_backend(exported, cache, monkeypatch):
+    """A faster engine whose logits differ is reported and not used: 0 silent mismatches."""
+    model, ckpt, _ = exported
+    auto = B.load_backend("auto", ckpt)
+    auto.candidates = ["torch", "onnxruntime"]
+    wrong = B.OnnxRuntimeBackend(cache / "onnx" / f"{B.model_hash(model)}.onnx")
+    auto._built["onnxruntime"] = lambda x: wrong(x) + 0.01 * wrong(x).abs().max()
+    timings = iter([0.5, 0.001])  # torch slow, the wrong engine fast
+    monkeypatch.setattr(B, "time_backend", lambda *a, **k: next(timings))
+    assert auto.choose(parity_inputs(((64, 80),))[0]) == "torch"
+    (entry,) = auto.report.values()
+    assert entry["figures"]["onnxruntime"]["verified"] is False
+
+
+def test_evaluate_same_mean_iu_on_every_backend(exported):
+    """`evaluate` through each backend gives the same mean IU (within 0.05 points)."""
+    from fcnseg.data import build_dataset
+    from fcnseg.engine.evaluate import evaluate
+
+    model, ckpt, res = exported
+    ds = build_dataset("synthetic", split="val", size=(72, 88), length=4)
+    names = ["torch", "onnxruntime"] + (["openvino"] if B.installed("openvino") else [])
+    scores = {}
+    for name in names:
+        backend = B.load_backend(name, model, precision="fp32", onnx_path=None if name == "torch" else res.path)
+        r = evaluate(backend, ds, mean=ckpt["mean"], std=ckpt["std"], tta="flip", batch_size=2)
+        scores[name] = 100 * r["mean_iou"]
+    assert np.isfinite(scores["torch"]) and scores["torch"] > 0
+    for name in names[1:]:
+        assert abs(scores[name] - scores["torch"]) <= 0.05, scores
+
+
+# --- the full sweep: every shipped model x upsampling mode, and the Caffe geometry ------------
+
+SWEEP = [
+    (m, b, u, "same") for m in ("fcn32s", "fcn16s", "fcn8s", "fcn4s", "seed") for b in ("resnet18",) for u in ("deconv", "bilinear", "unpool")
+] + [(m, "vgg16", u, "paper") for m in ("fcn32s", "fcn16s", "fcn8s") for u in ("deconv", "bilinear", "unpool")] + [
+    ("fcn8s", "vgg16", "unpool", "same"),
+    ("seed", "vgg16", "deconv", "same"),
+    ("fcn8s", "resnet18", "bilinear", 8),
+    ("fcn16s", "resnet18", "unpool", 16),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,backbone,upsample,align", SWEEP, ids=lambda v: str(v))
+def test_every_model_exports_verified(tmp_path, name, backbone, upsample, align):
+    stride = align if isinstance(align, int) else 32
+    align = "same" if isinstance(align, int) else align
+    torch.manual_seed(0)
+    model = _randomise_scores(
+        build_model(name, backbone=backbone, num_classes=5, upsample=upsample, align=align, output_stride=stride)
+    )
+    res = export_onnx(_checkpoint(model) | {"classes": list("abcde")}, tmp_path / "m.onnx", model=model, sizes=((97, 131), (64, 64)))
+    assert all(p.ok for p in res.parity), [str(p) for p in res.parity]
+
+
+def test_int8_quantization_writes_a_runnable_file_with_metadata(exported, tmp_path):
+    from fcnseg.export import quantize_onnx
+
+    model, _, res = exported
+    calib = [parity_inputs(((65, 79),), seed=s)[0][0] for s in range(4)]
+    out, parity = quantize_onnx(res.path, tmp_path / "m.int8.onnx", calib, model=model, check_images=calib[:1])
+    meta = read_metadata(out)
+    assert meta["quantization"]["calibration_images"] == 4 and meta["classes"] == CLASSES
+    (p,) = parity
+    assert p.size == (1, 3, 65, 79) and 0.0 <= p.agreement <= 1.0
+    y = B.OnnxRuntimeBackend(out)(parity_inputs(((50, 70),))[0])
+    assert y.shape == (1, 3, 50, 70) and torch.isfinite(y).all()
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(out)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
