@@ -19,3 +19,7 @@ class WeightsError(FcnsegError):
 
 class OutputError(FcnsegError):
     """An output that cannot be written: disk full, read-only folder, a file in the way."""
+
+
+class TrainingDiverged(FcnsegError):
+    """The training loss became NaN or infinite; the last good checkpoint is kept."""

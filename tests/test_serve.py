@@ -43,7 +43,7 @@ PET_IMAGE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ox
 
 
 def write_checkpoint(path: Path, eval_tta: str | None = None) -> Path:
-    """FCN-8s / ResNet-10, 3 classes, untrained but with random score layers (FCN zero-
+    """FCN-8s / ResNet-18, 3 classes, untrained but with random score layers (FCN zero-
     initialises them, which would make every pixel class 0), so masks follow the image."""
     torch.manual_seed(0)
     model = build_model("fcn8s", backbone="resnet18", num_classes=len(CLASSES))

@@ -6,10 +6,13 @@ parsed arguments and returning an exit code. Heavy imports stay inside those fun
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
+import signal
 import sys
+import threading
 import warnings
 
 from fcnseg import __version__
@@ -37,6 +40,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised like KeyboardInterrupt so that a write in progress is undone (a
+    checkpoint's temporary file removed) and the verb ends with one line."""
+
+
+@contextlib.contextmanager
+def _sigterm_raises():
+    """SIGTERM raises Terminated while a verb runs (main thread only; restored after)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def raise_terminated(signum, frame):
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -57,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
             python_style(message, category, filename, lineno, file, line)
 
     try:
-        with warnings.catch_warnings():
+        # the server (uvicorn) handles SIGTERM itself: a graceful shutdown
+        with warnings.catch_warnings(), (_sigterm_raises() if args.verb != "serve" else contextlib.nullcontext()):
             warnings.showwarning = show_warning
             return int(args.func(args) or 0)
     except FcnsegError as e:
@@ -66,3 +92,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"fcnseg {args.verb}: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"fcnseg {args.verb}: terminated (SIGTERM)", file=sys.stderr)
+        return 143

@@ -42,7 +42,7 @@ from fcnseg.engine.precision import resolve_device, resolve_precision
 from fcnseg.engine.runlog import RunLog
 from fcnseg.engine.schedule import LRSchedule, TimeBudget, stage_at
 from fcnseg.engine.step import build_model_for_training, build_train_step
-from fcnseg.errors import ConfigError
+from fcnseg.errors import ConfigError, DataError, TrainingDiverged
 
 log = logging.getLogger("fcnseg.train")
 
@@ -206,11 +206,13 @@ class Trainer:
         )
         stop = None
         with logging_redirect_tqdm():
-            while self.epoch < cfg["epochs"] and stop is None:
-                completed, stop = self.train_one_epoch()
-                if completed:
-                    self.end_of_epoch()
-            self.bar.close()
+            try:
+                while self.epoch < cfg["epochs"] and stop is None:
+                    completed, stop = self.train_one_epoch()
+                    if completed:
+                        self.end_of_epoch()
+            finally:  # an error then starts a line of its own
+                self.bar.close()
             self.finish(stop or "epochs")
         return self.run_dir
 
@@ -231,7 +233,10 @@ class Trainer:
         it = iter(self.loader)
         window, t0 = 0, time.monotonic()  # steps since the last log line; after the workers fork
         while self.batch_in_epoch < used:
-            loss_sum += self.step_fn(next(it) for _ in range(accum))
+            try:
+                loss_sum += self.step_fn(next(it) for _ in range(accum))
+            except DataError as e:  # a file gone or unreadable mid-run: stop at a resumable step
+                self.stop_for_data(e, loss_sum, window, self.schedule.last_lr)
             self.step += 1
             self.batch_in_epoch += accum
             window += 1
@@ -245,6 +250,7 @@ class Trainer:
                 self.revise_total_steps()
             self.schedule.apply(self.step)
             if cfg["ckpt_every_steps"] and self.step % cfg["ckpt_every_steps"] == 0 and not end_of_epoch:
+                self.check_finite(loss_sum, window, step_lr)  # never a checkpoint of diverged weights
                 self.save("last.pt")
             stop = "max_minutes" if self.budget.seconds is not None and (self.step >= self.total_steps or self.any_rank(self.budget.out_of_time(self.elapsed(), self.stage))) else None
             if stop or (self.stage < len(self.data.stages) - 1 and self.any_rank(stage_at(self.data.stages, self.progress()) != self.stage)):
@@ -269,9 +275,50 @@ class Trainer:
         the rate of the last one); their time goes to the budget's plan."""
         self.budget.add_steps(steps, dt, self.stage)
         loss = float(ddp.all_reduce_sum(loss_sum.clone()).item()) / (steps * self.dist.world_size)
+        if not math.isfinite(loss):
+            self.stop_diverged(loss, steps, lr)
         ips = steps * self.cfg["batch_size"] * self.cfg["accum_steps"] * self.dist.world_size / max(dt, 1e-9)
         self.record({"event": "train", "epoch": self.step / self.steps_per_epoch, "step": self.step, "loss": loss, "lr": lr, "images_per_s": ips, "time_s": self.elapsed()})
         self.bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{ips:.1f}", lr=f"{lr:.2e}")
+
+    def check_finite(self, loss_sum: torch.Tensor, steps: int, lr: float) -> None:
+        """Stops the run (TrainingDiverged) if the loss of the last ``steps`` steps is not
+        finite; a host sync, done only before a checkpoint write between log lines."""
+        if steps:
+            loss = float(ddp.all_reduce_sum(loss_sum.clone()).item())
+            if not math.isfinite(loss):
+                self.stop_diverged(loss, steps, lr)
+
+    def stop_diverged(self, loss: float, steps: int, lr: float) -> None:
+        """A NaN or infinite loss: nothing more is written but metrics.json, which says why;
+        the checkpoints written before stay as they were."""
+        first = self.step - steps + 1
+        at = f"step {self.step}" if steps == 1 else f"steps {first}-{self.step} (the loss is read every {self.cfg['log_every']} steps)"
+        good = [(p, load_checkpoint(p)["step"]) for p in (self.run_dir / "last.pt", self.run_dir / "best.pt") if p.is_file()]
+        if good:
+            path, k = max(good, key=lambda g: g[1])
+            kept = f"the last good checkpoint {path} (step {k}) is kept as it was; lower --lr (or set --clip-grad) and train again, or --resume {path} --lr SMALLER"
+        else:
+            path, k, kept = None, None, "no checkpoint was written before it; lower --lr (or set --clip-grad) and train again"
+        if self.main:
+            result = {"stopped": "non-finite loss", "loss": str(loss), "step": self.step, "first_step": first, "lr": lr,
+                      "last_good_checkpoint": str(path) if path else None, "last_good_step": k, "time_s": self.elapsed(), "run_dir": str(self.run_dir)}
+            (self.run_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+            self.record({"event": "end", "epoch": self.step / self.steps_per_epoch, "step": self.step, "stopped": "non-finite loss", "time_s": self.elapsed()})
+            self.runlog.close()
+        raise TrainingDiverged(f"the training loss became {loss} at {at}, lr {lr:.3g}: the run diverged and stopped; {kept}")
+
+    def stop_for_data(self, error: DataError, loss_sum: torch.Tensor, steps: int, lr: float) -> None:
+        """A training file that disappeared or turned unreadable: last.pt at the last
+        completed step (a position --resume continues from), then the error naming the file."""
+        text = str(error)
+        if "Original Traceback" in text:  # raised in a loader worker: its last line is the DataError
+            text = [line for line in text.splitlines() if line.strip()][-1].split("DataError: ", 1)[-1]
+        if steps and not torch.isfinite(loss_sum).item():  # this process alone: the others did not fail
+            self.stop_diverged(float(loss_sum), steps, lr)
+        self.save("last.pt")
+        last = self.run_dir / "last.pt"
+        raise DataError(f"{text}; training stopped at step {self.step}, saved in {last}: restore the file (or fix the data: `fcnseg data check`) and continue with `fcnseg train --resume {last}`") from None
 
     def end_of_epoch(self) -> None:
         t0 = time.monotonic()

@@ -235,19 +235,11 @@ class Service:
         return self.warmup_ms
 
     def settings_line(self) -> str:
-        p = self.predictor
-        tta = f"TTA {p.tta} ({p.views} views)" if p.tta is not None else "no TTA (1 view)"
-        crf = f"CRF {p.crf}" if p.crf is not None else "no CRF"
         cost = ""
         if self.warmup_ms is not None:
             h, w = self.warmup_size
             cost = f"; one {h}x{w} image takes {self.warmup_ms:.0f} ms (warm-up)"
-        return f"{tta}, {crf}, backend {p.backend}, {p.device.type} {self.precision}{cost}"
-
-    @property
-    def precision(self) -> str:
-        """What the model runs in: the torch precision, fp32 for the other engines."""
-        return self.predictor.precision.name if self.predictor.backend.startswith("torch") else "fp32"
+        return self.predictor.describe() + cost
 
     def record(self, ms: float) -> None:
         with self._lock:
@@ -276,7 +268,7 @@ class Service:
             "inference": {
                 "backend": p.backend,
                 "device": str(p.device),
-                "precision": self.precision,
+                "precision": p.precision_name,
                 "tta": str(p.tta) if p.tta is not None else None,
                 "tta_views": p.views,
                 "crf": str(p.crf) if p.crf is not None else None,
