@@ -305,7 +305,9 @@ def test_precision_choice_and_its_reason(monkeypatch, features, native, asked, l
     monkeypatch.setattr(prec, "cpu_features", lambda: features)
     monkeypatch.setattr(prec, "cpu_has_fast_bf16", lambda: native)
     chosen = prec.resolve_precision(asked, "cpu")
-    layout = "channels_last" if prec.CPU_FP32_CHANNELS_LAST else "NCHW"
+    # fp32 runs channels_last where it is the production path (no native bf16), NCHW where
+    # it is a reference run asked for on a bf16 CPU
+    layout = "channels_last" if prec.CPU_FP32_CHANNELS_LAST and not native else "NCHW"
     assert prec.describe(chosen) == line.format(layout=layout)
     assert chosen.name == ("bf16" if native and asked == "auto" else "fp32")
 
