@@ -90,7 +90,6 @@ class Trainer:
         self.main = self.dist.is_main
         if not self.main:
             log.setLevel(logging.WARNING)
-        self.precision = resolve_precision(cfg["precision"], self.device)
         torch.manual_seed(cfg["seed"])
         random.seed(cfg["seed"])
         np.random.seed(cfg["seed"])
@@ -110,6 +109,9 @@ class Trainer:
             )
         # model and step
         self.model = build_model_for_training(cfg, data.num_classes, init_from=ckpt is None)
+        # resolved (and logged) once the data and model are known to be good: a bad argument
+        # is then the only line the run prints
+        self.precision = resolve_precision(cfg["precision"], self.device)
         weight = torch.tensor(data.class_weight, dtype=torch.float32, device=self.device) if data.class_weight else None
         self.step_fn = build_train_step(
             self.model, cfg, device=self.device, precision=self.precision, num_classes=data.num_classes,
