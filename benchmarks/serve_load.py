@@ -188,7 +188,9 @@ def main() -> int:
             "memory_after_warmup": memory(server.pid), "blocks": [],
         }
         print(f"machine: {report['machine']}")
-        print(f"server: {report['model']}, {info['inference']['device']} {info['inference']['precision']}, "
+        info = httpx.get(url + "/v1/model").json()  # again: `auto` names its choice after a request
+        report["inference"] = info["inference"]
+        print(f"server: {report['model']}, backend {info['inference']['backend']}, {info['inference']['device']} {info['inference']['precision']}, "
               f"workers {args.workers}, max queue {max_queue}; image {report['image']}, format {args.format}")
         mem = report["memory_after_warmup"]
         print(f"after warm-up: RSS {mem['VmRSS']:.0f} MiB, peak {mem['VmHWM']:.0f} MiB")

@@ -837,13 +837,20 @@ def test_zero_argument_fcnseg_train(tmp_path, monkeypatch):
     runs = list((tmp_path / "runs").iterdir())
     assert len(runs) == 1
     result = json.loads((runs[0] / "metrics.json").read_text())
-    assert result["steps"] == 2 and result["stopped"] == "epochs"
+    # the zero-argument run is time-bounded (here its epoch ends it first; a budgeted run reports "max_minutes")
+    assert result["steps"] == 2 and result["stopped"] == "max_minutes"
+    assert resolve_config({}, config_file=runs[0] / "config.yaml")["max_minutes"] == config_mod.DEFAULT_MINUTES
 
 
 def test_default_config_is_the_documented_quick_run():
+    from fcnseg.engine.config import DEFAULT_MINUTES
+
     cfg = TrainConfig()
     assert (cfg.data, cfg.model, cfg.backbone, cfg.upsample) == ("synthetic", "fcn8s", "resnet18", "bilinear")
-    assert cfg.max_minutes is None and cfg.weights is None and cfg.precision == "auto"
+    assert cfg.max_minutes == DEFAULT_MINUTES == 3.0 and cfg.weights is None and cfg.precision == "auto"
+    # the budget is the zero-argument run's: epochs given alone run to their end, as before
+    assert resolve_config({})["max_minutes"] == 3.0 and resolve_config({"epochs": 5})["max_minutes"] is None
+    assert resolve_config({"epochs": 5, "max_minutes": 2})["max_minutes"] == 2 and resolve_config({"max_minutes": 0})["max_minutes"] is None
 
 
 def _five_class_checkpoint(path: Path) -> Path:

@@ -27,6 +27,8 @@ SCHEDULES = ("poly", "cosine", "constant")
 CLASS_WEIGHTS = ("none", "median", "median_sqrt")
 UPSAMPLES = ("deconv", "bilinear", "unpool")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+# minutes the zero-argument `fcnseg train` trains for, final validation included
+DEFAULT_MINUTES = 3.0
 # the groups of `fcnseg train --help`, in order
 GROUPS = ("data", "model", "augmentation", "optimisation", "run")
 
@@ -57,7 +59,8 @@ def option(default: Any, group: str, help: str | None = None, **cli: Any) -> Any
 class TrainConfig:
     """Every training option with its default and its flag. The defaults are the
     zero-argument ``fcnseg train``: FCN-8s on a ResNet-18 trunk, trained from scratch on the
-    built-in synthetic dataset in about two minutes on two CPU cores."""
+    built-in synthetic dataset for 8 epochs or ``DEFAULT_MINUTES`` (3), whichever ends first,
+    on any two CPU cores; giving ``epochs`` without ``max_minutes`` lifts the budget."""
 
     # data (--data, --data-root and --data-option come from fcnseg.cli.data, shared with eval)
     data: str = option("synthetic", "data", flag=None)
@@ -114,7 +117,9 @@ class TrainConfig:
     compile: bool = option(False, "run", "torch.compile the model")
     seed: int = option(0, "run", metavar="S")
     # run control and output
-    max_minutes: float | None = option(None, "run", "wall-clock budget, final validation (if any) included; the lr schedule fits it (0: none, e.g. to run a config's recipe for --epochs)", metavar="M")
+    # the zero-argument run's budget (any 2-core CPU, fp32-only ones included); an --epochs
+    # given without --max-minutes lifts it (resolve_config)
+    max_minutes: float | None = option(DEFAULT_MINUTES, "run", f"wall-clock budget, final validation (if any) included; the lr schedule fits it (default {DEFAULT_MINUTES:g} unless --epochs is given; 0: none, e.g. to run a config's recipe for --epochs)", metavar="M")
     eval_every: int = option(1, "run", "validate every N epochs (0: never: the whole budget trains, best.pt is the final model; score it with `fcnseg eval`)", metavar="N")
     eval_batch_size: int = option(1, "run", metavar="B")
     eval_tta: str | None = option(None, "run", "test-time augmentation of validation (and the default of `fcnseg eval`/`predict` for this run), e.g. 'flip,scales=0.75,1,1.25'; 'none': off", metavar="SPEC")
@@ -246,15 +251,23 @@ def resolve_config(overrides: dict | TrainConfig | None = None, *, config_file: 
         if key in cfg:
             check_removed(key, cfg[key], "the checkpoint's config")
     cfg = {k: v for k, v in cfg.items() if k in FIELDS}
+    given: set[str] = set()  # the keys a file or the caller set
     if config_file is not None:
-        cfg = merge(cfg, load_yaml(config_file), str(config_file))
+        loaded = load_yaml(config_file)
+        given |= set(loaded)
+        cfg = merge(cfg, loaded, str(config_file))
     if isinstance(overrides, TrainConfig):
         overrides = overrides.to_dict()
     if overrides:
         if "config" in overrides:  # train({"config": "file.yaml", ...}) as a notebook shortcut
             overrides = dict(overrides)
-            cfg = merge(cfg, load_yaml(overrides["config"]), str(overrides.pop("config")))
+            loaded = load_yaml(overrides["config"])
+            given |= set(loaded)
+            cfg = merge(cfg, loaded, str(overrides.pop("config")))
+        given |= set(overrides)
         cfg = merge(cfg, overrides, "the given options")
+    if base is None and "epochs" in given and "max_minutes" not in given:
+        cfg["max_minutes"] = None  # the default budget is the zero-argument run's: --epochs N runs N epochs
     if cfg["max_minutes"] == 0:  # 0 lifts a time budget (e.g. a config file's): --epochs decides
         cfg["max_minutes"] = None
     validate(cfg)

@@ -22,6 +22,7 @@ import glob
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -240,6 +241,20 @@ class Predictor:
         return _backend_name(self.model)
 
     @property
+    def precision_name(self) -> str:
+        """What the model runs in: the torch precision; fp32 for the other engines, int8 for an
+        int8 export."""
+        if self.backend.startswith("torch"):
+            return self.precision.name
+        return "int8" if "int8" in self.backend else "fp32"
+
+    def describe(self) -> str:
+        """The test-time settings and engine, e.g. ``TTA flip (2 views), no CRF, backend torch, cpu bf16``."""
+        tta = f"TTA {self.tta} ({self.views} views)" if self.tta is not None else "no TTA (1 view)"
+        crf = f"CRF {self.crf}" if self.crf is not None else "no CRF"
+        return f"{tta}, {crf}, backend {self.backend}, {self.device.type} {self.precision_name}"
+
+    @property
     def views(self) -> int:
         """Forward passes per image for the TTA (1 without)."""
         return 1 if self.tta is None else len(self.tta.scales) * (2 if self.tta.flip else 1)
@@ -300,6 +315,8 @@ def predict(
         sliding_window=sliding_window, model=model, backend=backend, onnx_path=onnx_path,
     )
     classes, palette = predictor.classes, predictor.palette
+    log.info("fcnseg predict: %d image%s: %s", len(paths), "" if len(paths) == 1 else "s", predictor.describe())
+    model_seconds, done = 0.0, 0
 
     out = ensure_output_dir(out_dir)
     names = _output_names(paths)
@@ -328,13 +345,17 @@ def predict(
         for group in groups.values():
             for b in range(0, len(group), batch_size):
                 batch = group[b : b + batch_size]
+                t = time.perf_counter()
                 scores = predictor.scores([im for _, _, im in batch], probs=save_probs)
+                model_seconds, done = model_seconds + time.perf_counter() - t, done + len(batch)
                 for (_path, name, image), score in zip(batch, scores, strict=True):
                     written += _write(out, name, image, score, save_probs, alpha, classes, palette)
                     if bar is not None:
                         bar.update(1)
     if bar is not None:
         bar.close()
+    if done:
+        log.info("fcnseg predict: %.0f ms of inference per image", 1000 * model_seconds / done)
     if failures:
         raise PredictFailures(failures, written, len(paths))
     return written

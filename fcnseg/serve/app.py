@@ -225,8 +225,12 @@ class Service:
         self.ready = False
 
     def warm_up(self, size: tuple[int, int]) -> float:
-        """One inference on a random (H, W) = ``size`` image; its milliseconds."""
+        """Two inferences on a random (H, W) = ``size`` image: the first pays the one-time
+        costs (kernel selection, allocations, ``auto``'s probing), the second is timed: its
+        milliseconds."""
         image = np.random.default_rng(0).integers(0, 256, (*size, 3), np.uint8)
+        with self._model_lock:
+            self.predictor(image)
         t = time.perf_counter()
         with self._model_lock:
             self.predictor(image)
@@ -235,19 +239,11 @@ class Service:
         return self.warmup_ms
 
     def settings_line(self) -> str:
-        p = self.predictor
-        tta = f"TTA {p.tta} ({p.views} views)" if p.tta is not None else "no TTA (1 view)"
-        crf = f"CRF {p.crf}" if p.crf is not None else "no CRF"
         cost = ""
         if self.warmup_ms is not None:
             h, w = self.warmup_size
             cost = f"; one {h}x{w} image takes {self.warmup_ms:.0f} ms (warm-up)"
-        return f"{tta}, {crf}, backend {p.backend}, {p.device.type} {self.precision}{cost}"
-
-    @property
-    def precision(self) -> str:
-        """What the model runs in: the torch precision, fp32 for the other engines."""
-        return self.predictor.precision.name if self.predictor.backend.startswith("torch") else "fp32"
+        return self.predictor.describe() + cost
 
     def record(self, ms: float) -> None:
         with self._lock:
@@ -276,7 +272,7 @@ class Service:
             "inference": {
                 "backend": p.backend,
                 "device": str(p.device),
-                "precision": self.precision,
+                "precision": p.precision_name,
                 "tta": str(p.tta) if p.tta is not None else None,
                 "tta_views": p.views,
                 "crf": str(p.crf) if p.crf is not None else None,
