@@ -81,6 +81,7 @@ def test_export_writes_verified_file_with_metadata(exported):
     model, ckpt, res = exported
     assert res.path.is_file()
     assert len(res.parity) == 3  # two sizes and a batch of 2
+    assert "1x65x79, 2x65x79, 1x96x128 (NxHxW)" in res.summary()
     assert all(p.rel <= RTOL and p.agreement >= MIN_AGREEMENT for p in res.parity)
     meta = read_metadata(res.path)
     assert meta["classes"] == CLASSES
