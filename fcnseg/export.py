@@ -256,9 +256,10 @@ class ExportResult:
     def summary(self) -> str:
         worst = max(self.parity, key=lambda p: p.rel)
         agree = min(p.agreement for p in self.parity)
+        sizes = ", ".join(f"{p.size[0]}x{p.size[-2]}x{p.size[-1]}" for p in self.parity)
         return (
             f"wrote {self.path} ({self.path.stat().st_size / 2**20:.1f} MiB); verified against PyTorch fp32 on "
-            f"{', '.join('x'.join(map(str, p.size[-2:])) for p in self.parity)}: worst max|Δlogit| "
+            f"{sizes} (NxHxW): worst max|Δlogit| "
             f"{worst.rel:.1e} of max|logit|, argmax agreement >= {100 * agree:.4f} %"
         )
 

@@ -81,6 +81,7 @@ def test_export_writes_verified_file_with_metadata(exported):
     model, ckpt, res = exported
     assert res.path.is_file()
     assert len(res.parity) == 3  # two sizes and a batch of 2
+    assert "1x65x79, 2x65x79, 1x96x128 (NxHxW)" in res.summary()
     assert all(p.rel <= RTOL and p.agreement >= MIN_AGREEMENT for p in res.parity)
     meta = read_metadata(res.path)
     assert meta["classes"] == CLASSES
@@ -236,6 +237,8 @@ SWEEP = [
 ] + [(m, "vgg16", u, "paper") for m in ("fcn32s", "fcn16s", "fcn8s") for u in ("deconv", "bilinear", "unpool")] + [
     ("fcn8s", "vgg16", "unpool", "same"),
     ("seed", "vgg16", "deconv", "same"),
+    ("fcn8s", "vgg16_bn", "deconv", "same"),
+    ("fcn8s", "resnet50", "deconv", "same"),
     ("fcn8s", "resnet18", "bilinear", 8),
     ("fcn16s", "resnet18", "unpool", 16),
 ]
@@ -270,3 +273,25 @@ def test_int8_quantization_writes_a_runnable_file_with_metadata(exported, tmp_pa
 
     ops = {n.op_type for n in onnx.load(str(out)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+
+
+def test_predict_and_eval_cli_with_an_onnx_backend(exported, tmp_path, capsys):
+    """`--backend onnxruntime --onnx FILE` writes the same masks as eager fp32; eval's JSON
+    names the backend."""
+    from PIL import Image
+
+    _, ckpt, res = exported
+    torch.save(ckpt, tmp_path / "m.pt")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (41, 57, 3), np.uint8)).save(tmp_path / "a.png")
+    common = ["--checkpoint", str(tmp_path / "m.pt"), "--tta", "none", "--crf", "none"]
+    for name, extra in (("torch", ["--precision", "fp32"]), ("onnxruntime", ["--onnx", str(res.path)])):
+        argv = ["predict", *common, str(tmp_path / "a.png"), "--out", str(tmp_path / name), "--backend", name, *extra]
+        assert main(argv) == 0
+    a, b = (np.asarray(Image.open(tmp_path / n / "a.png")) for n in ("torch", "onnxruntime"))
+    assert a.shape == (41, 57) and (a == b).mean() >= MIN_AGREEMENT
+    capsys.readouterr()
+    argv = ["eval", *common, "--backend", "onnxruntime", "--onnx", str(res.path), "--json"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["backend"] == "onnxruntime" and out["precision"] == "fp32" and out["num_images"] == 6

@@ -470,7 +470,9 @@ def test_page_in_headless_chromium(server, tmp_path):
             errors = []
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.goto(server + "/")
-            page.wait_for_function("document.getElementById('model-line').textContent.includes('fcn8s')")
+            # a locator wait (Playwright's injected script), not wait_for_function: a string
+            # predicate is eval'ed in the page, which the page's Content-Security-Policy forbids
+            page.locator("#model-line", has_text="fcn8s").wait_for(timeout=60_000)
             page.set_input_files("#file", str(upload))
             page.wait_for_selector("body[data-state=done]", timeout=120_000)
             legend = page.locator("#legend tbody tr.present td:nth-child(2)").all_inner_texts()

@@ -180,6 +180,8 @@ class OnnxRuntimeBackend(Backend):
         self.path = Path(onnx_path)
         self.session = ort_session(self.path)
         self._run = ort_runner(self.session)
+        if _is_int8(self.path):
+            self.name = "onnxruntime (int8)"
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self._run(x).to(x.device)
@@ -201,6 +203,8 @@ class OpenVinoBackend(Backend):
         }
         self.compiled = core.compile_model(core.read_model(os.fspath(self.path)), "CPU", config)
         self.request = self.compiled.create_infer_request()
+        if _is_int8(self.path):
+            self.name = "openvino (int8)"
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         import numpy as np
@@ -208,6 +212,15 @@ class OpenVinoBackend(Backend):
         arr = np.ascontiguousarray(x.detach().cpu().float().numpy())
         out = self.request.infer({0: arr})
         return torch.from_numpy(np.array(next(iter(out.values())))).to(x.device)
+
+
+def _is_int8(path: Path) -> bool:
+    """Whether an ONNX file was written by ``fcnseg export --int8`` (its metadata says so)."""
+    with contextlib.suppress(Exception):
+        from fcnseg.export import read_metadata
+
+        return "quantization" in read_metadata(path)
+    return False
 
 
 def cached_onnx(model: nn.Module, ckpt: dict | None = None) -> Path:

@@ -374,7 +374,7 @@ def evaluate_checkpoint(
         "tta": str(tta) if tta is not None else None,
         "crf": str(crf) if crf is not None else None,
         "sliding_window": list(window) if window else None,
-        "precision": prec.name,
+        "precision": "int8" if "int8" in _backend_name(model) else prec.name,
         "backend": _backend_name(model),
         "pixel_acc": res["pixel_acc"],
         "mean_acc": res["mean_acc"],

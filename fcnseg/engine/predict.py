@@ -242,8 +242,11 @@ class Predictor:
 
     @property
     def precision_name(self) -> str:
-        """What the model runs in: the torch precision, fp32 for the other engines."""
-        return self.precision.name if self.backend.startswith("torch") else "fp32"
+        """What the model runs in: the torch precision; fp32 for the other engines, int8 for an
+        int8 export."""
+        if self.backend.startswith("torch"):
+            return self.precision.name
+        return "int8" if "int8" in self.backend else "fp32"
 
     def describe(self) -> str:
         """The test-time settings and engine, e.g. ``TTA flip (2 views), no CRF, backend torch, cpu bf16``."""
