@@ -243,7 +243,7 @@ def test_disk_full_while_writing_a_checkpoint_keeps_the_previous_one(ws, monkeyp
     assert load_checkpoint(out / "last.pt")["step"] == 2
 
 
-@pytest.mark.parametrize("sig, code, said", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated (SIGTERM)")])
+@pytest.mark.parametrize("sig, code, said", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated (SIGTERM)")], ids=["sigint", "sigterm"])
 def test_ctrl_c_or_sigterm_leaves_a_resumable_last_pt(ws, monkeypatch, capsys, sig, code, said):
     """SIGINT (Ctrl-C) or SIGTERM (a scheduler's stop) in the middle of training: one line,
     exit 130 / 143, the last checkpoint written stays intact and --resume continues from it."""
