@@ -12,8 +12,12 @@ import torch
 from fcnseg.engine.config import PRECISIONS
 from fcnseg.errors import ConfigError
 
-# fp32 on a CPU without native bf16: the layout measured faster by benchmarks/fp32_layout.py
-CPU_FP32_CHANNELS_LAST = False
+# fp32 on a CPU without native bf16 (there fp32 is the production path): channels_last,
+# measured faster by benchmarks/fp32_layout.py for ResNet-18 FCN-8s/FCN-4s with fp32 on an
+# AVX-512 EPYC standing in: inference 1.24-1.29x (one noisy 0.84), the training step
+# 1.05-1.15x (issue 27: 1.19-1.46x inference on Zen 2). On CPUs with native bf16,
+# --precision fp32 is the reference run and keeps NCHW.
+CPU_FP32_CHANNELS_LAST = True
 
 log = logging.getLogger("fcnseg")
 _told: set[str] = set()
@@ -70,8 +74,8 @@ def _cpu_reason(features: list[str]) -> str:
 
 def resolve_precision(precision: str, device: torch.device | str) -> Precision:
     """``auto`` picks bf16 + channels_last on CPUs with native bf16 and on GPUs that support it,
-    fp16 with a grad scaler on GPUs without bf16, fp32 otherwise (on a CPU in the layout
-    ``CPU_FP32_CHANNELS_LAST`` says). An explicit choice that the device cannot run raises
+    fp16 with a grad scaler on GPUs without bf16, fp32 otherwise (channels_last on CPUs without
+    native bf16: ``CPU_FP32_CHANNELS_LAST``). An explicit choice that the device cannot run raises
     ConfigError. ``reason`` says why (the CPU features seen); it is logged once (:func:`tell`)."""
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
@@ -99,7 +103,7 @@ def resolve_precision(precision: str, device: torch.device | str) -> Precision:
     elif precision == "fp16":
         chosen = Precision("fp16", torch.float16, channels_last=True, use_scaler=True, reason=why)
     else:
-        channels_last = device_type == "cuda" or (device_type == "cpu" and CPU_FP32_CHANNELS_LAST)
+        channels_last = device_type == "cuda" or (device_type == "cpu" and CPU_FP32_CHANNELS_LAST and not cpu_has_fast_bf16())
         chosen = Precision("fp32", None, channels_last=channels_last, use_scaler=False, reason=why)
     tell(chosen)
     return chosen

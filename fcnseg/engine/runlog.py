@@ -1,12 +1,15 @@
-"""A run's event log: ``metrics.jsonl`` (one JSON object a line), TensorBoard scalars, and the
-``callback`` of ``train()``."""
+"""A run's directory (``new_run_dir``, ``find_resume``) and its event log: ``metrics.jsonl``
+(one JSON object a line), TensorBoard scalars, and the ``callback`` of ``train()``."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
+
+from fcnseg.errors import ConfigError
 
 
 class RunLog:
@@ -52,3 +55,28 @@ class RunLog:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+
+
+def find_resume(cfg: dict) -> Path:
+    """The checkpoint ``resume`` names: a path, or ``auto`` → OUT/last.pt (OUT: ``out``, or
+    the newest run under runs/ with a last.pt)."""
+    if cfg["resume"] != "auto":
+        return Path(cfg["resume"])
+    if cfg["out"]:
+        return Path(cfg["out"]) / "last.pt"
+    candidates = sorted(Path("runs").glob("*/last.pt"), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise ConfigError("--resume without a path needs --out RUN_DIR (or a run under runs/ with a last.pt)")
+    return candidates[-1]
+
+
+def new_run_dir(cfg: dict) -> Path:
+    if cfg["out"]:
+        return Path(cfg["out"])
+    name = cfg["name"] or datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = Path("runs") / name
+    k = 1
+    while path.exists() and not cfg["name"]:
+        path = Path("runs") / f"{name}-{k}"
+        k += 1
+    return path

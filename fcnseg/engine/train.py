@@ -22,7 +22,6 @@ import random
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +38,7 @@ from fcnseg.engine.checkpoint import (
 from fcnseg.engine.config import TrainConfig, resolve_config, save_yaml
 from fcnseg.engine.data import train_loader, training_data, val_source
 from fcnseg.engine.precision import resolve_device, resolve_precision
-from fcnseg.engine.runlog import RunLog
+from fcnseg.engine.runlog import RunLog, find_resume, new_run_dir
 from fcnseg.engine.schedule import LRSchedule, TimeBudget, stage_at
 from fcnseg.engine.step import build_model_for_training, build_train_step
 from fcnseg.errors import ConfigError, DataError, TrainingDiverged
@@ -79,31 +78,6 @@ def train(cfg: dict | TrainConfig | None = None, *, config_file: str | os.PathLi
         ddp.cleanup_distributed()
 
 
-def find_resume(cfg: dict) -> Path:
-    """The checkpoint ``resume`` names: a path, or ``auto`` → OUT/last.pt (OUT: ``out``, or
-    the newest run under runs/ with a last.pt)."""
-    if cfg["resume"] != "auto":
-        return Path(cfg["resume"])
-    if cfg["out"]:
-        return Path(cfg["out"]) / "last.pt"
-    candidates = sorted(Path("runs").glob("*/last.pt"), key=lambda p: p.stat().st_mtime)
-    if not candidates:
-        raise ConfigError("--resume without a path needs --out RUN_DIR (or a run under runs/ with a last.pt)")
-    return candidates[-1]
-
-
-def new_run_dir(cfg: dict) -> Path:
-    if cfg["out"]:
-        return Path(cfg["out"])
-    name = cfg["name"] or datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = Path("runs") / name
-    k = 1
-    while path.exists() and not cfg["name"]:
-        path = Path("runs") / f"{name}-{k}"
-        k += 1
-    return path
-
-
 class Trainer:
     """One run: its setup in ``__init__``, the loop in ``fit``."""
 
@@ -116,7 +90,6 @@ class Trainer:
         self.main = self.dist.is_main
         if not self.main:
             log.setLevel(logging.WARNING)
-        self.precision = resolve_precision(cfg["precision"], self.device)
         torch.manual_seed(cfg["seed"])
         random.seed(cfg["seed"])
         np.random.seed(cfg["seed"])
@@ -136,6 +109,9 @@ class Trainer:
             )
         # model and step
         self.model = build_model_for_training(cfg, data.num_classes, init_from=ckpt is None)
+        # resolved (and logged) once the data and model are known to be good: a bad argument
+        # is then the only line the run prints
+        self.precision = resolve_precision(cfg["precision"], self.device)
         weight = torch.tensor(data.class_weight, dtype=torch.float32, device=self.device) if data.class_weight else None
         self.step_fn = build_train_step(
             self.model, cfg, device=self.device, precision=self.precision, num_classes=data.num_classes,
