@@ -479,7 +479,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         if self.unpaired:
             log.warning(
                 "%s/%s: %d listed files are missing (first: %s); those pairs are left out — "
-                "run `fcnseg data check %s --root %s` for the list",
+                "run `fcnseg data check --data %s --data-root %s` for the list",
                 self.name,
                 self.split,
                 len(self.unpaired),

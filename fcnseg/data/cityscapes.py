@@ -47,7 +47,7 @@ MASK_SUFFIX = "_gtFine_labelIds.png"
 HINT = (
     "download leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip from "
     "https://www.cityscapes-dataset.com (login needed), unzip both into one folder and pass "
-    "it as --root"
+    "it as --data-root"
 )
 
 

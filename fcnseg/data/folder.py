@@ -179,7 +179,7 @@ def _pair_masks(images: list[Path], mask_dir: Path) -> tuple[list[tuple[Path, Pa
 class Folder(SegmentationDataset):
     splits = ("train", "val", "test", "all")
     check_splits = ("all",)
-    download_hint = "pass --root DIR holding images/ and masks/ (or images=DIR masks=DIR)"
+    download_hint = "pass --data-root DIR holding images/ and masks/ (or images=DIR masks=DIR)"
 
     def __init__(
         self,

@@ -34,7 +34,7 @@ PET_PALETTE = np.array([[128, 0, 0], [0, 0, 0], [255, 255, 255]], np.uint8)
 class OxfordPet(SegmentationDataset):
     splits = ("train", "val", "trainval", "test")
     check_splits = ("trainval", "test")
-    download_hint = "run `fcnseg data download oxford-pet --root DIR`, or pass the right --root"
+    download_hint = "run `fcnseg data download oxford-pet --root DIR`, or pass the right --data-root"
 
     def __init__(
         self,

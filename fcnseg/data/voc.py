@@ -52,10 +52,10 @@ VOC_BORDER_COLOR = (224, 224, 192)  # the palette entry of index 255
 LISTS = Path(__file__).with_name("lists")
 SEG11VALID = LISTS / "seg11valid.txt"
 
-VOC_HINT = "run `fcnseg data download voc --root DIR`, or pass the folder holding VOC2012 as --root"
+VOC_HINT = "run `fcnseg data download voc --root DIR`, or pass the folder holding VOC2012 as --data-root"
 SBD_HINT = (
     "run `fcnseg data download sbd --root DIR`, or pass the folder holding "
-    "benchmark_RELEASE/dataset as --root"
+    "benchmark_RELEASE/dataset as --data-root"
 )
 
 

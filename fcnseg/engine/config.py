@@ -146,7 +146,10 @@ def default_config() -> dict:
 def _unknown_key(key: str, source: str) -> ConfigError:
     close = difflib.get_close_matches(key, list(FIELDS), n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return ConfigError(f"unknown config key {key!r} in {source}{hint}; valid keys are the TrainConfig fields: {', '.join(FIELDS)}")
+    return ConfigError(
+        f"unknown config key {key!r} in {source}{hint}; the valid keys are the `fcnseg train --help` "
+        "flags, underscored (fcnseg.engine.config.TrainConfig)"
+    )
 
 
 def _coerce(key: str, value: Any, source: str) -> Any:

@@ -14,9 +14,9 @@ from fcnseg.errors import ConfigError
 
 # fp32 on a CPU without native bf16 (there fp32 is the production path): channels_last,
 # measured faster by benchmarks/fp32_layout.py for ResNet-18 FCN-8s/FCN-4s with fp32 on an
-# AVX-512 EPYC standing in: inference 1.24-1.29x (one noisy 0.84), the training step
-# 1.05-1.15x (issue 27: 1.19-1.46x inference on Zen 2). On CPUs with native bf16,
-# --precision fp32 is the reference run and keeps NCHW.
+# AVX-512 EPYC standing in: inference 1.18-1.58x, the training step 1.05-1.15x (issue 27:
+# 1.19-1.46x inference on Zen 2). On CPUs with native bf16, --precision fp32 is the reference
+# run and keeps NCHW.
 CPU_FP32_CHANNELS_LAST = True
 
 log = logging.getLogger("fcnseg")
