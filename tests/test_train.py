@@ -837,8 +837,9 @@ def test_zero_argument_fcnseg_train(tmp_path, monkeypatch):
     runs = list((tmp_path / "runs").iterdir())
     assert len(runs) == 1
     result = json.loads((runs[0] / "metrics.json").read_text())
-    # the zero-argument run is time-bounded (here its epoch ends it first; a budgeted run reports "max_minutes")
-    assert result["steps"] == 2 and result["stopped"] == "max_minutes"
+    # the zero-argument run is time-bounded (its config keeps the budget); here its one epoch
+    # ends before the budget does, and the run says so
+    assert result["steps"] == 2 and result["stopped"] == "epochs"
     assert resolve_config({}, config_file=runs[0] / "config.yaml")["max_minutes"] == config_mod.DEFAULT_MINUTES
 
 

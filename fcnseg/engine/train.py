@@ -228,7 +228,10 @@ class Trainer:
             if cfg["ckpt_every_steps"] and self.step % cfg["ckpt_every_steps"] == 0 and not end_of_epoch:
                 self.check_finite(loss_sum, window, step_lr)  # never a checkpoint of diverged weights
                 self.save("last.pt")
-            stop = "max_minutes" if self.budget.seconds is not None and (self.step >= self.total_steps or self.any_rank(self.budget.out_of_time(self.elapsed(), self.stage))) else None
+            # the budget's stop: its steps are done before the planned epochs' (reaching the planned
+            # steps is the epochs' own end), or the clock says the rest would not fit
+            budget_done = self.total_steps < self.planned_steps and self.step >= self.total_steps
+            stop = "max_minutes" if self.budget.seconds is not None and (budget_done or self.any_rank(self.budget.out_of_time(self.elapsed(), self.stage))) else None
             if stop or (self.stage < len(self.data.stages) - 1 and self.any_rank(stage_at(self.data.stages, self.progress()) != self.stage)):
                 if window:  # the steps since the last log line, on this stage's crops
                     self.log_window(window, time.monotonic() - t0, loss_sum, step_lr)
