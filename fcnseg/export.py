@@ -142,9 +142,9 @@ def _checkpoint(checkpoint) -> dict:
 def checkpoint_metadata(ckpt: dict) -> dict[str, str]:
     """The ONNX ``metadata_props`` for a checkpoint (strings; JSON where structured)."""
     from fcnseg import __version__
-    from fcnseg.engine.predict import _checkpoint_meta
+    from fcnseg.engine.checkpoint import checkpoint_meta
 
-    classes, palette, mean, std = _checkpoint_meta(ckpt)
+    classes, palette, mean, std = checkpoint_meta(ckpt)
     return {
         "fcnseg.version": __version__,
         "fcnseg.classes": json.dumps(classes),
@@ -341,9 +341,9 @@ def calibration_images(
     """``count`` normalised training images (an even spread over the split), at their size."""
     from fcnseg.data import build_dataset
     from fcnseg.data.transforms import eval_transforms
-    from fcnseg.engine.predict import _checkpoint_meta
+    from fcnseg.engine.checkpoint import checkpoint_meta
 
-    _, _, mean, std = _checkpoint_meta(ckpt)
+    _, _, mean, std = checkpoint_meta(ckpt)
     ds = build_dataset(data, root=data_root, split=split, transforms=eval_transforms(mean=mean, std=std))
     if count < 1:
         raise ConfigError(f"--calib-images {count}: must be >= 1")

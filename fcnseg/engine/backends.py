@@ -392,3 +392,12 @@ class AutoBackend(Backend):
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self._backend(self.choose(x))(x)
+
+
+def backend_name(model) -> str:
+    """What runs ``model``, as eval/predict/serve report it: ``torch`` for a module; a backend's name, ``auto (onnxruntime)`` for auto."""
+    if isinstance(model, nn.Module):
+        return "torch"
+    name = getattr(model, "name", type(model).__name__)
+    chosen = sorted({e["backend"] for e in getattr(model, "report", {}).values()})
+    return f"{name} ({', '.join(chosen)})" if chosen else name

@@ -14,6 +14,7 @@ import contextlib
 import copy
 import errno
 import glob
+import logging
 import os
 import tempfile
 from pathlib import Path, PurePath
@@ -23,6 +24,8 @@ import torch
 from torch import nn
 
 from fcnseg.errors import OutputError, WeightsError
+
+log = logging.getLogger("fcnseg.checkpoint")
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -188,3 +191,19 @@ def model_from_checkpoint(ckpt: dict | str | os.PathLike) -> nn.Module:
     model.load_state_dict(ckpt["model"])
     return model
 
+
+def checkpoint_meta(ckpt: dict) -> tuple[list[str], np.ndarray, tuple, tuple]:
+    """What inference needs besides the weights: class names, palette (K, 3) uint8, mean, std
+    (ImageNet statistics, with a warning, when the checkpoint has none)."""
+    from fcnseg.data.base import make_palette
+    from fcnseg.weights import IMAGENET_MEAN, IMAGENET_STD
+
+    k = int(ckpt["model_config"].get("num_classes", 0)) or len(ckpt.get("classes") or ())
+    classes = [str(c) for c in (ckpt.get("classes") or [str(i) for i in range(k)])]
+    palette = ckpt.get("palette")
+    palette = make_palette(len(classes)) if palette is None else np.asarray(palette, np.uint8).reshape(-1, 3)
+    mean, std = ckpt.get("mean"), ckpt.get("std")
+    if mean is None or std is None:
+        log.warning("checkpoint has no mean/std; normalising with ImageNet statistics")
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    return classes, palette, tuple(float(v) for v in mean), tuple(float(v) for v in std)

@@ -30,6 +30,7 @@ import torch.distributed as dist
 from torch import nn
 
 from fcnseg.data.base import IGNORE_INDEX
+from fcnseg.engine.backends import backend_name, load_backend
 from fcnseg.engine.crf import CRF, parse_crf
 from fcnseg.engine.inference import TTA, checkpoint_inference, parse_tta, parse_window, segment
 from fcnseg.engine.precision import Precision, resolve_device, resolve_precision
@@ -248,15 +249,6 @@ def checkpoint_data(
     return name, root, options, split or config.get("val_split") or "val"
 
 
-def _backend_name(model) -> str:
-    """``torch`` for a module; a backend's name, ``auto (onnxruntime)`` for auto."""
-    if isinstance(model, nn.Module):
-        return "torch"
-    name = getattr(model, "name", type(model).__name__)
-    chosen = sorted({e["backend"] for e in getattr(model, "report", {}).values()})
-    return f"{name} ({', '.join(chosen)})" if chosen else name
-
-
 def evaluate_checkpoint(
     checkpoint: str | os.PathLike | dict,
     data: str | None = None,
@@ -304,8 +296,7 @@ def evaluate_checkpoint(
     """
     from fcnseg.data import build_dataset
     from fcnseg.data.transforms import eval_transforms
-    from fcnseg.engine.checkpoint import load_checkpoint, model_from_checkpoint
-    from fcnseg.weights import IMAGENET_MEAN, IMAGENET_STD
+    from fcnseg.engine.checkpoint import checkpoint_meta, load_checkpoint, model_from_checkpoint
 
     if batch_size < 1:
         raise ConfigError(f"batch_size={batch_size}: must be >= 1")
@@ -320,9 +311,7 @@ def evaluate_checkpoint(
     name, root, options, split = checkpoint_data(
         ckpt.get("config") or {}, data, data_root, data_options, split
     )
-    mean, std = ckpt.get("mean"), ckpt.get("std")
-    if mean is None or std is None:
-        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    _, _, mean, std = checkpoint_meta(ckpt)  # ImageNet statistics (with a warning) if it has none
     dataset = build_dataset(
         name, root=root, split=split, transforms=eval_transforms(mean=mean, std=std), **options
     )
@@ -342,8 +331,6 @@ def evaluate_checkpoint(
             stacklevel=2,
         )
     if model is None and (backend != "torch" or onnx_path is not None):
-        from fcnseg.engine.backends import load_backend
-
         model = load_backend(backend, ckpt, device=dev, precision=precision, onnx_path=onnx_path)
         prec = resolve_precision("fp32", dev)
     elif model is None:
@@ -374,8 +361,8 @@ def evaluate_checkpoint(
         "tta": str(tta) if tta is not None else None,
         "crf": str(crf) if crf is not None else None,
         "sliding_window": list(window) if window else None,
-        "precision": "int8" if "int8" in _backend_name(model) else prec.name,
-        "backend": _backend_name(model),
+        "precision": "int8" if "int8" in (engine := backend_name(model)) else prec.name,
+        "backend": engine,
         "pixel_acc": res["pixel_acc"],
         "mean_acc": res["mean_acc"],
         "mean_iou": res["mean_iou"],

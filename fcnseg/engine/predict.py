@@ -35,6 +35,7 @@ from fcnseg.data.show import overlay
 from fcnseg.data.transforms import eval_transforms
 from fcnseg.engine.checkpoint import (
     check_output_dir,
+    checkpoint_meta,
     ensure_output_dir,
     load_checkpoint,
     model_from_checkpoint,
@@ -43,7 +44,6 @@ from fcnseg.engine.crf import CRF, parse_crf
 from fcnseg.engine.inference import TTA, checkpoint_inference, parse_tta, parse_window, segment
 from fcnseg.engine.precision import resolve_device, resolve_precision
 from fcnseg.errors import ConfigError, DataError
-from fcnseg.weights import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
 
@@ -169,18 +169,6 @@ def palette_png(pred: np.ndarray, palette: np.ndarray) -> Image.Image:
     return im
 
 
-def _checkpoint_meta(ckpt: dict) -> tuple[list[str], np.ndarray, tuple, tuple]:
-    k = int(ckpt["model_config"].get("num_classes", 0)) or len(ckpt.get("classes") or ())
-    classes = [str(c) for c in (ckpt.get("classes") or [str(i) for i in range(k)])]
-    palette = ckpt.get("palette")
-    palette = make_palette(len(classes)) if palette is None else np.asarray(palette, np.uint8).reshape(-1, 3)
-    mean, std = ckpt.get("mean"), ckpt.get("std")
-    if mean is None or std is None:
-        log.warning("checkpoint has no mean/std; normalising with ImageNet statistics")
-        mean, std = IMAGENET_MEAN, IMAGENET_STD
-    return classes, palette, tuple(float(v) for v in mean), tuple(float(v) for v in std)
-
-
 class Predictor:
     """A checkpoint loaded for inference with fixed settings: the one inference path of
     ``predict()`` and ``fcnseg serve`` (so a served mask equals ``predict``'s).
@@ -214,7 +202,7 @@ class Predictor:
         ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
         self.checkpoint = ckpt
         self.tta, self.crf = checkpoint_inference(ckpt, tta, crf)
-        self.classes, palette, self.mean, self.std = _checkpoint_meta(ckpt)
+        self.classes, palette, self.mean, self.std = checkpoint_meta(ckpt)
         if len(palette) < len(self.classes):
             palette = np.concatenate([palette, make_palette(len(self.classes))[len(palette):]])
         self.palette = palette
@@ -236,9 +224,9 @@ class Predictor:
     @property
     def backend(self) -> str:
         """The engine that runs: ``torch``, a backend's name, ``auto (onnxruntime)`` for auto."""
-        from fcnseg.engine.evaluate import _backend_name
+        from fcnseg.engine.backends import backend_name
 
-        return _backend_name(self.model)
+        return backend_name(self.model)
 
     @property
     def precision_name(self) -> str:
