@@ -10,6 +10,15 @@ size). The file is then run by onnxruntime on three input sizes, odd ones includ
 max|logit|`` and argmax agreement ``>= 99.99 %``. A failed check raises ``ExportError`` with
 the figures and nothing is written at ``out``.
 
+Models that upsample through max-pooling switches (``upsample="unpool"``) are discontinuous in
+their input: where two values of a pooling window are within the last bits of each other, any
+other convolution kernel (onnxruntime's, or torch's own channels_last one) may pick the other
+position, and max-unpooling then puts that value one pixel away. On FCN-8s/VGG16 at 97x131
+(a mirrored input) this moves 2 of 12,707 pixels by 6.7e-2 of max|logit|: the same 2 pixels
+and figure as torch channels_last against torch NCHW. For such models the check allows up to
+``SWITCH_FLIP_PIXELS`` (0.1 %) of the pixels beyond the tolerance (every other pixel must be
+within it, and argmax agreement stays ``>= 99.99 %``); a wrong export moves far more.
+
 Metadata (ONNX ``metadata_props``, strings; JSON where structured) travels in the file:
 ``fcnseg.classes``, ``fcnseg.palette``, ``fcnseg.mean``, ``fcnseg.std``, ``fcnseg.input``
 (layout and scaling), ``fcnseg.model_config``, ``fcnseg.parity`` (the figures measured),
@@ -44,6 +53,7 @@ log = logging.getLogger(__name__)
 PARITY_SIZES: tuple[tuple[int, int], ...] = ((97, 131), (360, 480), (512, 512))
 RTOL = 1e-4  # max |Δlogit| relative to max |logit|
 MIN_AGREEMENT = 0.9999  # argmax agreement
+SWITCH_FLIP_PIXELS = 1e-3  # pixels beyond RTOL allowed in a model with max-unpooling (module doc)
 DEFAULT_OPSET = 18
 FORMATS = ("onnx",)
 EXPORT_PIP = 'pip install -e ".[export]"'
@@ -83,6 +93,8 @@ class Parity:
     max_abs_diff: float
     max_abs_logit: float
     agreement: float
+    off_pixels: float = 0.0  # fraction of the pixels with some logit beyond RTOL x max|logit|
+    allowed_off: float = 0.0  # SWITCH_FLIP_PIXELS for a model with max-unpooling, else 0
 
     @property
     def rel(self) -> float:
@@ -90,25 +102,51 @@ class Parity:
 
     @property
     def ok(self) -> bool:
-        return self.rel <= RTOL and self.agreement >= MIN_AGREEMENT
+        return self.agreement >= MIN_AGREEMENT and (self.rel <= RTOL or self.off_pixels <= self.allowed_off)
 
     def __str__(self) -> str:
+        off = ""
+        if self.rel > RTOL:
+            off = f" on {100 * self.off_pixels:.3f} % of the pixels"
+            if self.allowed_off:
+                off += f" (max-unpooling switch flips: up to {100 * self.allowed_off:g} % allowed)"
         return (
             f"{'x'.join(str(s) for s in self.size)}: max|Δlogit| {self.max_abs_diff:.2e} "
-            f"({self.rel:.1e} of max|logit| {self.max_abs_logit:.3g}), argmax agreement {100 * self.agreement:.4f} %"
+            f"({self.rel:.1e} of max|logit| {self.max_abs_logit:.3g}){off}, argmax agreement {100 * self.agreement:.4f} %"
         )
 
+    def figures(self) -> dict:
+        """The figures as stored in an exported file's ``fcnseg.parity``."""
+        return {
+            "size": list(self.size),
+            "max_abs_diff": self.max_abs_diff,
+            "max_abs_logit": self.max_abs_logit,
+            "agreement": self.agreement,
+            "off_pixels": self.off_pixels,
+        }
 
-def compare(ref: torch.Tensor, out: torch.Tensor) -> Parity:
-    """Parity of ``out`` against the reference logits ``ref`` (both (N, K, H, W))."""
+
+def switch_flips_allowed(model: nn.Module) -> float:
+    """``SWITCH_FLIP_PIXELS`` if ``model`` max-pools with switches (max-unpooling), else 0."""
+    has = any(isinstance(m, nn.MaxPool2d) and m.return_indices for m in model.modules())
+    return SWITCH_FLIP_PIXELS if has else 0.0
+
+
+def compare(ref: torch.Tensor, out: torch.Tensor, allowed_off: float = 0.0) -> Parity:
+    """Parity of ``out`` against the reference logits ``ref`` (both (N, K, H, W));
+    ``allowed_off``: ``switch_flips_allowed(model)``."""
     ref, out = ref.float(), torch.as_tensor(out).float()
     if ref.shape != out.shape:
-        return Parity(tuple(ref.shape), float("inf"), float(ref.abs().max()), 0.0)
+        return Parity(tuple(ref.shape), float("inf"), float(ref.abs().max()), 0.0, 1.0, allowed_off)
+    diff = (ref - out).abs()
+    scale = float(ref.abs().max())
     return Parity(
         tuple(ref.shape),
-        float((ref - out).abs().max()),
-        float(ref.abs().max()),
+        float(diff.max()),
+        scale,
         float((ref.argmax(1) == out.argmax(1)).float().mean()),
+        float((diff.amax(1) > RTOL * scale).float().mean()),
+        allowed_off,
     )
 
 
@@ -127,9 +165,10 @@ def parity_inputs(sizes: Sequence[tuple[int, int]] = PARITY_SIZES, in_channels: 
 def check_parity(model: nn.Module, run, inputs: Iterable[torch.Tensor]) -> list[Parity]:
     """``run(x) -> logits`` compared with ``model(x)`` (fp32 eager) on each input."""
     results = []
+    allowed = switch_flips_allowed(model)
     with torch.no_grad():
         for x in inputs:
-            results.append(compare(model(x), run(x)))
+            results.append(compare(model(x), run(x), allowed))
     return results
 
 
@@ -315,9 +354,7 @@ def export_onnx(
             f"the exported model does not match PyTorch (needs max|Δlogit| <= {RTOL:g} x max|logit| and argmax "
             f">= {100 * MIN_AGREEMENT:g} %): " + "; ".join(str(p) for p in bad) + f"; nothing written at {out}"
         )
-    meta["fcnseg.parity"] = json.dumps(
-        [{"size": list(p.size), "max_abs_diff": p.max_abs_diff, "max_abs_logit": p.max_abs_logit, "agreement": p.agreement} for p in parity]
-    )
+    meta["fcnseg.parity"] = json.dumps([p.figures() for p in parity])
     onnx.helper.set_model_props(proto, meta)
     _write_atomic(proto.SerializeToString(), out)
     return ExportResult(out, parity, meta)
@@ -401,7 +438,7 @@ def quantize_onnx(
         parity = []
         if model is not None and check_images:
             parity = check_parity(model.eval(), ort_runner(ort_session(proto.SerializeToString())), [x[None] for x in check_images])
-            meta["fcnseg.parity"] = json.dumps([{"size": list(p.size), "max_abs_diff": p.max_abs_diff, "max_abs_logit": p.max_abs_logit, "agreement": p.agreement} for p in parity])
+            meta["fcnseg.parity"] = json.dumps([p.figures() for p in parity])
         del proto.metadata_props[:]
         onnx.helper.set_model_props(proto, meta)
         _write_atomic(proto.SerializeToString(), out)

@@ -341,7 +341,7 @@ class AutoBackend(Backend):
 
     def choose(self, x: torch.Tensor) -> str:
         """The backend for inputs shaped like ``x``: cached, or probed now."""
-        from fcnseg.export import compare, parity_inputs
+        from fcnseg.export import compare, parity_inputs, switch_flips_allowed
 
         cls = size_class(tuple(x.shape))
         if cls in self._choice:
@@ -363,7 +363,7 @@ class AutoBackend(Backend):
         for name in self.candidates:
             try:
                 run = self._backend(name)
-                p = compare(ref, run(probe))
+                p = compare(ref, run(probe), switch_flips_allowed(self.model))
                 seconds = time_backend(run, probe)
             except Exception as e:  # an engine that cannot run this model is skipped, said why
                 log.warning("auto: %s skipped (%s: %s)", name, type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
