@@ -13,7 +13,10 @@ logits are compared with eager fp32 on the benchmark input (max|Δ| relative to 
 agreement). Columns: ms per image, images/s, speed-up over eager fp32, peak RSS during the
 engine's calls (process high-water mark, reset before each; weights of all engines stay loaded,
 so it includes them), and the fraction of the machine's measured matmul peak (fp32, or bf16 for
-the bf16 column) that the forward's counted FLOPs reach. The CPU (model and flags) and thread
+the bf16 column) that the forward's counted FLOPs reach: the peak is
+``fcnseg.bench.matmul_peak_tflops`` (best of three 4096^3 GEMMs in torch, same threads, measured
+once), FLOPs are ``fcnseg.bench.count_flops`` (a multiply-add is 2; convolutions, transposed
+convolutions, matmuls). The CPU (model and flags) and thread
 count are printed first.
 """
 
@@ -29,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from fcnseg.bench import PeakMemory, count_flops
+from fcnseg.bench import PeakMemory, count_flops, matmul_peak_tflops
 from fcnseg.engine import backends as B
 from fcnseg.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from fcnseg.engine.precision import Precision, cpu_has_fast_bf16, resolve_precision
@@ -79,18 +82,6 @@ def _engines(model, ckpt, case: str, args) -> dict:
     return model, out
 
 
-def matmul_tflops(dtype: torch.dtype, n: int = 1024, reps: int = 3) -> float:
-    """Best of ``reps`` ``n x n @ n x n`` matmuls in ``dtype``, TFLOP/s (measured now)."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best / 1e12
-
-
 def run_case(case: str, args) -> list[dict]:
     _, _, _, batch, (h, w) = CASES[case]
     model, ckpt = _model(case, args)
@@ -100,17 +91,12 @@ def run_case(case: str, args) -> list[dict]:
     with torch.no_grad():
         ref = model(x)
     rows = {}
-    peaks = {"fp32": [], "bf16": []}
     for name, run in engines.items():  # warm-up (compiles, auto's probe) and parity, untimed
         t = time.perf_counter()
         p = compare(ref, run(x), switch_flips_allowed(model))
         rows[name] = {"times": [], "rss": float("nan"), "parity": p, "first_s": time.perf_counter() - t}
         print(f"  {case}: {name} ready ({rows[name]['first_s']:.1f} s first call; {p})", file=sys.stderr, flush=True)
     for r in range(args.rounds):
-        # the matmul peak is measured in every round too: on shared cores it moves with the load
-        peaks["fp32"].append(matmul_tflops(torch.float32))
-        if cpu_has_fast_bf16():
-            peaks["bf16"].append(matmul_tflops(torch.bfloat16))
         for name, run in engines.items():
             gc.collect()
             with PeakMemory(torch.device("cpu")) as mem:
@@ -120,9 +106,9 @@ def run_case(case: str, args) -> list[dict]:
             rows[name]["rss"] = max(mem.mb, rows[name]["rss"]) if rows[name]["rss"] == rows[name]["rss"] else mem.mb
         print(f"  {case}: round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
     base = statistics.median(rows["eager fp32"]["times"])
-    peak_fp32 = statistics.median(peaks["fp32"])
-    peak_bf16 = statistics.median(peaks["bf16"]) if peaks["bf16"] else float("nan")
-    print(f"  {case}: matmul peak (median of the rounds) fp32 {peak_fp32:.3f}, bf16 {peak_bf16:.3f} TFLOP/s", file=sys.stderr)
+    peak_fp32 = matmul_peak_tflops(torch.float32)  # measured once per process (fcnseg.bench)
+    peak_bf16 = matmul_peak_tflops(torch.bfloat16) if cpu_has_fast_bf16() else float("nan")
+    print(f"  {case}: matmul peak fp32 {peak_fp32:.3f}, bf16 {peak_bf16:.3f} TFLOP/s; forward {flops / 1e9:.1f} GFLOP", file=sys.stderr)
     out = []
     for name, row in rows.items():
         med = statistics.median(row["times"])
@@ -173,7 +159,7 @@ def main(argv=None) -> int:
     cases = list(CASES) if args.cases == "all" else args.cases.split(",")
     name, flags = cpu_name()
     print(f"CPU: {name} ({flags}); {torch.get_num_threads()} threads; {B.versions()}")
-    print(f"{args.rounds} interleaved rounds, medians; matmul peak measured in each round")
+    print(f"{args.rounds} interleaved rounds, medians; matmul peak measured once (fcnseg.bench)")
     rows = []
     for case in cases:
         rows += run_case(case, args)

@@ -27,3 +27,30 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data not present at {SHARED_DATA}")
     return SHARED_DATA
+
+
+_REAL_AUTO_CANDIDATES: list[str] = []
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _auto_backend_without_probe(tmp_path_factory):
+    """`--backend auto` (the default of eval, predict and serve) exports and times every engine
+    at each new checkpoint: tests of other things (module fixtures included) run it as torch,
+    as without the export extra; tests marked ``auto_probe`` let it choose. The cache never
+    touches ~/.cache."""
+    from fcnseg.engine import backends
+
+    _REAL_AUTO_CANDIDATES[:] = backends.AUTO_CANDIDATES
+    mp = pytest.MonkeyPatch()
+    mp.setenv("FCNSEG_CACHE", str(tmp_path_factory.getbasetemp() / "fcnseg-cache"))
+    mp.setattr(backends, "AUTO_CANDIDATES", ("torch",))
+    yield
+    mp.undo()
+
+
+@pytest.fixture(autouse=True)
+def _auto_probe(request, monkeypatch):
+    if request.node.get_closest_marker("auto_probe") is not None:
+        from fcnseg.engine import backends
+
+        monkeypatch.setattr(backends, "AUTO_CANDIDATES", tuple(_REAL_AUTO_CANDIDATES))

@@ -197,6 +197,7 @@ def test_tta_sliding_window_and_crf_work_with_every_backend(exported, name):
         assert float((r.argmax(0) == o.argmax(0)).float().mean()) >= MIN_AGREEMENT
 
 
+@pytest.mark.auto_probe
 def test_auto_probes_once_verifies_and_caches(exported, cache, monkeypatch):
     model, ckpt, _ = exported
     auto = B.load_backend("auto", ckpt)
@@ -220,6 +221,7 @@ def test_auto_probes_once_verifies_and_caches(exported, cache, monkeypatch):
     assert auto2.choose(x) == entry["backend"]
 
 
+@pytest.mark.auto_probe
 def test_auto_never_picks_an_unverified_backend(exported, cache, monkeypatch):
     """A faster engine whose logits differ is reported and not used: 0 silent mismatches."""
     model, ckpt, _ = exported
@@ -232,6 +234,43 @@ def test_auto_never_picks_an_unverified_backend(exported, cache, monkeypatch):
     assert auto.choose(parity_inputs(((64, 80),))[0]) == "torch"
     (entry,) = auto.report.values()
     assert entry["figures"]["onnxruntime"]["verified"] is False
+
+
+def test_auto_is_torch_when_there_is_nothing_to_choose(monkeypatch):
+    """auto chooses only among fp32 CPU engines that are installed; else it is torch, in the
+    precision asked."""
+    monkeypatch.setattr(B, "AUTO_CANDIDATES", ("torch", "onnxruntime", "openvino"))
+    assert B.resolve_backend("auto", "cpu", "auto") == "auto"  # onnxruntime is installed (importorskip)
+    assert B.resolve_backend("auto", "cpu", "fp32") == "auto"
+    assert B.resolve_backend("auto", "cpu", "bf16") == "torch"  # only torch runs bf16
+    assert B.resolve_backend("auto", "cuda", "auto") == "torch"
+    assert B.resolve_backend("onnxruntime", "cpu", "auto") == "onnxruntime"
+    monkeypatch.setattr(B, "installed", lambda name: False)  # no export extra
+    assert B.resolve_backend("auto", "cpu", "fp32") == "torch"
+    model = build_model("fcn8s", backbone="resnet18", num_classes=3)
+    assert isinstance(B.load_backend("auto", model, precision="bf16"), B.TorchBackend)
+
+
+@pytest.mark.auto_probe
+def test_auto_is_the_default_of_eval_and_predict(exported, cache, tmp_path, capsys):
+    """Without --backend, eval and predict run `auto`: it probes, picks a verified engine and
+    says which; predict's masks equal eager fp32's."""
+    from PIL import Image
+
+    _, ckpt, _ = exported
+    torch.save(ckpt, tmp_path / "m.pt")
+    common = ["--checkpoint", str(tmp_path / "m.pt"), "--tta", "none", "--crf", "none"]
+    assert main(["eval", *common, "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["backend"].startswith("auto (") and res["precision"] == "fp32", res["backend"]
+    assert res["backend"].removeprefix("auto (").rstrip(")") in ("torch", "onnxruntime", "openvino")
+    entries = json.loads((cache / "auto.json").read_text())
+    assert entries and all(e["figures"][e["backend"]]["verified"] for e in entries.values())
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (40, 52, 3), np.uint8)).save(tmp_path / "a.png")
+    assert main(["predict", *common, str(tmp_path / "a.png"), "--out", str(tmp_path / "auto")]) == 0
+    assert main(["predict", *common, str(tmp_path / "a.png"), "--out", str(tmp_path / "torch"), "--backend", "torch", "--precision", "fp32"]) == 0
+    a, b = (np.asarray(Image.open(tmp_path / n / "a.png")) for n in ("auto", "torch"))
+    assert (a == b).mean() >= MIN_AGREEMENT
 
 
 def test_evaluate_same_mean_iu_on_every_backend(exported):

@@ -49,11 +49,12 @@ def add_inference_args(p: argparse.ArgumentParser, *, batch_size: int) -> None:
     p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp16", "fp32"))
     p.add_argument(
         "--backend",
-        default="torch",
-        choices=("torch", "compile", "onnxruntime", "openvino", "auto"),
-        help="inference engine (default torch, in --precision); compile/onnxruntime/openvino run fp32; "
-        "auto: the fastest one verified against eager fp32 for this model on this machine (probed once, cached). "
-        'onnxruntime/openvino need pip install -e ".[export]" (docs/deploy.md)',
+        default="auto",
+        choices=("auto", "torch", "compile", "onnxruntime", "openvino"),
+        help="inference engine. auto (default): the fastest of torch fp32, onnxruntime and openvino verified "
+        "against eager fp32 for this model on this machine (probed once per input size class, cached); without "
+        'the export extra (pip install -e ".[export]"), on a GPU or with --precision bf16/fp16 it is torch. '
+        "torch runs --precision; compile/onnxruntime/openvino run fp32 (docs/deploy.md)",
     )
     p.add_argument(
         "--onnx", default=None, metavar="FILE",

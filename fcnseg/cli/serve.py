@@ -19,9 +19,9 @@ def register(subparsers) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument(
-        "--backend", default="torch", choices=("torch", "compile", "onnxruntime", "openvino", "auto"),
-        help="inference engine, as in `fcnseg predict` (default torch, in --precision; the others run fp32; "
-        'auto: the fastest verified for this model on this machine); onnxruntime/openvino need pip install -e ".[export]"',
+        "--backend", default="auto", choices=("auto", "torch", "compile", "onnxruntime", "openvino"),
+        help="inference engine, as in `fcnseg predict` (default auto: the fastest verified for this model on this "
+        'machine, torch without the export extra; torch runs --precision, the others fp32)',
     )
     p.add_argument("--onnx", default=None, metavar="FILE", help="run this file written by `fcnseg export` with --backend onnxruntime or openvino")
     p.add_argument("--tta", default=None, metavar="SPEC", help="test-time augmentation as in `fcnseg predict` (default: the checkpoint's; 'none' turns it off)")

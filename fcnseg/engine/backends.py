@@ -13,12 +13,15 @@ model.
 ``onnxruntime`` the model exported to ONNX (verified, ``fcnseg.export``), onnxruntime CPU
 ``openvino``   the same ONNX file compiled by OpenVINO's CPU plugin, f32 inference precision
                (OpenVINO would otherwise pick bf16 on CPUs that have it)
-``auto``       the fastest of torch fp32, onnxruntime and openvino that are installed **and**
+``auto``       (the default) the fastest of torch fp32, onnxruntime and openvino that are installed **and**
                verified for this model on this machine (not ``compile``: minutes of
                compilation per process): on the first call at a new input size class it builds
                each, checks its logits against eager fp32 on that input (the export tolerance:
                max|Δlogit| <= 1e-4 x max|logit|, argmax >= 99.99 %) and times it; the choice is
-               cached per checkpoint, CPU and library versions (``cache_dir()/auto.json``)
+               cached per checkpoint, CPU and library versions (``cache_dir()/auto.json``).
+               With nothing to choose it is ``torch`` in the precision asked (``auto``: bf16
+               where native): without the export extra, on a GPU, or with an explicit
+               ``--precision`` other than fp32 (which only torch runs); ``resolve_backend``
 =============  ==============================================================================
 
 ONNX files exported for a backend are cached too (``cache_dir()/onnx/<checkpoint hash>.onnx``),
@@ -47,6 +50,7 @@ from fcnseg.errors import ConfigError
 log = logging.getLogger(__name__)
 
 BACKEND_NAMES = ("torch", "compile", "onnxruntime", "openvino", "auto")
+DEFAULT_BACKEND = "auto"
 # the candidates `auto` tries, in this order (ties keep the earlier one). Not `compile`: its
 # first call at each shape costs minutes of compilation in every new process (258 s for
 # FCN-8s/ResNet-18 at 360x480 on 2 shared cores, docs/deploy.md), which a CLI run never earns back.
@@ -277,6 +281,7 @@ def load_backend(
             raise ConfigError(f"--onnx {onnx_path}: file not found; write one with `fcnseg export`")
     model, ckpt = _as_model(model_or_checkpoint)
     model = model.eval()
+    name = resolve_backend(name, device, precision) if onnx_path is None else name
     if name == "torch":
         if isinstance(precision, str):
             precision = resolve_precision(precision, device)
@@ -289,6 +294,23 @@ def load_backend(
         path = Path(onnx_path) if onnx_path is not None else cached_onnx(model.float(), ckpt)
         return OnnxRuntimeBackend(path) if name == "onnxruntime" else OpenVinoBackend(path)
     return AutoBackend(model.float(), ckpt, device)
+
+
+def auto_candidates() -> list[str]:
+    """The engines ``auto`` chooses among here: ``AUTO_CANDIDATES`` that are installed."""
+    return [c for c in AUTO_CANDIDATES if c in ("torch", "compile") or installed(c)]
+
+
+def resolve_backend(name: str, device: str | torch.device = "cpu", precision: str | Precision = "auto") -> str:
+    """``name``, except ``auto`` with nothing to choose, which is ``torch``: on a GPU, with a
+    precision other than auto/fp32 asked for (only torch runs it), or with no other engine
+    installed (no export extra). The caller then runs torch in ``precision`` as before."""
+    if name != "auto":
+        return name
+    prec = precision.name if isinstance(precision, Precision) else precision
+    if torch.device(device).type != "cpu" or prec not in ("auto", "fp32") or auto_candidates() == ["torch"]:
+        return "torch"
+    return "auto"
 
 
 def size_class(shape: tuple[int, ...]) -> str:
@@ -316,9 +338,9 @@ def time_backend(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *
 class AutoBackend(Backend):
     """Chooses, per input size class, the fastest verified fp32 backend (module doc)."""
 
-    def __init__(self, model: nn.Module, ckpt: dict | None, device: torch.device, candidates=AUTO_CANDIDATES) -> None:
+    def __init__(self, model: nn.Module, ckpt: dict | None, device: torch.device) -> None:
         self.model, self.ckpt, self.device = model, ckpt, device
-        self.candidates = [c for c in candidates if c in ("torch", "compile") or installed(c)]
+        self.candidates = auto_candidates()
         self._built: dict[str, Backend] = {}
         self._choice: dict[str, str] = {}
         self._hash = model_hash(model)

@@ -30,7 +30,7 @@ import torch.distributed as dist
 from torch import nn
 
 from fcnseg.data.base import IGNORE_INDEX
-from fcnseg.engine.backends import backend_name, load_backend
+from fcnseg.engine.backends import backend_name, load_backend, resolve_backend
 from fcnseg.engine.crf import CRF, parse_crf
 from fcnseg.engine.inference import TTA, checkpoint_inference, parse_tta, parse_window, segment
 from fcnseg.engine.precision import Precision, resolve_device, resolve_precision
@@ -267,7 +267,7 @@ def evaluate_checkpoint(
     plots: str | os.PathLike | None = None,
     progress: bool = False,
     model: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    backend: str = "torch",
+    backend: str = "auto",
     onnx_path: str | os.PathLike | None = None,
 ) -> dict:
     """Scores a checkpoint written by ``fcnseg train`` (a path, or the loaded dict) the way
@@ -283,8 +283,8 @@ def evaluate_checkpoint(
     callable (N, 3, H, W) normalised float → (N, K, H, W) logits (e.g. another inference
     backend); the checkpoint still gives data, classes, normalisation and defaults.
     ``backend``: the engine that runs the checkpoint's network when ``model`` is not given
-    (``fcnseg.engine.backends``: torch, compile, onnxruntime, openvino, auto; the non-torch
-    ones run fp32), ``onnx_path`` an exported file (e.g. int8) for the ONNX ones.
+    (``fcnseg.engine.backends``: auto (default), torch, compile, onnxruntime, openvino; the
+    non-torch ones run fp32), ``onnx_path`` an exported file (e.g. int8) for the ONNX ones.
 
     Returns ``checkpoint``, ``data``, ``split``, ``num_images``, ``tta``, ``crf``,
     ``sliding_window`` (specs as strings, None when off), ``precision``, ``pixel_acc``,
@@ -330,6 +330,7 @@ def evaluate_checkpoint(
             f"and dataset ({', '.join(classes)})",
             stacklevel=2,
         )
+    backend = resolve_backend(backend, dev, precision)
     if model is None and (backend != "torch" or onnx_path is not None):
         model = load_backend(backend, ckpt, device=dev, precision=precision, onnx_path=onnx_path)
         prec = resolve_precision("fp32", dev)

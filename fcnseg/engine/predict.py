@@ -179,8 +179,8 @@ class Predictor:
     checkpoint's network, any callable (N, 3, H, W) normalised float → (N, K, H, W) logits
     (e.g. another inference backend); the checkpoint still gives classes, palette and
     normalisation. ``backend``: the engine that runs the checkpoint's network when ``model`` is
-    not given (``fcnseg.engine.backends``: torch, compile, onnxruntime, openvino, auto; the
-    non-torch ones run fp32), ``onnx_path`` an exported file for the ONNX ones. Attributes: ``classes``, ``palette`` (uint8 (K, 3)), ``mean``/``std``,
+    not given (``fcnseg.engine.backends``: auto (default), torch, compile, onnxruntime,
+    openvino; the non-torch ones run fp32), ``onnx_path`` an exported file for the ONNX ones. Attributes: ``classes``, ``palette`` (uint8 (K, 3)), ``mean``/``std``,
     ``model``, ``device``, ``precision``, ``tta``, ``crf``, ``window``, ``checkpoint`` (dict)."""
 
     def __init__(
@@ -193,7 +193,7 @@ class Predictor:
         crf: str | CRF | None = "auto",
         sliding_window: int | str | Sequence[int] | None = None,
         model: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        backend: str = "torch",
+        backend: str = "auto",
         onnx_path: str | os.PathLike | None = None,
     ) -> None:
         tta = tta if tta == "auto" else parse_tta(tta)
@@ -208,9 +208,10 @@ class Predictor:
         self.palette = palette
         self.device = resolve_device(str(device) if device is not None else None)
         self.precision = resolve_precision(precision, self.device)
-        if model is None and (backend != "torch" or onnx_path is not None):
-            from fcnseg.engine.backends import load_backend
+        from fcnseg.engine.backends import load_backend, resolve_backend
 
+        backend = resolve_backend(backend, self.device, precision)
+        if model is None and (backend != "torch" or onnx_path is not None):
             model = load_backend(backend, ckpt, device=self.device, precision=precision, onnx_path=onnx_path)
         elif model is None:
             model = model_from_checkpoint(ckpt).to(self.device).eval()
@@ -279,7 +280,7 @@ def predict(
     progress: bool = False,
     crf: str | CRF | None = "auto",
     model: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    backend: str = "torch",
+    backend: str = "auto",
     onnx_path: str | os.PathLike | None = None,
 ) -> list[Path]:
     """Segments every input image with a checkpoint (a path, or the loaded dict) and writes

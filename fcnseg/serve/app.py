@@ -329,7 +329,7 @@ def create_app(
     sliding_window: int | str | Sequence[int] | None = None,
     device: str | None = None,
     precision: str = "auto",
-    backend: str = "torch",
+    backend: str = "auto",
     onnx_path: str | os.PathLike | None = None,
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
