@@ -251,8 +251,9 @@ def trace_onnx(model: nn.Module, *, opset: int = DEFAULT_OPSET, in_channels: int
 
 @contextlib.contextmanager
 def _quiet_torch_onnx():
-    """The exporter logs progress lines and torchvision-missing warnings at WARNING level."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.onnx._internal.exporter._registration", "onnxscript")]
+    """The exporter logs progress lines and torchvision-missing warnings at WARNING level, its
+    optimiser (onnx_ir) a line per deduplicated initializer at INFO."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.onnx._internal.exporter._registration", "onnxscript", "onnx_ir")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
@@ -270,6 +271,11 @@ def ort_session(model_bytes_or_path, threads: int | None = None):
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.intra_op_num_threads = threads or torch.get_num_threads()
     opts.inter_op_num_threads = 1
+    # no busy-waiting after a run: the spinning workers took the cores from the torch work that
+    # follows each call (softmax, resize, argmax: 22 vs 3 ms a frame; call + that work 93 vs 88
+    # ms at 1x360x480, 896 vs 763 ms at 8x360x480; experiments/ort_spinning.py,
+    # docs/experiments/results.md) and from the next engine in auto's probe
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.log_severity_level = 3
     src = model_bytes_or_path if isinstance(model_bytes_or_path, bytes) else os.fspath(model_bytes_or_path)
     return ort.InferenceSession(src, sess_options=opts, providers=["CPUExecutionProvider"])

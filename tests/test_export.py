@@ -217,7 +217,7 @@ def test_auto_probes_once_verifies_and_caches(exported, cache, monkeypatch):
     # a second process reads the choice from the cache without probing
     auto2 = B.load_backend("auto", ckpt)
     auto2.candidates = ["torch", "onnxruntime"]
-    monkeypatch.setattr(B, "time_backend", lambda *a, **k: pytest.fail("probed again"))
+    monkeypatch.setattr(B, "time_interleaved", lambda *a, **k: pytest.fail("probed again"))
     assert auto2.choose(x) == entry["backend"]
 
 
@@ -229,11 +229,27 @@ def test_auto_never_picks_an_unverified_backend(exported, cache, monkeypatch):
     auto.candidates = ["torch", "onnxruntime"]
     wrong = B.OnnxRuntimeBackend(cache / "onnx" / f"{B.model_hash(model)}.onnx")
     auto._built["onnxruntime"] = lambda x: wrong(x) + 0.01 * wrong(x).abs().max()
-    timings = iter([0.5, 0.001])  # torch slow, the wrong engine fast
-    monkeypatch.setattr(B, "time_backend", lambda *a, **k: next(timings))
+    # torch slow, the wrong engine fast
+    monkeypatch.setattr(B, "time_interleaved", lambda runs, x, **k: {"torch": 0.5, "onnxruntime": 0.001})
     assert auto.choose(parity_inputs(((64, 80),))[0]) == "torch"
     (entry,) = auto.report.values()
     assert entry["figures"]["onnxruntime"]["verified"] is False
+
+
+def test_auto_times_the_engines_in_turns():
+    """The probe's rounds call every engine once, in turn (a slow spell hits all alike)."""
+    calls = []
+    runs = {name: (lambda x, name=name: calls.append(name)) for name in ("a", "b")}
+    out = B.time_interleaved(runs, torch.zeros(1), rounds=3)
+    assert calls == ["a", "b"] * 3 and set(out) == {"a", "b"} and all(t >= 0 for t in out.values())
+
+
+def test_onnxruntime_sessions_do_not_spin(exported):
+    """fcnseg's onnxruntime sessions turn busy-waiting off (experiments/ort_spinning.py)."""
+    from fcnseg.export import ort_session
+
+    sess = ort_session(exported[2].path)
+    assert sess.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 
 def test_auto_is_torch_when_there_is_nothing_to_choose(monkeypatch):

@@ -17,7 +17,8 @@ model.
                verified for this model on this machine (not ``compile``: minutes of
                compilation per process): on the first call at a new input size class it builds
                each, checks its logits against eager fp32 on that input (the export tolerance:
-               max|Δlogit| <= 1e-4 x max|logit|, argmax >= 99.99 %) and times it; the choice is
+               max|Δlogit| <= 1e-4 x max|logit|, argmax >= 99.99 %) and times them in turns
+               (three rounds, each calling every engine once; medians); the choice is
                cached per checkpoint, CPU and library versions (``cache_dir()/auto.json``).
                With nothing to choose it is ``torch`` in the precision asked (``auto``: bf16
                where native): without the export extra, on a GPU, or with an explicit
@@ -324,15 +325,17 @@ def size_class(shape: tuple[int, ...]) -> str:
     return f"b{b}-{bucket:g}MP"
 
 
-def time_backend(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, rounds: int = 3) -> float:
-    """Median seconds of ``rounds`` calls after one warm-up call."""
-    run(x)
-    times = []
+def time_interleaved(runs: dict[str, Callable[[torch.Tensor], torch.Tensor]], x: torch.Tensor, *, rounds: int = 3) -> dict[str, float]:
+    """Median seconds of each engine's call on ``x`` (already warmed up), over ``rounds``
+    rounds that each call every engine once, in turn: a slow spell of the machine, or an
+    engine's threads still busy after its call, hits them all alike."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(rounds):
-        t = time.perf_counter()
-        run(x)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        for name, run in runs.items():
+            t = time.perf_counter()
+            run(x)
+            times[name].append(time.perf_counter() - t)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 class AutoBackend(Backend):
@@ -381,20 +384,22 @@ class AutoBackend(Backend):
         probe = parity_inputs([tuple(x.shape[-2:])], x.shape[1])[0].repeat(x.shape[0], 1, 1, 1)
         with torch.no_grad():
             ref = self.model(probe.to(self.device)).float()
-        figures = {}
-        for name in self.candidates:
+        figures, runs = {}, {}
+        for name in self.candidates:  # build, warm up and verify each
             try:
                 run = self._backend(name)
                 p = compare(ref, run(probe), switch_flips_allowed(self.model))
-                seconds = time_backend(run, probe)
             except Exception as e:  # an engine that cannot run this model is skipped, said why
                 log.warning("auto: %s skipped (%s: %s)", name, type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
                 figures[name] = {"error": f"{type(e).__name__}: {e}"[:300]}
                 continue
-            figures[name] = {"ms": round(1000 * seconds, 2), "rel_diff": p.rel, "agreement": p.agreement, "verified": p.ok}
+            figures[name] = {"rel_diff": p.rel, "agreement": p.agreement, "verified": p.ok}
+            runs[name] = run
             if not p.ok:
                 log.warning("auto: %s not verified for this model (%s); not used", name, p)
-        ok = {n: f["ms"] for n, f in figures.items() if f.get("verified")}
+        for name, seconds in time_interleaved(runs, probe).items():
+            figures[name]["ms"] = round(1000 * seconds, 2)
+        ok = {n: f["ms"] for n, f in figures.items() if f.get("verified") and "ms" in f}
         best = min(ok, key=lambda n: ok[n]) if ok else "torch"
         entry = {"backend": best, "shape": list(x.shape), "figures": figures, "when": time.strftime("%Y-%m-%d %H:%M:%S")}
         log.info("auto: %s for %s (%s)", best, cls, ", ".join(f"{n} {f['ms']} ms" for n, f in figures.items() if "ms" in f))
