@@ -53,8 +53,8 @@ log = logging.getLogger(__name__)
 BACKEND_NAMES = ("torch", "compile", "onnxruntime", "openvino", "auto")
 DEFAULT_BACKEND = "auto"
 # the candidates `auto` tries, in this order (ties keep the earlier one). Not `compile`: its
-# first call at each shape costs minutes of compilation in every new process (258 s for
-# FCN-8s/ResNet-18 at 360x480 on 2 shared cores, docs/deploy.md), which a CLI run never earns back.
+# first call at each shape compiles in every new process (8-22 s quiet, 258 s on 2 shared cores
+# for FCN-8s/ResNet-18 at 360x480) and it ran no faster than onnxruntime/OpenVINO (docs/deploy.md).
 AUTO_CANDIDATES = ("torch", "onnxruntime", "openvino")
 _PACKAGES = {"onnxruntime": ("onnxruntime", "onnx", "onnxscript"), "openvino": ("openvino", "onnx", "onnxscript")}
 
