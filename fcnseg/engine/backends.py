@@ -255,7 +255,7 @@ def _fp32_precision(name: str, precision: str | Precision, device: torch.device)
         precision = precision.name
     if precision not in ("auto", "fp32"):
         raise ConfigError(f"--backend {name} runs fp32; drop --precision {precision} (or use --backend torch)")
-    return resolve_precision("fp32", device)
+    return resolve_precision("fp32", device, quiet=True)
 
 
 def load_backend(
@@ -353,7 +353,7 @@ class AutoBackend(Backend):
     def _backend(self, name: str) -> Backend:
         if name not in self._built:
             if name == "torch":
-                self._built[name] = TorchBackend(self.model, resolve_precision("fp32", self.device), self.device)
+                self._built[name] = TorchBackend(self.model, resolve_precision("fp32", self.device, quiet=True), self.device)
             elif name == "compile":
                 self._built[name] = CompileBackend(self.model, self.device)
             else:

@@ -304,7 +304,9 @@ def evaluate_checkpoint(
         raise ConfigError(f"num_workers={num_workers}: must be >= 0")
     window = parse_window(sliding_window)
     dev = resolve_device(None if device is None else str(device))
-    prec = resolve_precision(precision, dev)
+    backend = resolve_backend(backend, dev, precision)
+    torch_runs = model is None and backend == "torch" and onnx_path is None
+    prec = resolve_precision(precision, dev, quiet=not torch_runs and model is None)
     path = None if isinstance(checkpoint, dict) else checkpoint
     ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
     tta, crf = checkpoint_inference(ckpt, tta, crf)
@@ -330,10 +332,9 @@ def evaluate_checkpoint(
             f"and dataset ({', '.join(classes)})",
             stacklevel=2,
         )
-    backend = resolve_backend(backend, dev, precision)
-    if model is None and (backend != "torch" or onnx_path is not None):
+    if model is None and not torch_runs:
         model = load_backend(backend, ckpt, device=dev, precision=precision, onnx_path=onnx_path)
-        prec = resolve_precision("fp32", dev)
+        prec = resolve_precision("fp32", dev, quiet=True)
     elif model is None:
         model = model_from_checkpoint(ckpt).to(dev)
         if prec.channels_last:

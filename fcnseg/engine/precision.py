@@ -72,11 +72,12 @@ def _cpu_reason(features: list[str]) -> str:
     return f"no native bf16: {widest} only" if widest != "no avx2" else "no native bf16, no avx2"
 
 
-def resolve_precision(precision: str, device: torch.device | str) -> Precision:
+def resolve_precision(precision: str, device: torch.device | str, *, quiet: bool = False) -> Precision:
     """``auto`` picks bf16 + channels_last on CPUs with native bf16 and on GPUs that support it,
     fp16 with a grad scaler on GPUs without bf16, fp32 otherwise (channels_last on CPUs without
     native bf16: ``CPU_FP32_CHANNELS_LAST``). An explicit choice that the device cannot run raises
-    ConfigError. ``reason`` says why (the CPU features seen); it is logged once (:func:`tell`)."""
+    ConfigError. ``reason`` says why (the CPU features seen); it is logged once (:func:`tell`),
+    unless ``quiet`` (an engine other than torch runs, and says so itself)."""
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     device_type = torch.device(device).type
@@ -105,7 +106,8 @@ def resolve_precision(precision: str, device: torch.device | str) -> Precision:
     else:
         channels_last = device_type == "cuda" or (device_type == "cpu" and CPU_FP32_CHANNELS_LAST and not cpu_has_fast_bf16())
         chosen = Precision("fp32", None, channels_last=channels_last, use_scaler=False, reason=why)
-    tell(chosen)
+    if not quiet:
+        tell(chosen)
     return chosen
 
 

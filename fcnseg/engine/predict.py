@@ -207,11 +207,12 @@ class Predictor:
             palette = np.concatenate([palette, make_palette(len(self.classes))[len(palette):]])
         self.palette = palette
         self.device = resolve_device(str(device) if device is not None else None)
-        self.precision = resolve_precision(precision, self.device)
         from fcnseg.engine.backends import load_backend, resolve_backend
 
         backend = resolve_backend(backend, self.device, precision)
-        if model is None and (backend != "torch" or onnx_path is not None):
+        torch_runs = model is None and backend == "torch" and onnx_path is None
+        self.precision = resolve_precision(precision, self.device, quiet=not torch_runs and model is None)
+        if model is None and not torch_runs:
             model = load_backend(backend, ckpt, device=self.device, precision=precision, onnx_path=onnx_path)
         elif model is None:
             model = model_from_checkpoint(ckpt).to(self.device).eval()
