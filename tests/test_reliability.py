@@ -259,7 +259,13 @@ def test_ctrl_c_or_sigterm_leaves_a_resumable_last_pt(ws, monkeypatch, capsys, s
             os.kill(os.getpid(), sig)
 
     monkeypatch.setattr(ckpt_mod.os, "replace", replace_then_signal)
-    rc = main(["train", "--resume", str(ws / "run" / "last.pt"), "--out", str(out), "--epochs", "2", "--ckpt-every-steps", "1"])
+    # Ctrl-C as a terminal delivers it: a shell starts background jobs (`pytest ... &`, CI
+    # scripts) with SIGINT ignored, and Python then installs no KeyboardInterrupt handler
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        rc = main(["train", "--resume", str(ws / "run" / "last.pt"), "--out", str(out), "--epochs", "2", "--ckpt-every-steps", "1"])
+    finally:
+        signal.signal(signal.SIGINT, previous)
     err = capsys.readouterr().err
     assert rc == code and f"fcnseg train: {said}" in err and "Traceback" not in err, err
     assert load_checkpoint(out / "last.pt")["step"] == 3
