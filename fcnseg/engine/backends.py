@@ -51,7 +51,6 @@ from fcnseg.errors import ConfigError
 log = logging.getLogger(__name__)
 
 BACKEND_NAMES = ("torch", "compile", "onnxruntime", "openvino", "auto")
-DEFAULT_BACKEND = "auto"
 # the candidates `auto` tries, in this order (ties keep the earlier one). Not `compile`: its
 # first call at each shape compiles in every new process (8-22 s quiet, 258 s on 2 shared cores
 # for FCN-8s/ResNet-18 at 360x480) and it ran no faster than onnxruntime/OpenVINO (docs/deploy.md).
