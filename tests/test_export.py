@@ -354,6 +354,25 @@ def test_int8_quantization_writes_a_runnable_file_with_metadata(exported, tmp_pa
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
 
 
+def test_only_the_engine_that_runs_logs_its_precision(exported, caplog, monkeypatch):
+    """A non-torch backend logs no torch precision line (it printed 'precision: bf16' then
+    'precision: fp32 (--precision fp32)' for an engine that runs neither); torch still does."""
+    import logging
+
+    import fcnseg.engine.precision as P
+    from fcnseg.engine.evaluate import evaluate_checkpoint
+
+    _, ckpt, res = exported
+    monkeypatch.setattr(P, "_told", set())
+    with caplog.at_level(logging.INFO, logger="fcnseg"):
+        out = evaluate_checkpoint(ckpt, backend="onnxruntime", onnx_path=res.path, tta=None, crf=None, max_images=1, device="cpu")
+    assert out["backend"] == "onnxruntime" and out["precision"] == "fp32"
+    assert not [r for r in caplog.records if r.getMessage().startswith("precision:")]
+    with caplog.at_level(logging.INFO, logger="fcnseg"):
+        evaluate_checkpoint(ckpt, backend="torch", precision="fp32", tta=None, crf=None, max_images=1, device="cpu")
+    assert [r for r in caplog.records if r.getMessage().startswith("precision: fp32")]
+
+
 def test_predict_and_eval_cli_with_an_onnx_backend(exported, tmp_path, capsys):
     """`--backend onnxruntime --onnx FILE` writes the same masks as eager fp32; eval's JSON
     names the backend."""
