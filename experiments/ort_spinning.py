@@ -23,28 +23,25 @@ import argparse
 import statistics
 import time
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from fcnseg.engine.backends import OpenVinoBackend, installed
-from fcnseg.export import parity_inputs, trace_onnx
+from fcnseg.export import ort_runner, ort_session, parity_inputs, trace_onnx
 from fcnseg.models import build_model
 
 CASES = {"recipe": ("fcn4s", "bilinear", 1), "fcn8s-b8": ("fcn8s", "deconv", 8)}
 
 
-def ort_run(model_bytes: bytes, spinning: bool):
+def spinning_session(model_bytes: bytes):
+    """fcnseg's session (``fcnseg.export.ort_session``) as it was before: spinning on."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.intra_op_num_threads = torch.get_num_threads()
     opts.inter_op_num_threads = 1
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-    sess = ort.InferenceSession(model_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    return lambda x: torch.from_numpy(sess.run(None, {name: np.ascontiguousarray(x.numpy())})[0])
+    return ort.InferenceSession(model_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
 
 
 def post(logits: torch.Tensor) -> torch.Tensor:
@@ -63,7 +60,10 @@ def main() -> None:
     model = build_model(name, backbone="resnet18", num_classes=11, upsample=upsample).eval()
     proto = trace_onnx(model)
     data = proto.SerializeToString()
-    engines = {"onnxruntime, spinning on (default)": ort_run(data, True), "onnxruntime, spinning off": ort_run(data, False)}
+    engines = {
+        "onnxruntime, spinning on (default)": ort_runner(spinning_session(data)),
+        "onnxruntime, spinning off (fcnseg's session)": ort_runner(ort_session(data)),
+    }
     if installed("openvino"):
         import tempfile
         from pathlib import Path
