@@ -70,6 +70,10 @@ CASES: dict[str, tuple[str, list[str], int, list[str]]] = {
     "predict-folder-without-images": ('an input folder without images', ["predict", "--checkpoint", "{ws}/run/best.pt", "{ws}/empty", "--out", "{ws}/pred_empty"], 2, ["{ws}/empty"]),
     "predict-corrupt-image": ('one of two images cut short (the other is segmented, exit 1)', ["predict", "--checkpoint", "{ws}/run/best.pt", "{ws}/images", "--out", "{ws}/pred_corrupt"], 1, ["{ws}/images/broken.jpg", "1 of 2"]),
     "predict-bad-alpha": ('an overlay opacity outside [0, 1]', ["predict", "--checkpoint", "{ws}/run/best.pt", "{ws}/images/a.png", "--out", "{ws}/pred_alpha", "--alpha", "2"], 2, ["alpha", "2"]),
+    # ---- nothing on disk replaced unasked
+    "train-out-holds-a-run": ('--out naming a folder that holds a run (was: its checkpoints and metrics silently replaced)', ["train", "--out", "{ws}/run"], 2, ["--out {ws}/run holds a run", "--resume --out {ws}/run", "--out {ws}/run-2", "--overwrite"]),
+    "predict-out-is-the-input-folder": ('--out the inputs\' own folder, where a.png\'s mask would replace a.png (was: replaced)', ["predict", "--checkpoint", "{ws}/run/best.pt", "{ws}/images", "--out", "{ws}/images"], 2, ["output {ws}/images/a.png would replace the input {ws}/images/a.png", "another --out"]),
+    "predict-outputs-exist": ('--out holding the outputs of an earlier run (was: replaced)', ["predict", "--checkpoint", "{ws}/run/best.pt", "{ws}/images/a.png", "--out", "{ws}/pred_done"], 2, ["--out {ws}/pred_done already holds 1 of the outputs ({ws}/pred_done/a.png)", "--skip-existing", "--overwrite"]),
     "predict-bad-sliding-window": ('a sliding-window size that is not a size', ["predict", "--checkpoint", "{ws}/run/best.pt", "{ws}/images/a.png", "--out", "{ws}/pred_sw", "--sliding-window", "big"], 2, ["big"]),
 }
 
@@ -131,6 +135,8 @@ def build_workspace(ws: Path) -> Path:
     write_rgb(ws / "images" / "a.png", random_image(np.random.default_rng(0), 37, 53))
     write_rgb(ws / "images" / "broken.jpg", random_image(np.random.default_rng(1), 37, 53), quality=90)
     truncate(ws / "images" / "broken.jpg", 0.3)
+    (ws / "pred_done").mkdir()
+    (ws / "pred_done" / "a.png").write_bytes(b"an earlier run's mask")
     return ws
 
 
@@ -275,6 +281,182 @@ def test_ctrl_c_or_sigterm_leaves_a_resumable_last_pt(ws, monkeypatch, capsys, s
     if sig == signal.SIGINT:
         assert main(["train", "--resume", "--out", str(out)]) == 0
         assert load_checkpoint(out / "last.pt")["step"] == 4
+
+
+# --------------------------------------------------------------------------- nothing replaced unasked
+
+
+def _one_error_line(err: str) -> str:
+    lines = [x for x in err.splitlines() if ": error: " in x]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path, monkeypatch):
+    """runs/<timestamp> is created exclusively: eight runs named in the same second (as
+    eight processes started together would) get eight folders (the old code gave all eight
+    the same name, created later, so they shared one)."""
+    import threading
+
+    from fcnseg.engine import runlog
+
+    class Frozen(runlog.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return cls(2026, 12, 7, 1, 2, 3)
+
+    monkeypatch.setattr(runlog, "datetime", Frozen)
+    monkeypatch.chdir(tmp_path)
+    got: list[Path] = []
+    cfg = {"out": None, "name": None, "resume": None}
+    threads = [threading.Thread(target=lambda: got.append(runlog.new_run_dir(cfg))) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(p.name for p in got) == ["20261207-010203"] + [f"20261207-010203-{k}" for k in range(1, 8)]
+    assert all(p.is_dir() for p in got)
+
+
+def test_a_run_name_in_use_is_refused_and_overwrite_replaces_it(ws, monkeypatch, capsys):
+    """--name NAME holding a run stops with the free name; --overwrite trains into it and
+    leaves no file of the old run (its best.pt with a higher score would otherwise stay)."""
+    monkeypatch.chdir(ws)
+    (ws / "runs" / "taken").mkdir(parents=True, exist_ok=True)
+    (ws / "runs" / "taken" / "best.pt").write_bytes(b"the earlier run's best")
+    (ws / "runs" / "taken" / "notes.txt").write_text("mine\n")
+    capsys.readouterr()
+    assert main(["train", "--name", "taken"]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert line == (
+        f"fcnseg train: error: --name taken holds a run ({Path('runs/taken/best.pt')}); continue it with "
+        f"`fcnseg train --resume --out {Path('runs/taken')}`, start a new one with --name taken-2, or pass --overwrite to replace it"
+    )
+    assert (ws / "runs" / "taken" / "best.pt").read_bytes() == b"the earlier run's best"
+    tiny = ["--data", "synthetic", "--data-option", "size=32", "--data-option", "length=4", "--model", "fcn32s", "--upsample", "bilinear",
+            "--crop", "32", "32", "--batch-size", "2", "--epochs", "1", "--warmup-steps", "0", "--optimizer", "sgd", "--num-samples", "0",
+            "--no-tensorboard", "--device", "cpu", "--precision", "fp32"]  # fmt: skip
+    assert main(["train", "--name", "taken", "--overwrite", *tiny]) == 0
+    assert torch.load(ws / "runs" / "taken" / "best.pt", weights_only=True)["step"] == 2
+    assert (ws / "runs" / "taken" / "notes.txt").read_text() == "mine\n"  # only the run's own files go
+
+
+def test_a_checkpoint_write_removes_only_its_own_and_dead_writers_temp_files(tmp_path):
+    """The old save_checkpoint deleted every last.pt.*.tmp, another live writer's too."""
+    import socket
+
+    from fcnseg.engine.checkpoint import save_checkpoint
+
+    host = socket.gethostname().replace(".", "_")
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        names = {
+            "dead": f"last.pt.{host}~{gone.pid}.ab12.tmp",  # a kill -9 cut this write short
+            "live": f"last.pt.{host}~{alive.pid}.cd34.tmp",  # another process writing now
+            "remote": f"last.pt.otherhost~{gone.pid}.ef56.tmp",  # a writer on another machine (NFS)
+            "legacy": "last.pt.x7y8z9.tmp",  # unknown writer
+        }
+        for name in names.values():
+            (tmp_path / name).write_bytes(b"partial")
+        save_checkpoint({"step": 1}, tmp_path / "last.pt")
+    finally:
+        alive.kill()
+        alive.wait()
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted(["last.pt", names["live"], names["remote"], names["legacy"]])
+
+
+def test_equal_stems_from_different_folders_keep_both(ws, tmp_path):
+    from fcnseg.engine.predict import _output_names
+
+    # the old names: a, a-2, a-2 (the third input's own stem was taken)
+    assert _output_names([Path("x/a.jpg"), Path("y/a.jpg"), Path("z/a-2.png"), Path("y/A.png")]) == ["a", "a-3", "a-2", "A-4"]
+    for i, folder in enumerate(("x", "y")):
+        write_rgb(tmp_path / folder / "a.png", random_image(np.random.default_rng(10 + i), 23, 31 + 8 * i))
+    out = tmp_path / "out"
+    assert main(["predict", "--checkpoint", str(ws / "run" / "best.pt"), str(tmp_path / "x"), str(tmp_path / "y"), "--out", str(out)]) == 0
+    from PIL import Image
+
+    assert sorted(p.name for p in out.iterdir()) == ["a-2.png", "a-2_overlay.jpg", "a.png", "a_overlay.jpg"]
+    assert Image.open(out / "a.png").size == (31, 23) and Image.open(out / "a-2.png").size == (39, 23)
+
+
+def test_skip_existing_resumes_a_predict_run(ws, tmp_path, capsys):
+    images = tmp_path / "in"
+    for i in range(3):
+        write_rgb(images / f"im{i}.png", random_image(np.random.default_rng(20 + i), 21, 27))
+    out = tmp_path / "out"
+    argv = ["predict", "--checkpoint", str(ws / "run" / "best.pt"), str(images), "--out", str(out)]
+    assert main(argv) == 0
+    (out / "im1.png").unlink()  # as a run killed before im1's mask was renamed into place
+    kept = (out / "im0.png").stat().st_mtime_ns, (out / "im2_overlay.jpg").stat().st_mtime_ns
+    (out / "im0.png").write_bytes((out / "im0.png").read_bytes())  # a marker that it is not rewritten
+    kept = (out / "im0.png").stat().st_mtime_ns, kept[1]
+    capsys.readouterr()
+    assert main([*argv, "--skip-existing"]) == 0
+    assert "segmented 1 images" in capsys.readouterr().out
+    assert (out / "im1.png").is_file()
+    assert ((out / "im0.png").stat().st_mtime_ns, (out / "im2_overlay.jpg").stat().st_mtime_ns) == kept
+    assert main([*argv, "--overwrite"]) == 0
+    assert (out / "im0.png").stat().st_mtime_ns != kept[0]
+
+
+@pytest.mark.parametrize("code, said", [(errno.ENOSPC, "the disk is full (No space left on device)"), (errno.EROFS, "Read-only file system")], ids=["disk-full", "read-only"])
+def test_predict_write_error_is_one_line_and_leaves_no_partial_file(ws, tmp_path, monkeypatch, capsys, code, said):
+    from PIL import Image
+
+    real_save = Image.Image.save
+
+    def save_then_fail(self, fp, *a, **kw):
+        if kw.get("format") == "JPEG":  # the overlay: after some bytes reached the file
+            fp.write(b"\xff\xd8 half an overlay")
+            raise OSError(code, os.strerror(code))
+        return real_save(self, fp, *a, **kw)
+
+    monkeypatch.setattr(Image.Image, "save", save_then_fail)
+    out = tmp_path / "out"
+    capsys.readouterr()
+    rc = main(["predict", "--checkpoint", str(ws / "run" / "best.pt"), str(ws / "images" / "a.png"), "--out", str(out)])
+    line = _one_error_line(capsys.readouterr().err)
+    assert rc == 2
+    assert line.startswith(f"fcnseg predict: error: cannot write overlay {out / 'a_overlay.jpg'}: {said}")
+    assert "--skip-existing" in line
+    assert sorted(p.name for p in out.iterdir()) == ["a.png"]  # the mask whole, no half overlay, no temp file
+
+
+@pytest.mark.parametrize("verb", ["train-config", "eval-plots", "export"])
+def test_write_errors_of_other_verbs_are_one_line(ws, tmp_path, monkeypatch, capsys, verb):
+    """Read-only folder (EROFS; tests run as root, where chmod does not stop a write) or a
+    full disk at the first file each verb writes: exit 2, one line naming the file."""
+    import tempfile
+
+    import fcnseg.engine.checkpoint as ckpt_mod
+
+    def refuse(*a, **kw):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(kw.get("dir", "")))
+
+    if verb == "train-config":
+        monkeypatch.setattr(ckpt_mod.tempfile, "mkstemp", refuse)
+        argv, want = ["train", "--out", str(tmp_path / "r")], f"cannot write run config {tmp_path / 'r' / 'config.yaml'}: Read-only file system"
+    elif verb == "eval-plots":
+        from matplotlib.figure import Figure
+
+        def full(self, fname, *a, **kw):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(fname))
+
+        monkeypatch.setattr(Figure, "savefig", full)
+        argv = ["eval", "--checkpoint", str(ws / "run" / "best.pt"), "--plots", str(tmp_path / "plots"), "--precision", "fp32"]
+        want = f"cannot write plot {tmp_path / 'plots' / 'confusion.png'}: the disk is full"
+    else:
+        pytest.importorskip("onnx")
+        monkeypatch.setattr(tempfile, "mkstemp", refuse)
+        argv, want = ["export", "--checkpoint", str(ws / "run" / "best.pt"), "--out", str(tmp_path / "m.onnx")], f"cannot write ONNX file {tmp_path / 'm.onnx'}: Read-only file system"
+    capsys.readouterr()
+    rc = main(argv)
+    line = _one_error_line(capsys.readouterr().err)
+    assert rc == 2 and want in line, line
 
 
 @pytest.mark.slow

@@ -89,6 +89,21 @@ def main(argv: list[str] | None = None) -> int:
     except FcnsegError as e:
         print(f"fcnseg {args.verb}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        # a file the verb could not write or read that no closer check caught (a metrics
+        # file, a plot): still one line naming it
+        if not e.filename:
+            raise
+        import errno
+
+        from fcnseg.engine.checkpoint import write_error
+
+        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
+            message = str(write_error(e.filename, e))
+        else:
+            message = f"cannot access {e.filename}: {e.strerror or e}; check that the path exists and its folder is writable"
+        print(f"fcnseg {args.verb}: error: {message}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"fcnseg {args.verb}: interrupted", file=sys.stderr)
         return 130

@@ -30,18 +30,30 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fcnseg.engine.checkpoint import _os_error, write_error
     from fcnseg.export import DEFAULT_OPSET, export
 
-    res = export(
-        args.checkpoint,
-        format=args.format,
-        out=args.out,
-        opset=DEFAULT_OPSET if args.opset is None else args.opset,
-        int8=args.int8,
-        calib_data=args.calib_data,
-        data_root=args.data_root,
-        calib_images=args.calib_images,
-    )
+    try:
+        res = export(
+            args.checkpoint,
+            format=args.format,
+            out=args.out,
+            opset=DEFAULT_OPSET if args.opset is None else args.opset,
+            int8=args.int8,
+            calib_data=args.calib_data,
+            data_root=args.data_root,
+            calib_images=args.calib_images,
+        )
+    except (OSError, RuntimeError) as e:  # torch.onnx reports a failed write as a RuntimeError
+        os_error = _os_error(e)
+        if os_error is None:
+            raise
+        out = args.out or Path(args.checkpoint).with_suffix(".onnx")
+        if str(os_error.filename or "").endswith(".onnx"):  # e.g. the int8 run's NAME.fp32.onnx
+            out = os_error.filename
+        raise write_error(out, os_error, what="ONNX file", fix="or pass another --out") from None
     if args.int8:
         agree = min((p.agreement for p in res.parity), default=float("nan"))
         print(f"wrote {res.path} (int8; argmax agreement with PyTorch fp32 on calibration images {100 * agree:.2f} %; "

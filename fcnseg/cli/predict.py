@@ -3,7 +3,9 @@ which segments image files with a checkpoint.
 
 Writes NAME.png (palette PNG of class indices at the input's size), NAME_overlay.jpg (the
 image blended with the prediction, with a legend) and, with --probs, NAME_probs.npy (float16
-softmax, (K, H, W)). Arguments are checked before any work (exit 2). An image that cannot be
+softmax, (K, H, W)); inputs of the same stem get NAME, NAME-2, ... Arguments and outputs are
+checked before any work (exit 2): an output that would replace an input is refused, outputs
+already in --out need --skip-existing (resume) or --overwrite. An image that cannot be
 decoded is skipped, the rest are written, the failures are listed and the exit code is 1.
 """
 
@@ -27,6 +29,9 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity in [0, 1] (default 0.5)")
     p.add_argument("--probs", action="store_true", help="also save NAME_probs.npy (float16 (K, H, W))")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--skip-existing", action="store_true", help="keep the outputs already in --out and segment only the inputs without them (resumes a re-run)")
+    again.add_argument("--overwrite", action="store_true", help="replace outputs already in --out (inputs are never replaced)")
     p.set_defaults(func=run)
 
 
@@ -49,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
             crf="auto" if args.crf is None else args.crf,
             backend=args.backend,
             onnx_path=args.onnx,
+            skip_existing=args.skip_existing,
+            overwrite=args.overwrite,
         )
     except PredictFailures as e:
         for _path, reason in e.failures:

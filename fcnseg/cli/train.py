@@ -51,6 +51,7 @@ def register(subparsers) -> None:
     add_data_args(p, required=False)
     p.set_defaults(data=None, data_root=None, data_option=[])
     add_config_flags(p)
+    p.add_argument("--overwrite", action="store_true", default=False, help="train into --out (or --name) even if it holds a run: that run's files are replaced")
     p.set_defaults(func=run)
 
 
@@ -68,5 +69,5 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace) -> int:
     from fcnseg.engine.train import train
 
-    train(overrides_from_args(args), config_file=getattr(args, "config", None))
+    train(overrides_from_args(args), config_file=getattr(args, "config", None), overwrite=args.overwrite)
     return 0

@@ -16,8 +16,11 @@ import errno
 import glob
 import logging
 import os
+import socket
 import tempfile
+from collections.abc import Callable
 from pathlib import Path, PurePath
+from typing import IO
 
 import numpy as np
 import torch
@@ -72,11 +75,12 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
     over ``path`` and fsyncs the folder: a crash at any moment leaves either the old or the
     new file, never a broken one. A failed write (disk full, read-only folder) removes the
     temporary file, leaves the previous ``path`` as it was and raises ``OutputError``.
-    Temporary files of earlier writes cut short (a kill -9) are removed after a good write."""
+    Temporary files (``NAME.<host>~<pid>.XXXX.tmp``) of earlier writes cut short (a kill -9)
+    are removed after a good write when their process is gone; another writer's are left."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f"{path.name}.{_writer_id()}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
         raise _write_error(path, e) from None
     try:
@@ -95,8 +99,72 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
         raise
     _fsync_dir(path.parent)
     for stale in path.parent.glob(glob.escape(path.name) + ".*.tmp"):
+        if _writer_gone(stale.name[len(path.name) + 1 :]):
+            with contextlib.suppress(OSError):
+                stale.unlink()
+
+
+def _writer_id() -> str:
+    """Who writes a temporary file: ``<host>~<pid>`` (host without dots)."""
+    return f"{socket.gethostname().replace('.', '_')}~{os.getpid()}"
+
+
+def _writer_gone(rest: str) -> bool:
+    """True for a temporary file (``rest``: its name after ``NAME.``) left by a process of
+    this host that is no longer running (a kill -9 cut its write short). Another live
+    writer's file, another host's, or a name of unknown form is left alone."""
+    writer = rest.split(".", 1)[0]
+    host, _, pid = writer.rpartition("~")
+    if host != socket.gethostname().replace(".", "_") or not pid.isdigit():
+        return False
+    if int(pid) == os.getpid():
+        return False  # ours: removed by the write that made it
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, owned by someone else
+        return False
+    return False
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None], *, what: str = "file", fix: str = "", fsync: bool = False) -> Path:
+    """Calls ``write(f)`` on a temporary file beside ``path`` (``.NAME.<pid>.XXXX.tmp``),
+    then renames it over ``path``: a reader (or a re-run with ``--skip-existing``) never
+    sees half a file. A failed write removes the temporary file and raises ``OutputError``
+    naming ``path`` (``what``: how the message calls it) with ``fix`` added to the advice."""
+    path = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise write_error(path, e, what=what, fix=fix) from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            _chmod_like_open(f.fileno())
+            write(f)
+            f.flush()
+            if fsync:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
         with contextlib.suppress(OSError):
-            stale.unlink()
+            os.unlink(tmp)
+        os_error = _os_error(e)
+        if os_error is not None:
+            raise write_error(path, os_error, what=what, fix=fix) from None
+        raise
+    return path
+
+
+def write_error(path: str | os.PathLike, e: OSError, *, what: str = "file", fix: str = "") -> OutputError:
+    """One line for a failed write: the path, the system's reason and what to do."""
+    path = Path(path)
+    extra = f" ({fix})" if fix else ""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return OutputError(f"cannot write {what} {path}: the disk is full ({e.strerror}); free space in {path.parent}{extra}")
+    if e.errno == errno.ENOENT and not path.parent.is_dir():
+        return OutputError(f"cannot write {what} {path}: the folder {path.parent} does not exist; create it{extra}")
+    return OutputError(f"cannot write {what} {path}: {e.strerror or e}; make {path.parent} writable{extra}")
 
 
 def check_output_dir(path: str | os.PathLike, *, option: str = "--out") -> Path:

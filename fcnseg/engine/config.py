@@ -363,4 +363,8 @@ def validate(cfg: dict) -> None:
 
 
 def save_yaml(cfg: dict, path: str | os.PathLike) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg, sort_keys=False))
+    """Writes ``cfg`` as YAML atomically; ``OutputError`` naming the file when it cannot."""
+    from fcnseg.engine.checkpoint import atomic_write
+
+    text = yaml.safe_dump(cfg, sort_keys=False).encode()
+    atomic_write(path, lambda f: f.write(text), what="run config", fix="or train into another --out")

@@ -9,6 +9,12 @@ For every input image ``NAME.ext`` the output folder gets
 - ``NAME_probs.npy`` (``save_probs``): float16 softmax probabilities ``(K, H, W)`` (after the
   CRF when ``crf`` is given).
 
+Inputs of the same stem (``x/a.jpg`` and ``y/a.jpg``, or ``a.jpg`` and ``a.png``) get
+``a``, ``a-2``, ``a-3`` ... in input order (names another input has are skipped). Nothing
+on disk is replaced unasked: an output that would replace an input is refused, and outputs
+already in the folder need ``skip_existing`` (keep them; a re-run resumes) or ``overwrite``.
+Each file is written to a temporary name and renamed.
+
 Inputs are files, folders (their images, not recursive) and glob patterns. They are checked
 before any work (a path that does not exist, or a folder or pattern without images, is an
 error and nothing runs); an image that fails to decode during the run is skipped, the others
@@ -34,6 +40,7 @@ from fcnseg.data.base import IMAGE_EXTENSIONS, image_to_rgb, list_images, make_p
 from fcnseg.data.show import overlay
 from fcnseg.data.transforms import eval_transforms
 from fcnseg.engine.checkpoint import (
+    atomic_write,
     check_output_dir,
     checkpoint_meta,
     ensure_output_dir,
@@ -110,14 +117,52 @@ def resolve_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
 
 
 def _output_names(paths: Sequence[Path]) -> list[str]:
-    """``NAME`` per input: its stem, with ``-2``, ``-3`` ... for later inputs of the same stem."""
-    used: dict[str, int] = {}
+    """``NAME`` per input: its stem; inputs whose stems are equal (case-insensitively, for
+    macOS and Windows folders) get ``NAME``, ``NAME-2``, ``NAME-3`` ... in input order,
+    skipping any name another input already has, so no two inputs share an output."""
+    count: dict[str, int] = {}
+    for p in paths:
+        count[p.stem.casefold()] = count.get(p.stem.casefold(), 0) + 1
+    used = {p.stem.casefold() for p in paths if count[p.stem.casefold()] == 1}
     names = []
     for p in paths:
-        n = used.get(p.stem, 0) + 1
-        used[p.stem] = n
-        names.append(p.stem if n == 1 else f"{p.stem}-{n}")
+        name, k = p.stem, 2
+        if count[p.stem.casefold()] > 1:
+            while name.casefold() in used:
+                name, k = f"{p.stem}-{k}", k + 1
+            used.add(name.casefold())
+        names.append(name)
     return names
+
+
+def output_paths(out: Path, name: str, save_probs: bool) -> list[Path]:
+    """The files one input ``NAME`` gets in ``out``."""
+    return [out / f"{name}.png", out / f"{name}_overlay.jpg", *([out / f"{name}_probs.npy"] if save_probs else [])]
+
+
+def check_outputs(paths: Sequence[Path], names: Sequence[str], out: Path, *, save_probs: bool, skip_existing: bool, overwrite: bool) -> list[bool]:
+    """Checks the outputs before any work; per input, whether its outputs all exist already
+    (``skip_existing``: it is skipped). An output that would replace an input file is a
+    ``ConfigError`` naming it (``overwrite`` or not); outputs already on disk are one unless
+    ``skip_existing`` (keep them) or ``overwrite`` (replace them) is given."""
+    inputs = {os.path.normcase(os.path.realpath(p)): p for p in paths}
+    done, existing = [], []
+    for name in names:
+        outs = output_paths(out, name, save_probs)
+        for o in outs:
+            hit = inputs.get(os.path.normcase(os.path.realpath(o)))
+            if hit is not None:
+                raise ConfigError(f"output {o} would replace the input {hit}; pass another --out folder (not the inputs' own)")
+        there = [o for o in outs if o.exists()]
+        done.append(skip_existing and len(there) == len(outs))
+        existing += there
+    if existing and not (skip_existing or overwrite):
+        shown = ", ".join(str(o) for o in existing[:3]) + (" ..." if len(existing) > 3 else "")
+        raise ConfigError(
+            f"--out {out} already holds {len(existing)} of the outputs ({shown}); pass --skip-existing to keep "
+            "them and segment the rest, --overwrite to replace them, or another --out folder"
+        )
+    return done
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -283,12 +328,19 @@ def predict(
     model: Callable[[torch.Tensor], torch.Tensor] | None = None,
     backend: str = "auto",
     onnx_path: str | os.PathLike | None = None,
+    skip_existing: bool = False,
+    overwrite: bool = False,
 ) -> list[Path]:
     """Segments every input image with a checkpoint (a path, or the loaded dict) and writes
     its outputs to ``out_dir`` (see the module docstring), as ``fcnseg predict`` does.
     Images are batched ``batch_size`` at a time among images of the same size, so results
     do not depend on the batch. ``tta``/``crf``/``device``/``model``/``backend``/``onnx_path``: as
     ``Predictor``.
+    Outputs never replace an input; outputs already in ``out_dir`` are an error unless
+    ``skip_existing`` (inputs whose outputs all exist are skipped: a re-run resumes) or
+    ``overwrite``. Every file is written to a temporary name and renamed, so a killed run
+    leaves whole files only. A write that fails (disk full, read-only folder) stops the run
+    with ``OutputError``.
     Returns the written paths; raises ``PredictFailures`` after the run if some images
     could not be decoded."""
     if batch_size < 1:
@@ -300,6 +352,14 @@ def predict(
     crf = crf if crf == "auto" else parse_crf(crf)
     paths = resolve_inputs(inputs)  # argument errors before the checkpoint is loaded
     check_output_dir(out_dir)
+    names = _output_names(paths)
+    done = check_outputs(paths, names, Path(out_dir), save_probs=save_probs, skip_existing=skip_existing, overwrite=overwrite)
+    if any(done):
+        log.info("fcnseg predict: %d of %d inputs already have their outputs in %s (--skip-existing): skipped", sum(done), len(paths), out_dir)
+        paths = [p for p, d in zip(paths, done, strict=True) if not d]
+        names = [n for n, d in zip(names, done, strict=True) if not d]
+        if not paths:
+            return []
     predictor = Predictor(
         checkpoint, device=device, precision=precision, tta=tta, crf=crf,
         sliding_window=sliding_window, model=model, backend=backend, onnx_path=onnx_path,
@@ -309,7 +369,6 @@ def predict(
     model_seconds, done = 0.0, 0
 
     out = ensure_output_dir(out_dir)
-    names = _output_names(paths)
     written: list[Path] = []
     failures: list[tuple[Path, str]] = []
     bar = None
@@ -372,14 +431,14 @@ def _write(
     classes: Sequence[str],
     palette: np.ndarray,
 ) -> list[Path]:
-    """Writes the outputs for one image; ``score`` (K, H, W) at the image's size."""
+    """Writes the outputs for one image, each atomically; ``score`` (K, H, W) at the image's size."""
     pred = score.argmax(0).to(torch.uint8).cpu().numpy()
-    paths = [out / f"{name}.png", out / f"{name}_overlay.jpg"]
-    palette_png(pred, palette).save(paths[0])
-    Image.fromarray(overlay_with_legend(image, pred, classes, palette, alpha)).save(
-        paths[1], quality=92, subsampling=0
-    )
+    paths = output_paths(out, name, save_probs)
+    fix = "or pass another --out; re-run with --skip-existing to keep what was written"
+    atomic_write(paths[0], lambda f: palette_png(pred, palette).save(f, format="PNG"), what="prediction", fix=fix)
+    blend = Image.fromarray(overlay_with_legend(image, pred, classes, palette, alpha))
+    atomic_write(paths[1], lambda f: blend.save(f, format="JPEG", quality=92, subsampling=0), what="overlay", fix=fix)
     if save_probs:
-        paths.append(out / f"{name}_probs.npy")
-        np.save(paths[2], score.to(torch.float16).cpu().numpy())
+        probs = score.to(torch.float16).cpu().numpy()
+        atomic_write(paths[2], lambda f: np.save(f, probs), what="probabilities", fix=fix)
     return paths

@@ -70,13 +70,64 @@ def find_resume(cfg: dict) -> Path:
     return candidates[-1]
 
 
-def new_run_dir(cfg: dict) -> Path:
-    if cfg["out"]:
-        return Path(cfg["out"])
-    name = cfg["name"] or datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = Path("runs") / name
-    k = 1
-    while path.exists() and not cfg["name"]:
-        path = Path("runs") / f"{name}-{k}"
+# the files a run writes into its folder; a folder holding one of them holds a run
+RUN_FILES = ("config.yaml", "last.pt", "best.pt", "metrics.jsonl", "metrics.json", "curves.png")
+
+
+def holds_run(path: Path) -> str | None:
+    """The first of ``RUN_FILES`` in ``path`` (None: no run there)."""
+    return next((name for name in RUN_FILES if (path / name).exists()), None)
+
+
+def free_name(path: Path) -> Path:
+    """``path`` itself if nothing is there, else the first ``path-2``, ``path-3``, ... that is free."""
+    k, free = 2, path
+    while free.exists():
+        free = path.with_name(f"{path.name}-{k}")
         k += 1
-    return path
+    return free
+
+
+def new_run_dir(cfg: dict, *, overwrite: bool = False, create: bool = True) -> Path:
+    """The run's folder. ``out`` (or runs/``name``) as given: a ``ConfigError`` when it holds
+    a run, unless the run continues it (``resume`` from a checkpoint in it) or ``overwrite``.
+    Without either: runs/<timestamp>, created here exclusively (``create``; DDP rank 0), so
+    two runs started in the same second get two folders (``-1``, ``-2``, ...)."""
+    if cfg["out"] or cfg["name"]:
+        path = Path(cfg["out"]) if cfg["out"] else Path("runs") / cfg["name"]
+        found = holds_run(path) if path.is_dir() else None
+        continues = cfg.get("resume") and Path(cfg["resume"]).resolve().parent == path.resolve()
+        if found and not continues and not overwrite:
+            flag = f"--out {path}" if cfg["out"] else f"--name {cfg['name']}"
+            other = f"--out {free_name(path)}" if cfg["out"] else f"--name {free_name(path).name}"
+            raise ConfigError(
+                f"{flag} holds a run ({path / found}); continue it with `fcnseg train --resume --out {path}`, "
+                f"start a new one with {other}, or pass --overwrite to replace it"
+            )
+        return path
+    name = datetime.now().strftime("%Y%m%d-%H%M%S")
+    path, k = Path("runs") / name, 1
+    while True:
+        try:
+            if not create:
+                return path
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:
+            path, k = Path("runs") / f"{name}-{k}", k + 1
+        except OSError as e:
+            from fcnseg.errors import OutputError
+
+            raise OutputError(f"cannot create run folder {path}: {e.strerror or e}; run from a folder you can write to, or pass --out DIR") from None
+
+
+def remove_run(path: Path) -> None:
+    """Removes the files of the run in ``path`` (``RUN_FILES``, samples/, tensorboard/) and
+    nothing else: what ``--overwrite`` replaces."""
+    import shutil
+
+    for name in RUN_FILES:
+        with contextlib.suppress(FileNotFoundError):
+            (path / name).unlink()
+    for name in ("samples", "tensorboard"):
+        shutil.rmtree(path / name, ignore_errors=True)

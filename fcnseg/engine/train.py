@@ -14,6 +14,7 @@ an uninterrupted run's losses exactly).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -38,7 +39,7 @@ from fcnseg.engine.checkpoint import (
 from fcnseg.engine.config import TrainConfig, resolve_config, save_yaml
 from fcnseg.engine.data import train_loader, training_data, val_source
 from fcnseg.engine.precision import resolve_device, resolve_precision
-from fcnseg.engine.runlog import RunLog, find_resume, new_run_dir
+from fcnseg.engine.runlog import RunLog, find_resume, new_run_dir, remove_run
 from fcnseg.engine.schedule import LRSchedule, TimeBudget, stage_at
 from fcnseg.engine.step import build_model_for_training, build_train_step
 from fcnseg.errors import ConfigError, DataError, TrainingDiverged
@@ -46,7 +47,13 @@ from fcnseg.errors import ConfigError, DataError, TrainingDiverged
 log = logging.getLogger("fcnseg.train")
 
 
-def train(cfg: dict | TrainConfig | None = None, *, config_file: str | os.PathLike | None = None, callback: Callable[[dict], None] | None = None) -> Path:
+def train(
+    cfg: dict | TrainConfig | None = None,
+    *,
+    config_file: str | os.PathLike | None = None,
+    callback: Callable[[dict], None] | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Trains a model and returns its run directory.
 
     ``cfg``: TrainConfig fields to set (a dict of the options given, or a whole
@@ -59,7 +66,9 @@ def train(cfg: dict | TrainConfig | None = None, *, config_file: str | os.PathLi
     write; an exception it raises stops the run there, as a crash would.
 
     The run directory gets config.yaml, last.pt, best.pt, metrics.jsonl, metrics.json,
-    curves.png, samples/epoch_N.png and TensorBoard event files (rank 0 only).
+    curves.png, samples/epoch_N.png and TensorBoard event files (rank 0 only). A fresh run
+    into a folder that holds a run (``out``, or runs/``name``) is a ``ConfigError`` unless
+    ``overwrite`` (then that run's files are removed first); ``resume`` continues one.
     """
     given = cfg.to_dict() if isinstance(cfg, TrainConfig) else dict(cfg or {})
     resolved = resolve_config(given, config_file=config_file)
@@ -73,7 +82,7 @@ def train(cfg: dict | TrainConfig | None = None, *, config_file: str | os.PathLi
         if "out" not in given:
             resolved["out"] = str(path.parent)
     try:
-        return Trainer(resolved, ckpt, callback).fit()
+        return Trainer(resolved, ckpt, callback, overwrite=overwrite).fit()
     finally:
         ddp.cleanup_distributed()
 
@@ -81,7 +90,7 @@ def train(cfg: dict | TrainConfig | None = None, *, config_file: str | os.PathLi
 class Trainer:
     """One run: its setup in ``__init__``, the loop in ``fit``."""
 
-    def __init__(self, cfg: dict, ckpt: dict | None = None, callback: Callable[[dict], None] | None = None) -> None:
+    def __init__(self, cfg: dict, ckpt: dict | None = None, callback: Callable[[dict], None] | None = None, *, overwrite: bool = False) -> None:
         self.cfg = cfg
         self.t_start = time.monotonic() - (ckpt.get("train_time_s", 0.0) if ckpt else 0.0)
         device = resolve_device(cfg["device"])
@@ -93,8 +102,18 @@ class Trainer:
         torch.manual_seed(cfg["seed"])
         random.seed(cfg["seed"])
         np.random.seed(cfg["seed"])
-        self.run_dir = Path(ddp.broadcast_object(str(new_run_dir(cfg))))
+        fresh = not cfg["out"] and not cfg["name"]  # a timestamp folder, created here
+        self.run_dir = Path(ddp.broadcast_object(str(new_run_dir(cfg, overwrite=overwrite, create=self.main))))
         cfg["out"] = str(self.run_dir)
+        try:
+            self.setup(cfg, ckpt, callback, overwrite)
+        except BaseException:
+            if fresh and self.main:  # a refused run leaves no empty folder behind
+                with contextlib.suppress(OSError):
+                    self.run_dir.rmdir()
+            raise
+
+    def setup(self, cfg: dict, ckpt: dict | None, callback: Callable[[dict], None] | None, overwrite: bool) -> None:
         check_output_dir(self.run_dir)
 
         # data
@@ -127,6 +146,8 @@ class Trainer:
             self.restore(ckpt)
         if self.main:
             ensure_output_dir(self.run_dir)
+            if overwrite and ckpt is None:
+                remove_run(self.run_dir)
             save_yaml(cfg, self.run_dir / "config.yaml")
         self.runlog = RunLog(self.run_dir if self.main else None, step=self.step, tensorboard=cfg["tensorboard"], callback=callback)
         self.record = self.runlog.record

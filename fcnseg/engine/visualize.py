@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Sequence
@@ -99,11 +100,18 @@ def _finite(x) -> bool:
 
 def _save(fig, path: str | os.PathLike) -> None:
     """Writes through a temporary name so a reader never sees half a PNG."""
+    from fcnseg.engine.checkpoint import write_error
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=90)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(tmp, dpi=90)
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise write_error(path, e, what="plot") from None
 
 
 def plot_confusion(confusion: list[list[int]], classes: Sequence[str], out_dir: str | os.PathLike) -> Path:
