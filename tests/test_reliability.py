@@ -61,6 +61,8 @@ CASES: dict[str, tuple[str, list[str], int, list[str]]] = {
     "eval-checkpoint-not-torch": ('a text file given as the checkpoint', ["eval", "--checkpoint", "{ws}/text.pt"], 2, ["{ws}/text.pt", "not a PyTorch file"]),
     "eval-checkpoint-crafted-pickle": ('a crafted pickle given as the checkpoint', ["eval", "--checkpoint", "{ws}/evil.pt"], 2, ["refused to load", "{ws}/evil.pt", "posix.system"]),
     "eval-checkpoint-state-dict-only": ('a bare state dict given as the checkpoint', ["eval", "--checkpoint", "{ws}/state_dict.pt"], 2, ["{ws}/state_dict.pt", "not an fcnseg checkpoint", "best.pt"]),
+    "eval-checkpoint-weights-entry": ('a checkpoint whose model_config names weights to load (was: loading fetched them from the network)', ["eval", "--checkpoint", "{ws}/weights_entry.pt"], 2, ["{ws}/weights_entry.pt", "'weights'", "fetch"]),
+    "eval-checkpoint-huge-class-count": ('a checkpoint declaring 100,000 classes (was: the model built before any check)', ["eval", "--checkpoint", "{ws}/huge.pt"], 2, ["{ws}/huge.pt", "num_classes=100000", "1..255"]),
     "eval-unknown-split": ('a split the dataset does not have', ["eval", "--checkpoint", "{ws}/run/best.pt", "--split", "nosuch"], 2, ["nosuch"]),
     "eval-other-class-count": ('a dataset with another class count than the checkpoint', ["eval", "--checkpoint", "{ws}/run/best.pt", "--data", "camvid", "--data-root", "{ws}/camvid_ok"], 2, ["3", "11"]),
     "eval-bad-tta": ('a TTA spec that cannot be read', ["eval", "--checkpoint", "{ws}/run/best.pt", "--tta", "spin"], 2, ["spin", "flip"]),
@@ -69,6 +71,7 @@ CASES: dict[str, tuple[str, list[str], int, list[str]]] = {
     "predict-input-missing": ('an input image that does not exist', ["predict", "--checkpoint", "{ws}/run/best.pt", "{ws}/nowhere.jpg", "--out", "{ws}/pred_missing"], 2, ["{ws}/nowhere.jpg"]),
     "predict-folder-without-images": ('an input folder without images', ["predict", "--checkpoint", "{ws}/run/best.pt", "{ws}/empty", "--out", "{ws}/pred_empty"], 2, ["{ws}/empty"]),
     "predict-corrupt-image": ('one of two images cut short (the other is segmented, exit 1)', ["predict", "--checkpoint", "{ws}/run/best.pt", "{ws}/images", "--out", "{ws}/pred_corrupt"], 1, ["{ws}/images/broken.jpg", "1 of 2"]),
+    "predict-eps-named-jpg": ('an EPS file named .jpg (was: handed to Ghostscript)', ["predict", "--checkpoint", "{ws}/run/best.pt", "{ws}/eps", "--out", "{ws}/pred_eps"], 1, ["{ws}/eps/photo.jpg", "PNG, JPEG, BMP, TIFF, WebP and PPM only"]),
     "predict-bad-alpha": ('an overlay opacity outside [0, 1]', ["predict", "--checkpoint", "{ws}/run/best.pt", "{ws}/images/a.png", "--out", "{ws}/pred_alpha", "--alpha", "2"], 2, ["alpha", "2"]),
     # ---- nothing on disk replaced unasked
     "train-out-holds-a-run": ('--out naming a folder that holds a run (was: its checkpoints and metrics silently replaced)', ["train", "--out", "{ws}/run"], 2, ["--out {ws}/run holds a run", "--resume --out {ws}/run", "--out {ws}/run-2", "--overwrite"]),
@@ -120,6 +123,8 @@ def build_workspace(ws: Path) -> Path:
     torch.save({**ckpt, "model_config": {**ckpt["model_config"], "num_classes": 5}}, ws / "five.pt")
     torch.save({"model": _Evil(ws / "MARKER"), "model_config": {}}, ws / "evil.pt")
     torch.save(ckpt["model"], ws / "state_dict.pt")
+    torch.save({**ckpt, "model_config": {**ckpt["model_config"], "weights": "imagenet"}}, ws / "weights_entry.pt")
+    torch.save({**ckpt, "model_config": {**ckpt["model_config"], "num_classes": 100_000}}, ws / "huge.pt")
     (ws / "truncated.pt").write_bytes((run / "best.pt").read_bytes()[:100_000])
     (ws / "text.pt").write_text("not a checkpoint\n")
     (ws / "a_file").write_text("in the way\n")
@@ -135,9 +140,20 @@ def build_workspace(ws: Path) -> Path:
     write_rgb(ws / "images" / "a.png", random_image(np.random.default_rng(0), 37, 53))
     write_rgb(ws / "images" / "broken.jpg", random_image(np.random.default_rng(1), 37, 53), quality=90)
     truncate(ws / "images" / "broken.jpg", 0.3)
+    (ws / "eps").mkdir()
+    _eps(ws / "eps" / "photo.jpg")
+    write_rgb(ws / "eps" / "fine.png", random_image(np.random.default_rng(2), 19, 23))
     (ws / "pred_done").mkdir()
     (ws / "pred_done" / "a.png").write_bytes(b"an earlier run's mask")
     return ws
+
+
+def _eps(path: Path) -> Path:
+    """An Encapsulated PostScript file (Pillow decodes EPS by running Ghostscript)."""
+    from PIL import Image
+
+    Image.fromarray(random_image(np.random.default_rng(3), 12, 16)).save(path, format="EPS")
+    return path
 
 
 def _argv(argv: list[str], ws: Path) -> list[str]:
@@ -284,6 +300,29 @@ def test_ctrl_c_or_sigterm_leaves_a_resumable_last_pt(ws, monkeypatch, capsys, s
 
 
 # --------------------------------------------------------------------------- nothing replaced unasked
+
+
+@pytest.mark.parametrize("where", ["predict", "serve"])
+def test_eps_is_never_handed_to_ghostscript(ws, tmp_path, monkeypatch, capsys, where):
+    """Only the raster plugins are tried: an EPS file (named .jpg) is refused by name and
+    Ghostscript never starts (the old open_image identified it as EPS and ran gs)."""
+    from PIL import EpsImagePlugin
+
+    ran = []
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", lambda *a, **kw: ran.append(a) or (_ for _ in ()).throw(OSError("gs")))
+    monkeypatch.setattr(EpsImagePlugin, "has_ghostscript", lambda: True)
+    if where == "predict":
+        rc = main(["predict", "--checkpoint", str(ws / "run" / "best.pt"), str(ws / "eps" / "photo.jpg"), "--out", str(tmp_path / "o")])
+        assert rc == 1 and "PNG, JPEG, BMP, TIFF, WebP and PPM only" in capsys.readouterr().err
+    else:
+        pytest.importorskip("fastapi")
+        from fcnseg.serve.app import ServeError, open_upload
+
+        with pytest.raises(ServeError) as e:
+            open_upload((ws / "eps" / "photo.jpg").read_bytes(), 10**6).load()
+        assert e.value.status == 415
+    assert ran == []
+
 
 
 def _one_error_line(err: str) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from fcnseg.errors import ConfigError, DataError
 
@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 
 IGNORE_INDEX = 255
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+# the Pillow plugins a file may be decoded with, whatever its name: the raster formats above.
+# The others are never tried (EPS hands the file to Ghostscript, a program of its own).
+RASTER_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "PPM")
 BAD_FILE_HINT = (
     "re-download or re-export the file, or leave the pair out "
     "(`fcnseg data check` lists every bad file; training can skip the listed files)"
@@ -65,6 +68,11 @@ def _decoding(path: Path, what: str):
         raise data_error(
             f"{path}: {what} file not found", path, f"missing-{what}", BAD_FILE_HINT
         ) from None
+    except UnidentifiedImageError as e:
+        raise data_error(
+            f"{path}: cannot decode {what} ({e}; fcnseg reads PNG, JPEG, BMP, TIFF, WebP and PPM only)",
+            path, "unreadable", BAD_FILE_HINT,
+        ) from None
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
         text = str(e) or type(e).__name__
         kind = "truncated" if "truncat" in text.lower() or isinstance(e, EOFError) else "unreadable"
@@ -80,7 +88,7 @@ def open_image(path: str | os.PathLike, what: str = "image") -> Image.Image:
     "truncated" or "unreadable")."""
     path = Path(path)
     with _decoding(path, what):
-        im = Image.open(path)
+        im = Image.open(path, formats=RASTER_FORMATS)
         im.load()
     try:
         ImageOps.exif_transpose(im, in_place=True)
@@ -102,7 +110,7 @@ def probe_image(path: str | os.PathLike, what: str = "image") -> tuple[int, int]
     other formats are fully decoded. Raises DataError like `open_image`."""
     path = Path(path)
     with _decoding(path, what):
-        im = Image.open(path)
+        im = Image.open(path, formats=RASTER_FORMATS)
         if im.format == "PNG":
             exif = Image.Exif()
             if "exif" in im.info:

@@ -246,16 +246,50 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     ckpt = safe_torch_load(path, what="checkpoint", map_location=map_location)
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
         raise WeightsError(f"{path} is not an fcnseg checkpoint (no 'model'/'model_config' entries); pass RUN/best.pt or RUN/last.pt of a training run")
+    check_model_config(ckpt["model_config"], f"checkpoint {path}")
     return ckpt
 
 
+# the build_model arguments a checkpoint's model_config may hold: never ``weights`` (a
+# checkpoint carries its own; an entry would make loading fetch or read another file)
+MODEL_CONFIG_KEYS = ("name", "backbone", "num_classes", "in_channels", "upsample", "align", "output_stride", "context")
+MAX_CLASSES = 255  # masks are uint8 with 255 = ignore
+MAX_IN_CHANNELS = 16
+
+
+def check_model_config(conf: object, source: str = "checkpoint") -> dict:
+    """``conf`` (a checkpoint's ``model_config``) if it is a dict of known ``build_model``
+    arguments of sane types and sizes; else ``WeightsError`` naming the entry. Nothing is
+    built, read or fetched (the names themselves are checked by ``build_model``)."""
+    bad = f"{source} is not a usable fcnseg checkpoint: its model_config"
+    if not isinstance(conf, dict):
+        raise WeightsError(f"{bad} is a {type(conf).__name__}, not a mapping; pass RUN/best.pt or RUN/last.pt of a training run")
+    for key, value in conf.items():
+        if key not in MODEL_CONFIG_KEYS:
+            why = " (loading it would fetch or read other weights)" if key in ("weights", "progress") else ""
+            raise WeightsError(f"{bad} has an entry {key!r}{why}, which fcnseg checkpoints never hold; allowed: {', '.join(MODEL_CONFIG_KEYS)}")
+        if key in ("num_classes", "in_channels", "output_stride"):
+            high = {"num_classes": MAX_CLASSES, "in_channels": MAX_IN_CHANNELS, "output_stride": 32}[key]
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+                raise WeightsError(f"{bad} has {key}={value!r}: must be an integer in 1..{high}")
+        elif key == "context":
+            if value is not None and not isinstance(value, str):
+                raise WeightsError(f"{bad} has context={value!r}: must be null or a name")
+        elif not isinstance(value, str) or len(value) > 64:
+            raise WeightsError(f"{bad} has {key}={value!r}: must be a name")
+    if "name" not in conf or "num_classes" not in conf:
+        raise WeightsError(f"{bad} lacks 'name' or 'num_classes'; pass RUN/best.pt or RUN/last.pt of a training run")
+    return conf
+
+
 def model_from_checkpoint(ckpt: dict | str | os.PathLike) -> nn.Module:
-    """Rebuilds the model a checkpoint describes and loads its weights strictly."""
+    """Rebuilds the model a checkpoint describes (its ``model_config`` checked first by
+    ``check_model_config``: no download, bounded sizes) and loads its weights strictly."""
     from fcnseg.models import build_model
 
     if not isinstance(ckpt, dict):
         ckpt = load_checkpoint(ckpt)
-    model = build_model(**ckpt["model_config"])
+    model = build_model(**check_model_config(ckpt["model_config"]), progress=False)
     model.load_state_dict(ckpt["model"])
     return model
 

@@ -42,7 +42,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from fcnseg import __version__
-from fcnseg.data.base import image_to_rgb
+from fcnseg.data.base import RASTER_FORMATS, image_to_rgb
 from fcnseg.errors import ConfigError
 
 try:
@@ -65,8 +65,8 @@ from fcnseg.engine.predict import Predictor, overlay_with_legend, palette_png
 log = logging.getLogger(__name__)
 
 # PIL plugins an upload may be decoded with: the formats `fcnseg predict` reads. Others
-# (EPS runs Ghostscript, PSD, ICO, ...) are refused as 415 before any plugin looks at them.
-UPLOAD_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "PPM", "GIF")
+# (EPS runs Ghostscript, PSD, ICO, GIF, ...) are refused as 415 before any plugin looks at them.
+UPLOAD_FORMATS = RASTER_FORMATS
 DEFAULT_MAX_IMAGE_PIXELS = 16_777_216  # 4096 x 4096: a 12 MP phone photo passes
 DEFAULT_MAX_UPLOAD_MB = 20.0
 WARMUP_SIZE = (384, 512)  # (H, W) of the start-up inference that prices one image
