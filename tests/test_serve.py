@@ -106,6 +106,9 @@ def assert_error(r, status: int, *words: str) -> dict:
     return body
 
 
+TEST_HOSTS = ("testserver", "test")  # the Host of Starlette's TestClient and of the httpx clients below
+
+
 @pytest.fixture(scope="module")
 def ckpt_file(tmp_path_factory) -> Path:
     # the saved default TTA must apply in the server as in `fcnseg predict`
@@ -116,7 +119,7 @@ def ckpt_file(tmp_path_factory) -> Path:
 def app(ckpt_file):
     return create_app(
         ckpt_file, device="cpu", max_image_pixels=MAX_PIXELS, max_upload_mb=MAX_UPLOAD_MB,
-        workers=1, max_queue=2, warmup_size=(16, 16),
+        workers=1, max_queue=2, warmup_size=(16, 16), allowed_hosts=TEST_HOSTS,
     )
 
 
@@ -140,7 +143,8 @@ def test_model_health_and_spec(client, ckpt_file):
     inf = m["inference"]
     assert (inf["tta"], inf["tta_views"], inf["crf"]) == ("flip", 2, None)  # the checkpoint's default
     assert inf["warmup_ms"] > 0 and inf["warmup_size"] == [16, 16]
-    assert m["limits"] == {"max_upload_bytes": int(MAX_UPLOAD_MB * 2**20), "max_image_pixels": MAX_PIXELS, "workers": 1, "max_queue": 2}
+    assert m["limits"] == {"max_upload_bytes": int(MAX_UPLOAD_MB * 2**20), "max_image_pixels": MAX_PIXELS, "workers": 1, "max_queue": 2,
+                           "max_inference_pixels": 8_388_608, "read_timeout_s": 30.0}
     spec = client.get("/openapi.json").json()
     seg = spec["paths"]["/v1/segment"]["post"]
     assert {"image/*", "multipart/form-data"} <= set(seg["requestBody"]["content"])
@@ -180,7 +184,7 @@ def test_served_mask_equals_fcnseg_predict(client, ckpt_file, tmp_path):
 def test_served_mask_equals_predict_with_onnxruntime_backend(ckpt_file, tmp_path, monkeypatch):
     pytest.importorskip("onnxruntime", reason='the export extra is not installed (pip install -e ".[export]")')
     monkeypatch.setenv("FCNSEG_CACHE", str(tmp_path / "cache"))
-    app = create_app(ckpt_file, device="cpu", backend="onnxruntime", workers=2, warmup_size=(16, 16))
+    app = create_app(ckpt_file, device="cpu", backend="onnxruntime", workers=2, warmup_size=(16, 16), allowed_hosts=TEST_HOSTS)
     info = app.state.service.model_info()["inference"]
     assert (info["backend"], info["precision"], info["tta"]) == ("onnxruntime", "fp32", "flip")
     path = tmp_path / "odd.png"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from fcnseg.errors import ConfigError
 
@@ -33,18 +34,46 @@ def register(subparsers) -> None:
     p.add_argument("--max-upload-mb", type=float, default=None, metavar="M", help="refuse larger uploads with 413 (default 20)")
     p.add_argument("--workers", type=int, default=1, metavar="N", help="images in inference at once (default 1)")
     p.add_argument("--max-queue", type=int, default=8, metavar="N", help="requests waiting for a worker; beyond them 503 with Retry-After (default 8)")
+    p.add_argument("--max-inference-pixels", type=int, default=None, metavar="N", help="refuse images whose pixels x TTA views exceed N with 413 (default 8388608)")
+    p.add_argument("--max-connections", type=int, default=512, metavar="N", help="open connections; requests beyond them get 503 (default 512)")
+    p.add_argument("--read-timeout", type=float, default=None, metavar="S", help="seconds a request body may take to arrive, then 408 (default 30; headers: 10)")
+    p.add_argument("--token", default=None, metavar="TOKEN", help="require 'Authorization: Bearer TOKEN' on /v1/* and /metrics (default: $FCNSEG_TOKEN; prefer the variable, a flag shows in ps)")
+    p.add_argument("--no-auth", action="store_true", help="serve a non-loopback --host without a token (anyone who reaches the port can use the API)")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME", help="a Host header to serve besides localhost/127.0.0.1/::1 (repeatable; '*': any), e.g. the machine's DNS name")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401  (the serving extra is installed)
     except ModuleNotFoundError:
         raise ConfigError('fcnseg serve needs the serving extra; install it with: pip install -e ".[serve]"') from None
-    from fcnseg.serve.app import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_UPLOAD_MB, create_app
+    from fcnseg.serve.app import (
+        DEFAULT_MAX_IMAGE_PIXELS,
+        DEFAULT_MAX_INFERENCE_PIXELS,
+        DEFAULT_MAX_UPLOAD_MB,
+        DEFAULT_READ_TIMEOUT,
+        LOOPBACK_HOSTS,
+        create_app,
+    )
 
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port {args.port}: must be in 0..65535")
+    if args.max_connections < 1:
+        raise ConfigError(f"--max-connections {args.max_connections}: must be >= 1")
+    token = args.token or os.environ.get("FCNSEG_TOKEN") or None
+    if not _loopback(args.host) and token is None and not args.no_auth:
+        raise ConfigError(
+            f"--host {args.host} lets other machines reach the API, and no token is set: set FCNSEG_TOKEN "
+            "(clients send 'Authorization: Bearer TOKEN'), or pass --no-auth to serve it open"
+        )
+    allowed = [*LOOPBACK_HOSTS, *args.allowed_host]
+    if not _loopback(args.host) and args.host not in ("0.0.0.0", "::"):
+        allowed.append(args.host)
+    from fcnseg.serve.server import listen
+    from fcnseg.serve.server import run as serve
+
+    listen(args.host, args.port).close()  # a taken port is one line now, not after loading the model
     app = create_app(
         args.checkpoint,
         tta="auto" if args.tta is None else args.tta,
@@ -58,7 +87,24 @@ def run(args: argparse.Namespace) -> int:
         max_upload_mb=DEFAULT_MAX_UPLOAD_MB if args.max_upload_mb is None else args.max_upload_mb,
         workers=args.workers,
         max_queue=args.max_queue,
+        max_inference_pixels=DEFAULT_MAX_INFERENCE_PIXELS if args.max_inference_pixels is None else args.max_inference_pixels,
+        read_timeout=DEFAULT_READ_TIMEOUT if args.read_timeout is None else args.read_timeout,
+        token=token,
+        allowed_hosts=allowed,
     )
-    print(f"fcnseg serve: http://{args.host}:{args.port}/ (API docs at /docs; Ctrl-C stops)", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    shown = f"[{args.host}]" if ":" in args.host else args.host
+    auth = "; the API needs the token (the page asks for it once)" if token else ""
+    print(f"fcnseg serve: http://{shown}:{args.port}/ (API docs at /docs; Ctrl-C or SIGTERM drains and stops){auth}", flush=True)
+    serve(app, host=args.host, port=args.port, max_connections=args.max_connections)
     return 0
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

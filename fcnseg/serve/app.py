@@ -17,21 +17,38 @@ served mask equals ``predict``'s for the same file and settings. Limits: bodies 
 ``max_upload_mb`` → 413 (read no further); images whose header declares more than
 ``max_image_pixels`` → 413 before any pixel is decoded; not an image → 415; an image that
 fails to decode → 400; at most ``workers`` images decode and run at once, ``max_queue`` more
-wait, beyond that → 503 with ``Retry-After``. Every error is JSON ``{"error", "detail"}``;
-an unexpected exception is logged and answered 500 without its traceback.
+wait, beyond that → 503 with ``Retry-After`` (checked before the body is read); a body
+that does not arrive within ``read_timeout`` seconds → 408; bodies held at once are capped
+in bytes (→ 503); an image whose pixels x TTA views exceed ``max_inference_pixels`` → 413;
+a request whose client went away while it waited is dropped before inference. Every error
+is JSON ``{"error", "detail"}``; an unexpected exception is logged and answered 500 without
+its traceback.
+
+Before any route (``Guard``, an ASGI middleware): the Host header must be one of
+``allowed_hosts`` (loopback names by default: a DNS-rebinding page cannot reach the API),
+except for /healthz and /readyz; with a ``token``, ``/v1/*`` and ``/metrics`` need
+``Authorization: Bearer TOKEN``; a POST body must be ``image/*``, ``multipart/form-data`` or
+``application/octet-stream`` (415 otherwise: an HTML form cannot send those cross-site).
+Every answer carries ``X-Request-ID`` (the client's, if it sent a plain one), and every
+request is logged as one line with it. ``GET /metrics``: Prometheus counters of requests,
+errors and latency by route, the queue and the bytes of bodies held.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import contextvars
 import hashlib
+import hmac
 import io
 import logging
 import math
 import os
+import re
 import threading
 import time
+import uuid
 import warnings
 from collections.abc import Sequence
 from importlib import resources
@@ -50,6 +67,8 @@ try:
     from fastapi import FastAPI, Query, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, Response
+    from prometheus_client import CONTENT_TYPE_LATEST as PROMETHEUS_TYPE
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
     from pydantic import BaseModel, Field
     from starlette.datastructures import UploadFile
     from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -72,6 +91,17 @@ DEFAULT_MAX_UPLOAD_MB = 20.0
 WARMUP_SIZE = (384, 512)  # (H, W) of the start-up inference that prices one image
 MULTIPART_SLACK = 64 * 1024  # boundaries and part headers around the file in a multipart body
 STATIC = "static"
+# pixels x TTA views one request may cost: 8 MP at one view (a 2896x2896 photo), 4096x2048
+# with flip, a 1448x1448 image with four views. The activations of the widest models grow
+# linearly with it; at this limit one request stays within a few GiB.
+DEFAULT_MAX_INFERENCE_PIXELS = 8_388_608
+DEFAULT_READ_TIMEOUT = 30.0  # seconds for a request's whole body to arrive
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+OPEN_PATHS = ("/healthz", "/readyz")  # no Host check: probes address the pod by its IP
+BODY_TYPES = ("image/", "multipart/form-data", "application/octet-stream")
+ROUTES = ("/v1/segment", "/v1/model", "/healthz", "/readyz", "/metrics", "/", "/openapi.json", "/docs")
+REQUEST_ID = contextvars.ContextVar("fcnseg_request_id", default="-")
+_PLAIN_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 class ServeError(Exception):
@@ -179,9 +209,11 @@ class Segmentation(BaseModel):
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorBody, "description": "empty body, a corrupt image, a bad multipart body"},
-    413: {"model": ErrorBody, "description": "the body is over the byte limit, or the image over the pixel limit"},
-    415: {"model": ErrorBody, "description": "the body is not an image fcnseg reads"},
+    400: {"model": ErrorBody, "description": "empty body, a corrupt image, a bad multipart body, a Host not served"},
+    401: {"model": ErrorBody, "description": "the server has a token and the request did not carry it (Authorization: Bearer)"},
+    408: {"model": ErrorBody, "description": "the body did not arrive within the read timeout"},
+    413: {"model": ErrorBody, "description": "the body is over the byte limit, the image over the pixel limit, or pixels x TTA views over the inference limit"},
+    415: {"model": ErrorBody, "description": "the body is not an image fcnseg reads, or its Content-Type is not image/*, multipart/form-data or application/octet-stream"},
     422: {"model": ErrorBody, "description": "a bad query parameter"},
     503: {"model": ErrorBody, "description": "the queue is full (see Retry-After), or the model is not loaded"},
 }
@@ -205,8 +237,22 @@ class Service:
         max_image_pixels: int,
         workers: int,
         max_queue: int,
+        max_inference_pixels: int = DEFAULT_MAX_INFERENCE_PIXELS,
+        read_timeout: float = DEFAULT_READ_TIMEOUT,
+        token: str | None = None,
+        allowed_hosts: Sequence[str] | None = LOOPBACK_HOSTS,
     ) -> None:
         self.predictor = predictor
+        self.max_inference_pixels = max_inference_pixels
+        self.read_timeout = read_timeout
+        self.token = token or None
+        self.allowed_hosts = None if allowed_hosts is None or "*" in allowed_hosts else {h.lower().strip("[]") for h in allowed_hosts}
+        # bytes of request bodies held at once (read, waiting or in inference): the body of
+        # every admitted request plus a few arriving; beyond it new bodies get 503
+        self.max_buffered = max_upload_bytes * (workers + max_queue + 2)
+        self.buffered = 0
+        self.draining = False
+        self.metrics = Metrics(self)
         self.checkpoint_name = checkpoint_name
         self.checkpoint_sha256 = checkpoint_sha256
         # torch modules run concurrently from threads; the other engines' runners (an OpenVINO
@@ -249,6 +295,30 @@ class Service:
         with self._lock:
             self.mean_ms = ms if self.mean_ms is None else 0.9 * self.mean_ms + 0.1 * ms
 
+    def busy(self) -> ServeError | None:
+        """503 when the workers and the queue are full (checked before the body is read)."""
+        if self.active < self.workers + self.max_queue:
+            return None
+        wait = self.retry_after()
+        return ServeError(
+            503, "busy",
+            f"{self.active} requests are in inference or waiting (at most {self.workers} + "
+            f"{self.max_queue}); retry after {wait} s",
+            headers={"Retry-After": str(wait)},
+        )
+
+    def check_cost(self, im: Image.Image) -> None:
+        """413 when the image's pixels x TTA views exceed ``max_inference_pixels``."""
+        w, h = im.size
+        views = self.predictor.views
+        if w * h * views > self.max_inference_pixels:
+            raise ServeError(
+                413, "inference_too_large",
+                f"the image is {w}x{h} = {w * h} pixels x {views} TTA views = {w * h * views} pixel-views, "
+                f"over the inference limit of {self.max_inference_pixels} (fcnseg serve --max-inference-pixels); "
+                "send a smaller image",
+            )
+
     def retry_after(self) -> int:
         """Seconds until a slot is likely free: the queue ahead times the time per image."""
         per = (self.mean_ms or self.warmup_ms or 1000.0) / 1000.0
@@ -284,9 +354,12 @@ class Service:
             "limits": {
                 "max_upload_bytes": self.max_upload_bytes,
                 "max_image_pixels": self.max_image_pixels,
+                "max_inference_pixels": self.max_inference_pixels,
+                "read_timeout_s": self.read_timeout,
                 "workers": self.workers,
                 "max_queue": self.max_queue,
             },
+            "auth": "bearer" if self.token else None,
             "fcnseg_version": __version__,
         }
 
@@ -299,6 +372,7 @@ class Service:
             pred = p(image)
             ms = (time.perf_counter() - t) * 1000.0
         self.record(ms)
+        self.metrics.inference.observe(ms / 1000.0)
         if fmt == "overlay":
             buf = io.BytesIO()
             Image.fromarray(overlay_with_legend(image, pred, p.classes, p.palette, alpha)).save(
@@ -336,6 +410,10 @@ def create_app(
     workers: int = 1,
     max_queue: int = 8,
     warmup_size: tuple[int, int] | None = WARMUP_SIZE,
+    max_inference_pixels: int = DEFAULT_MAX_INFERENCE_PIXELS,
+    read_timeout: float = DEFAULT_READ_TIMEOUT,
+    token: str | None = None,
+    allowed_hosts: Sequence[str] | None = LOOPBACK_HOSTS,
 ) -> FastAPI:
     """Loads ``checkpoint`` (a path or a loaded dict) and returns the FastAPI app serving it.
 
@@ -343,11 +421,15 @@ def create_app(
     "none": off; else a spec). ``backend``/``onnx_path``: the inference engine, as
     ``fcnseg.engine.backends.load_backend`` (torch, compile, onnxruntime, openvino, auto).
     ``workers``: images in inference at once; ``max_queue``: more requests admitted to wait;
-    ``warmup_size``: (H, W) of the timed start-up inference (None: skip it). Bad settings
-    raise ConfigError/WeightsError before anything is served."""
+    ``warmup_size``: (H, W) of the timed start-up inference (None: skip it).
+    ``max_inference_pixels``: pixels x TTA views one request may cost (413 above);
+    ``read_timeout``: seconds a body may take to arrive (408 after); ``token``: the bearer
+    token ``/v1/*`` and ``/metrics`` require (None: none); ``allowed_hosts``: the Host header
+    values served (``"*"`` or None: any). Bad settings raise ConfigError/WeightsError before
+    anything is served."""
     from fcnseg.engine.checkpoint import load_checkpoint
 
-    for name, value, low in (("workers", workers, 1), ("max_queue", max_queue, 0), ("max_image_pixels", max_image_pixels, 1)):
+    for name, value, low in (("workers", workers, 1), ("max_queue", max_queue, 0), ("max_image_pixels", max_image_pixels, 1), ("max_inference_pixels", max_inference_pixels, 1)):
         if not isinstance(value, int) or value < low:
             raise ConfigError(f"{name}={value!r}: must be an integer >= {low}")
     if Image.MAX_IMAGE_PIXELS and max_image_pixels > Image.MAX_IMAGE_PIXELS:
@@ -357,6 +439,8 @@ def create_app(
         )
     if not (max_upload_mb > 0 and math.isfinite(max_upload_mb)):
         raise ConfigError(f"max_upload_mb={max_upload_mb!r}: must be a positive number of megabytes")
+    if not (isinstance(read_timeout, int | float) and read_timeout > 0 and math.isfinite(read_timeout)):
+        raise ConfigError(f"read_timeout={read_timeout!r}: must be a positive number of seconds")
     if isinstance(checkpoint, dict):
         ckpt, name, sha = checkpoint, None, None
     else:
@@ -373,6 +457,10 @@ def create_app(
         max_image_pixels=max_image_pixels,
         workers=workers,
         max_queue=max_queue,
+        max_inference_pixels=max_inference_pixels,
+        read_timeout=read_timeout,
+        token=token,
+        allowed_hosts=allowed_hosts,
     )
     if warmup_size is not None:
         service.warm_up(warmup_size)
@@ -385,7 +473,7 @@ def _error(status: int, error: str, detail: str, headers: dict | None = None) ->
     return JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
 
 
-_STATUS_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large",
+_STATUS_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 408: "request_timeout", 405: "method_not_allowed", 413: "payload_too_large",
                  415: "unsupported_media_type", 503: "unavailable"}
 
 
@@ -397,6 +485,7 @@ def _build_app(service: Service) -> FastAPI:
         "Every error is JSON {\"error\": code, \"detail\": sentence}.",
     )
     app.state.service = service
+    app.add_middleware(Guard, service=service)
 
     @app.exception_handler(ServeError)
     async def _serve_error(request: Request, exc: ServeError):
@@ -417,7 +506,7 @@ def _build_app(service: Service) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def _internal_error(request: Request, exc: Exception):
-        log.error("request %s %s failed", request.method, request.url.path, exc_info=exc)
+        log.error("request %s: %s %s failed", REQUEST_ID.get(), request.method, request.url.path, exc_info=exc)
         return _error(500, "internal_error", f"the server failed on this request ({type(exc).__name__}); it keeps serving")
 
     # read once: the page is three small files (and this works from a zipped install too)
@@ -440,18 +529,24 @@ def _build_app(service: Service) -> FastAPI:
 
     @app.get("/readyz", summary="readiness: the model is loaded", responses={503: ERROR_RESPONSES[503]})
     async def readyz():
+        if service.draining:
+            raise ServeError(503, "draining", "the server is shutting down; it finishes the requests it holds")
         if not service.ready:
             raise ServeError(503, "not_ready", "the model is still loading")
         return {"status": "ready"}
 
-    @app.get("/v1/model", summary="the model, its classes, preprocessing, test-time settings and limits")
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics():
+        return Response(generate_latest(service.metrics.registry), media_type=PROMETHEUS_TYPE)
+
+    @app.get("/v1/model", summary="the model, its classes, preprocessing, test-time settings and limits", responses={401: ERROR_RESPONSES[401]})
     async def model() -> dict:
         return service.model_info()
 
     @app.post(
         "/v1/segment",
         summary="segment one image",
-        description="Send the image as the raw body (any Content-Type, e.g. image/png) or as the "
+        description="Send the image as the raw body (Content-Type image/*, application/octet-stream or none) or as the "
         "multipart/form-data file field `image`. Returns the palette PNG of class indices at the "
         "image's size (pixel value = class index), or JSON (`format=json`), or the overlay JPEG "
         "with a legend (`format=overlay`).",
@@ -489,25 +584,31 @@ def _build_app(service: Service) -> FastAPI:
         alpha: float = Query(0.5, ge=0.0, le=1.0, description="overlay opacity"),
         include_mask: bool = Query(False, description="format=json: add the mask PNG, base64"),
     ):
-        data = await _read_upload(request, service.max_upload_bytes)
-        im = open_upload(data, service.max_image_pixels)
         if not service.ready:
             raise ServeError(503, "not_ready", "the model is still loading")
-        if service.active >= service.workers + service.max_queue:
-            wait = service.retry_after()
-            raise ServeError(
-                503, "busy",
-                f"{service.active} requests are in inference or waiting (at most {service.workers} + "
-                f"{service.max_queue}); retry after {wait} s",
-                headers={"Retry-After": str(wait)},
-            )
-        service.active += 1
+        refused = service.busy()  # before a byte of the body is read
+        if refused is not None:
+            raise refused
+        held = 0
         try:
-            body, ms = await anyio.to_thread.run_sync(
-                service.segment, im, format, alpha, include_mask, limiter=service.limiter
-            )
+            data, held = await _read_upload(request, service)
+            im = open_upload(data, service.max_image_pixels)
+            service.check_cost(im)
+            refused = service.busy()  # others were admitted while this body arrived
+            if refused is not None:
+                raise refused
+            service.active += 1
+            try:
+                done = await _unless_client_leaves(request, service, im, format, alpha, include_mask)
+            finally:
+                service.active -= 1
         finally:
-            service.active -= 1
+            service.buffered -= held
+        if done is None:  # nobody is left to read an answer
+            service.metrics.disconnects.inc()
+            log.info("request %s: the client went away before inference; dropped", REQUEST_ID.get())
+            return Response(status_code=499)
+        body, ms = done
         headers = {"X-Inference-Ms": f"{ms:.1f}"}
         if format == "json":
             return JSONResponse(body, headers=headers)
@@ -541,9 +642,40 @@ _PAGE_HEADERS = {
 }
 
 
-async def _read_upload(request: Request, limit: int) -> bytes:
-    """The image bytes of a raw or multipart body; 413 as soon as more than ``limit`` bytes
-    (plus multipart overhead) arrive, or when Content-Length says so before reading."""
+async def _unless_client_leaves(request: Request, service: Service, *args) -> tuple | None:
+    """``service.segment(*args)`` in a worker thread, or None if the client disconnects
+    first: a request still waiting for a worker is then dropped (its thread never starts;
+    one already running finishes, and its answer is dropped)."""
+    result, gone, error = None, False, None
+    async with anyio.create_task_group() as tg:
+
+        async def watch() -> None:
+            nonlocal gone
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+            gone = True
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(watch)
+        try:
+            result = await anyio.to_thread.run_sync(service.segment, *args, limiter=service.limiter)
+        except anyio.get_cancelled_exc_class():
+            raise
+        except Exception as e:  # raised as itself, not inside the task group's ExceptionGroup
+            error = e
+        tg.cancel_scope.cancel()
+    if error is not None:
+        raise error
+    return None if gone else result
+
+
+async def _read_upload(request: Request, service: Service) -> tuple[bytes, int]:
+    """The image bytes of a raw or multipart body and the bytes reserved for it in
+    ``service.buffered`` (the caller releases them). 413 as soon as more than
+    ``max_upload_bytes`` (plus multipart overhead) arrive, or when Content-Length says so
+    before reading; 408 when the body takes over ``read_timeout`` seconds; 503 when the
+    bodies held at once would pass ``service.max_buffered`` bytes."""
+    limit = service.max_upload_bytes
     ctype = request.headers.get("content-type", "").lower()
     multipart = ctype.startswith("multipart/form-data")
     cap = limit + (MULTIPART_SLACK if multipart else 0)
@@ -555,13 +687,49 @@ async def _read_upload(request: Request, limit: int) -> bytes:
     if length.isdigit() and int(length) > cap:
         raise too_big
     body = bytearray()
+    held = 0
+
+    def hold(n: int) -> None:
+        nonlocal held
+        if service.buffered + n > service.max_buffered:
+            wait = service.retry_after()
+            raise ServeError(
+                503, "busy", f"the server holds {service.buffered} bytes of uploads (at most {service.max_buffered}); retry after {wait} s",
+                headers={"Retry-After": str(wait)},
+            )
+        service.buffered += n
+        held += n
+
     try:
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > cap:
-                raise too_big
+        hold(int(length) if length.isdigit() else 0)
+        with anyio.fail_after(service.read_timeout):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > cap:
+                    raise too_big
+                if len(body) > held:
+                    hold(len(body) - held)
+    except TimeoutError:
+        service.buffered -= held
+        raise ServeError(
+            408, "request_timeout",
+            f"the body did not arrive within {service.read_timeout:g} s (fcnseg serve --read-timeout); send it faster or a smaller image",
+        ) from None
     except ClientDisconnect:  # nobody will read the answer; keep the log free of tracebacks
+        service.buffered -= held
         raise ServeError(400, "client_disconnected", "the client closed the connection during the upload") from None
+    except BaseException:
+        service.buffered -= held
+        raise
+    try:
+        return await _image_bytes(request, body, multipart, limit, too_big), held
+    except BaseException:
+        service.buffered -= held
+        raise
+
+
+async def _image_bytes(request: Request, body: bytearray, multipart: bool, limit: int, too_big: ServeError) -> bytes:
+    """The image in a whole body: the body itself, or the multipart file field."""
     if not multipart:
         return bytes(body)
 
@@ -583,3 +751,106 @@ async def _read_upload(request: Request, limit: int) -> bytes:
     if len(data) > limit:
         raise too_big
     return data
+
+
+# ---------------------------------------------------------------------------- guard, metrics
+
+
+class Metrics:
+    """The Prometheus series of one app (a registry of its own: several apps in a process
+    do not share counters)."""
+
+    def __init__(self, service: Service) -> None:
+        self.registry = r = CollectorRegistry()
+        self.requests = Counter("fcnseg_requests", "HTTP requests answered, by route and status", ["route", "status"], registry=r)
+        self.errors = Counter("fcnseg_errors", "answers with status >= 400, by route and status", ["route", "status"], registry=r)
+        self.latency = Histogram("fcnseg_request_seconds", "time from the request's start to its answer, by route", ["route"], registry=r,
+                                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+        self.inference = Histogram("fcnseg_inference_seconds", "model time per image", registry=r,
+                                   buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+        self.disconnects = Counter("fcnseg_client_disconnects", "requests dropped because the client went away", registry=r)
+        Gauge("fcnseg_queue_requests", "requests admitted: in inference or waiting for a worker", registry=r).set_function(lambda: service.active)
+        Gauge("fcnseg_queue_limit", "workers + max_queue", registry=r).set_function(lambda: service.workers + service.max_queue)
+        Gauge("fcnseg_upload_bytes_held", "bytes of request bodies held", registry=r).set_function(lambda: service.buffered)
+
+
+def _host_name(value: str) -> str:
+    """The name of a Host header value, without the port: ``[::1]:8000`` → ``::1``."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1 : value.find("]")] if "]" in value else value
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+class Guard:
+    """ASGI middleware in front of every route: request id, Host allow-list, bearer token,
+    body type; one log line and the metrics per request."""
+
+    def __init__(self, app, service: Service) -> None:
+        self.app, self.service = app, service
+
+    def refuse(self, scope, headers: dict[str, str]) -> JSONResponse | None:
+        service, path = self.service, scope["path"]
+        if service.allowed_hosts is not None and path not in OPEN_PATHS:
+            host = _host_name(headers.get("host", ""))
+            if host not in service.allowed_hosts:
+                return _error(
+                    400, "host_not_allowed",
+                    f"Host {headers.get('host', '')!r} is not served here (allowed: {', '.join(sorted(service.allowed_hosts))}); "
+                    "start fcnseg serve with --allowed-host NAME for the name clients use",
+                )
+        if service.token and (path.startswith("/v1/") or path == "/metrics"):
+            scheme, _, given = headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), service.token.encode()):
+                return _error(
+                    401, "unauthorized",
+                    "this server needs its token: send the header 'Authorization: Bearer TOKEN' (the value of FCNSEG_TOKEN / --token)",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+        if scope["method"] == "POST":
+            ctype = headers.get("content-type", "").split(";")[0].strip().lower()
+            if ctype and not ctype.startswith(BODY_TYPES):
+                return _error(
+                    415, "unsupported_media_type",
+                    f"Content-Type {ctype!r} is not accepted; send the image with Content-Type image/png, image/jpeg, ... "
+                    "(curl -H 'Content-Type: image/jpeg' --data-binary @FILE) or as multipart/form-data (curl -F image=@FILE)",
+                )
+        return None
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
+        given = headers.get("x-request-id", "")
+        rid = given if _PLAIN_ID.fullmatch(given) else uuid.uuid4().hex[:16]
+        token = REQUEST_ID.set(rid)
+        status, started, t0 = 500, False, time.perf_counter()
+
+        async def send_with_id(message) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                status, started = message["status"], True
+                message = {**message, "headers": [*message.get("headers", ()), (b"x-request-id", rid.encode())]}
+            await send(message)
+
+        path = scope["path"]
+        route = path if path in ROUTES else ("/static" if path.startswith("/static/") else "other")
+        try:
+            refusal = self.refuse(scope, headers)
+            await (refusal or self.app)(scope, receive, send_with_id)
+        except Exception as exc:  # answered here, so that the 500 carries the request id too
+            log.error("request %s: %s %s failed", rid, scope["method"], path, exc_info=exc)
+            if started:
+                raise
+            detail = f"the server failed on this request ({type(exc).__name__}); it keeps serving"
+            await _error(500, "internal_error", detail)(scope, receive, send_with_id)
+        finally:
+            seconds = time.perf_counter() - t0
+            m = self.service.metrics
+            m.requests.labels(route, str(status)).inc()
+            m.latency.labels(route).observe(seconds)
+            if status >= 400:
+                m.errors.labels(route, str(status)).inc()
+            log.info("request %s: %s %s %d %.1f ms", rid, scope["method"], path, status, 1000 * seconds)
+            REQUEST_ID.reset(token)
