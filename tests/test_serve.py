@@ -400,6 +400,309 @@ def test_openapi_contract_with_schemathesis(app):
     assert calls and max(calls) < 500
 
 
+# ---------------------------------------------------------------------------- a server that holds
+
+
+@pytest.fixture(scope="module")
+def locked(ckpt_file):
+    """An app with a token, the default Host allow-list (loopback names) and a small
+    inference limit: the checkpoint's flip TTA makes 2 views, so 1000 pixel-views = 500 pixels."""
+    return create_app(ckpt_file, device="cpu", warmup_size=None, token="s3cret", max_inference_pixels=1000, read_timeout=0.5)
+
+
+def _client(app, host: str = "127.0.0.1:8000"):
+    return TestClient(app, base_url=f"http://{host}", raise_server_exceptions=False)
+
+
+def test_token_guards_the_api_but_not_the_page_or_probes(locked):
+    with _client(locked) as c:
+        for path in ("/v1/model", "/metrics"):
+            r = c.get(path)
+            assert_error(r, 401, "Authorization: Bearer")
+            assert r.headers["www-authenticate"] == "Bearer"
+            assert_error(c.get(path, headers={"Authorization": "Bearer wrong"}), 401)
+            assert c.get(path, headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert_error(c.post("/v1/segment", content=encode(image(10, 10)), headers={"Content-Type": "image/png"}), 401)
+        for path in ("/", "/healthz", "/readyz", "/static/app.js"):
+            assert c.get(path).status_code == 200, path
+
+
+def test_host_allow_list_stops_dns_rebinding(locked):
+    """A page of evil.example whose name was rebound to 127.0.0.1 sends Host: evil.example."""
+    auth = {"Authorization": "Bearer s3cret"}
+    for host in ("127.0.0.1:8000", "localhost:8000", "[::1]:8000", "localhost"):
+        with _client(locked, host) as c:
+            assert c.get("/v1/model", headers=auth).status_code == 200, host
+    with _client(locked, "evil.example:8000") as c:
+        assert_error(c.get("/v1/model", headers=auth), 400, "'evil.example:8000'", "--allowed-host")
+        assert_error(c.get("/"), 400, "--allowed-host")
+        assert c.get("/healthz").status_code == 200  # probes address the pod by IP
+
+
+@pytest.mark.parametrize("ctype, status", [
+    ("text/plain", 415), ("application/x-www-form-urlencoded", 415), ("application/json", 415),
+    ("image/png", 200), ("application/octet-stream", 200), (None, 200),
+])  # fmt: skip
+def test_only_image_multipart_or_octet_stream_bodies(client, ctype, status):
+    """The three types an HTML form sends cross-site without a preflight are 415 (text/plain
+    and urlencoded; multipart is the API's); no Content-Type: the bytes are sniffed."""
+    headers = {"Content-Type": ctype} if ctype else {}
+    r = client.post("/v1/segment", content=encode(image(12, 12)), headers=headers)
+    if status == 415:
+        assert_error(r, 415, f"Content-Type {ctype!r}", "multipart/form-data")
+    else:
+        assert r.status_code == 200, r.text
+
+
+def test_every_answer_carries_a_request_id_and_every_log_line_names_it(client, app, monkeypatch, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="fcnseg.serve.app"):
+        answers = [client.get("/healthz"), client.get("/nowhere"), client.post("/v1/segment", content=b"x", headers={"Content-Type": "text/plain"}),
+                   client.get("/v1/model", headers={"X-Request-ID": "my-trace.42"}), client.get("/v1/model", headers={"X-Request-ID": "bad id; x"})]  # fmt: skip
+        monkeypatch.setattr(app.state.service, "segment", lambda *a: 1 / 0)
+        answers.append(client.post("/v1/segment", content=encode(image(10, 10))))
+    ids = [r.headers.get("x-request-id") for r in answers]
+    assert [r.status_code for r in answers] == [200, 404, 415, 200, 200, 500]
+    assert all(ids) and len(set(ids)) == 6 and ids[3] == "my-trace.42" and " " not in ids[4]
+    lines = [r.getMessage() for r in caplog.records]
+    for rid, r in zip(ids, answers, strict=True):
+        assert any(line.startswith(f"request {rid}: ") and f" {r.status_code} " in line for line in lines), (rid, lines)
+    assert any(line.startswith(f"request {ids[5]}: POST /v1/segment failed") for line in lines)
+
+
+def test_metrics_count_requests_errors_latency_and_queue(locked):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    auth = {"Authorization": "Bearer s3cret"}
+    with _client(locked) as c:
+        before = c.get("/metrics", headers=auth).text
+        assert c.post("/v1/segment", content=encode(image(10, 10)), headers=auth).status_code == 200
+        assert c.post("/v1/segment", content=b"not an image", headers=auth).status_code == 415
+        text = c.get("/metrics", headers=auth).text
+    assert "fcnseg_requests_total" in before
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in text_string_to_metric_families(text) for s in f.samples}
+    assert samples[("fcnseg_requests_total", (("route", "/v1/segment"), ("status", "200")))] == 1
+    assert samples[("fcnseg_errors_total", (("route", "/v1/segment"), ("status", "415")))] == 1
+    assert samples[("fcnseg_request_seconds_count", (("route", "/v1/segment"),))] == 2
+    assert samples[("fcnseg_inference_seconds_count", ())] == 1
+    assert samples[("fcnseg_queue_requests", ())] == 0 and samples[("fcnseg_queue_limit", ())] == 9
+    assert ("fcnseg_upload_bytes_held", ()) in samples
+
+
+def test_inference_cost_limit_is_413_naming_it(locked):
+    auth = {"Authorization": "Bearer s3cret", "Content-Type": "image/png"}
+    with _client(locked) as c:
+        assert c.post("/v1/segment", content=encode(image(20, 25)), headers=auth).status_code == 200  # 500 px x 2 views
+        r = c.post("/v1/segment", content=encode(image(20, 30)), headers=auth)
+    assert_error(r, 413, "20x30... " if False else "30x20 = 600 pixels x 2 TTA views = 1200 pixel-views", "limit of 1000", "--max-inference-pixels")
+
+
+def _asgi_post(app, chunks, *, headers=(), gone=None):
+    """POST /v1/segment straight through ASGI: ``chunks`` is an async generator of body
+    parts; after the body, receive() waits for ``gone`` (an asyncio.Event) and then reports
+    the client's disconnect. Returns (status, body, whether the body was read at all)."""
+    state = {"read": False, "status": None, "body": b"", "ended": False}
+    parts = chunks.__aiter__()
+
+    async def receive():
+        try:
+            chunk = await parts.__anext__()
+            state["read"] = True
+            return {"type": "http.request", "body": chunk, "more_body": True}
+        except StopAsyncIteration:
+            if not state["ended"]:
+                state["ended"] = True
+                return {"type": "http.request", "body": b"", "more_body": False}
+            if gone is not None:
+                await gone.wait()
+            else:
+                await asyncio.sleep(3600)
+            return {"type": "http.disconnect"}
+
+    async def send(message):
+        if message["type"] == "http.response.start":
+            state["status"] = message["status"]
+        elif message["type"] == "http.response.body":
+            state["body"] += message.get("body", b"")
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/v1/segment", "raw_path": b"/v1/segment", "query_string": b"", "root_path": "",
+             "headers": [(b"host", b"test"), *headers], "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}  # fmt: skip
+    return scope, receive, send, state
+
+
+def test_queue_full_is_503_before_the_body_is_read(app):
+    service = app.state.service
+
+    async def body():
+        yield encode(image(10, 10))
+
+    async def run():
+        service.active = service.workers + service.max_queue
+        try:
+            scope, receive, send, state = _asgi_post(app, body(), headers=[(b"content-length", b"200")])
+            await app(scope, receive, send)
+            return state
+        finally:
+            service.active = 0
+
+    state = asyncio.run(run())
+    assert state["status"] == 503 and not state["read"]  # the old app read the whole body first
+
+
+def test_bodies_held_are_capped_in_bytes_from_content_length(app):
+    service = app.state.service
+
+    async def body():
+        yield b"x" * 10
+
+    async def run():
+        service.buffered = service.max_buffered - 100
+        try:
+            scope, receive, send, state = _asgi_post(app, body(), headers=[(b"content-length", b"200")])
+            await app(scope, receive, send)
+            return state
+        finally:
+            service.buffered = 0
+
+    state = asyncio.run(run())
+    assert state["status"] == 503 and b"bytes of uploads" in state["body"] and not state["read"]
+    assert service.max_buffered == int(MAX_UPLOAD_MB * 2**20) * (1 + 2 + 2)
+
+
+def test_a_body_that_trickles_past_the_read_timeout_is_408(locked):
+    async def trickle():
+        for _ in range(100):
+            yield b"\x89"
+            await asyncio.sleep(0.05)
+
+    async def run():
+        scope, receive, send, state = _asgi_post(locked, trickle(), headers=[(b"host", b"127.0.0.1"), (b"authorization", b"Bearer s3cret")])
+        t = time.monotonic()
+        await locked(scope, receive, send)
+        return state, time.monotonic() - t
+
+    state, seconds = asyncio.run(run())
+    assert state["status"] == 408 and b"--read-timeout" in state["body"]
+    assert 0.4 < seconds < 2.0 and locked.state.service.buffered == 0
+
+
+def test_a_request_whose_client_left_while_queued_never_runs(app):
+    """workers=1: request A holds the worker; B waits for it, then its client disconnects.
+    B must be dropped without running (the old app ran it and answered nobody)."""
+    service = app.state.service
+    release, ran = threading.Event(), []
+    original = service.segment
+
+    def slow(*args):
+        ran.append(args[0].size)
+        release.wait(30)
+        return original(*args)
+
+    async def body(h, w):
+        yield encode(image(h, w))
+
+    async def run():
+        service.segment = slow
+        try:
+            a = _asgi_post(app, body(10, 10))
+            gone = asyncio.Event()
+            b = _asgi_post(app, body(11, 13), gone=gone)
+            task_a = asyncio.create_task(app(*a[:3]))
+            while not ran:
+                await asyncio.sleep(0.01)
+            task_b = asyncio.create_task(app(*b[:3]))
+            while service.active < 2:
+                await asyncio.sleep(0.01)
+            gone.set()  # B's client disconnects while B waits for the worker
+            await asyncio.wait_for(task_b, 10)
+            release.set()
+            await asyncio.wait_for(task_a, 30)
+            return a[3], b[3]
+        finally:
+            del service.segment
+            release.set()
+
+    a, b = asyncio.run(run())
+    assert a["status"] == 200 and b["status"] == 499
+    assert ran == [(10, 10)] and service.active == 0 and service.buffered == 0
+
+
+def _free_tcp_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_headers_that_trickle_are_cut_off_and_sigterm_drains(ckpt_file):
+    """uvicorn as `fcnseg serve` runs it (fcnseg.serve.server), header deadline 0.5 s: a
+    connection that sends half its headers is closed after it; a request in progress when
+    SIGTERM comes finishes (200), then the server stops."""
+    import signal
+
+    import uvicorn
+
+    from fcnseg.serve import server as srv
+
+    app = create_app(ckpt_file, device="cpu", warmup_size=None)
+    port = _free_tcp_port()
+    sock = srv.listen("127.0.0.1", port)
+    protocol = type("P", (srv._HeaderDeadline,), {"header_timeout": 0.5})
+    config = uvicorn.Config(app, http=protocol, limit_concurrency=16, timeout_graceful_shutdown=10, log_level="warning", access_log=False)
+    server = srv._DrainingServer(config, app.state.service)
+    server.install_signal_handlers = lambda: None  # not the main thread
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    try:
+        slow = socket.create_connection(("127.0.0.1", port))
+        slow.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # never finished
+        slow.settimeout(5)
+        t = time.monotonic()
+        assert slow.recv(100) == b""  # closed by the server
+        assert 0.4 < time.monotonic() - t < 3
+        # a request in progress at SIGTERM: its body is half sent
+        png = encode(image(16, 16))
+        busy = socket.create_connection(("127.0.0.1", port))
+        busy.sendall(b"POST /v1/segment HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
+                     + f"Content-Length: {len(png)}\r\n\r\n".encode() + png[:10])  # fmt: skip
+        time.sleep(0.3)
+        server.handle_exit(signal.SIGTERM, None)
+        assert app.state.service.draining
+        time.sleep(0.3)
+        busy.sendall(png[10:])
+        busy.settimeout(10)
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += busy.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+        thread.join(15)
+        assert not thread.is_alive()
+    finally:
+        server.should_exit = True
+        thread.join(15)
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--host", "0.0.0.0"], ["--host 0.0.0.0 lets other machines reach the API", "FCNSEG_TOKEN", "--no-auth"]),
+    (["--port", "{busy}"], ["cannot listen on 127.0.0.1:{busy}", "Address already in use", "another --port"]),
+])  # fmt: skip
+def test_serve_start_up_refusals_are_one_line(ckpt_file, capsys, monkeypatch, argv, words):
+    monkeypatch.delenv("FCNSEG_TOKEN", raising=False)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = str(taken.getsockname()[1])
+        rc = main(["serve", "--checkpoint", str(ckpt_file), "--device", "cpu", *[a.replace("{busy}", busy) for a in argv]])
+    err = capsys.readouterr().err
+    lines = [x for x in err.splitlines() if ": error: " in x]
+    assert rc == 2 and len(lines) == 1 and "Traceback" not in err, err
+    for w in words:
+        assert w.replace("{busy}", busy) in lines[0], lines[0]
+
+
 # ---------------------------------------------------------------------------- the browser
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's package (.ci/run installs it); else the first on PATH
