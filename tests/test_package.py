@@ -63,3 +63,27 @@ def test_public_functions_are_the_library_functions(name, module):
 def test_unknown_attribute_is_an_attribute_error():
     with pytest.raises(AttributeError, match="no attribute 'trian'"):
         fcnseg.trian  # noqa: B018
+
+
+# the loaders with known flaws below these versions (pyproject.toml says which)
+FLOORS = {"torch": "2.6", "pillow": "10.3", "python-multipart": "0.0.18", "h11": "0.16"}
+
+
+def test_dependency_floors_exclude_known_bad_loaders_and_are_met():
+    """pyproject.toml's floors are at least FLOORS, and what is installed meets them."""
+    import importlib.metadata
+    import re
+
+    from packaging.version import Version
+
+    text = (ROOT / "pyproject.toml").read_text()
+    for name, floor in FLOORS.items():
+        found = re.search(rf'"{re.escape(name)}>=([0-9.]+)"', text)
+        assert found, f"{name} has no floor in pyproject.toml"
+        assert Version(found.group(1)) >= Version(floor), (name, found.group(1), floor)
+        try:
+            installed = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            assert name in ("python-multipart", "h11"), name  # the serving extra may be absent
+            continue
+        assert Version(installed.split("+")[0]) >= Version(floor), f"{name} {installed} is below the floor {floor}"
