@@ -481,11 +481,19 @@ def test_metrics_count_requests_errors_latency_and_queue(locked):
         assert c.post("/v1/segment", content=b"not an image", headers=auth).status_code == 415
         text = c.get("/metrics", headers=auth).text
     assert "fcnseg_requests_total" in before
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in text_string_to_metric_families(text) for s in f.samples}
-    assert samples[("fcnseg_requests_total", (("route", "/v1/segment"), ("status", "200")))] == 1
-    assert samples[("fcnseg_errors_total", (("route", "/v1/segment"), ("status", "415")))] == 1
-    assert samples[("fcnseg_request_seconds_count", (("route", "/v1/segment"),))] == 2
-    assert samples[("fcnseg_inference_seconds_count", ())] == 1
+
+    def read(text: str) -> dict:
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value for f in text_string_to_metric_families(text) for s in f.samples}
+
+    was, samples = read(before), read(text)
+
+    def grew(name: str, *labels) -> float:  # the module's app served other tests before
+        return samples[(name, tuple(labels))] - was.get((name, tuple(labels)), 0)
+
+    assert grew("fcnseg_requests_total", ("route", "/v1/segment"), ("status", "200")) == 1
+    assert grew("fcnseg_errors_total", ("route", "/v1/segment"), ("status", "415")) == 1
+    assert grew("fcnseg_request_seconds_count", ("route", "/v1/segment")) == 2
+    assert grew("fcnseg_inference_seconds_count") == 1
     assert samples[("fcnseg_queue_requests", ())] == 0 and samples[("fcnseg_queue_limit", ())] == 9
     assert ("fcnseg_upload_bytes_held", ()) in samples
 
