@@ -10,11 +10,36 @@ function setStatus(text, isError = false) {
   s.classList.toggle("error", isError);
 }
 
+// A server started with a token (FCNSEG_TOKEN) needs it on /v1/*: taken from the address's
+// fragment (http://host:8000/#token=...; a fragment never reaches the server or its logs)
+// or asked for on the first 401, and kept for this tab only.
+const TOKEN_KEY = "fcnseg-token";
+(() => {
+  const m = location.hash.match(/token=([^&]+)/);
+  if (m) {
+    sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(m[1]));
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+})();
+
+async function api(url, options = {}) {
+  for (let attempt = 0; ; attempt++) {
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    const headers = { ...(options.headers || {}) };
+    if (token) headers.Authorization = `Bearer ${token}`;
+    const r = await fetch(url, { ...options, headers });
+    if (r.status !== 401 || attempt > 0) return r;
+    const given = window.prompt("This server needs its access token (FCNSEG_TOKEN):");
+    if (!given) return r;
+    sessionStorage.setItem(TOKEN_KEY, given.trim());
+  }
+}
+
 function rgb(c) { return `rgb(${c[0]}, ${c[1]}, ${c[2]})`; }
 
 async function loadModel() {
   try {
-    const r = await fetch("/v1/model");
+    const r = await api("/v1/model");
     const m = await r.json();
     if (!r.ok) throw new Error(m.detail || r.statusText);
     const inf = m.inference;
@@ -25,7 +50,7 @@ async function loadModel() {
       `${m.model}${m.backbone ? " / " + m.backbone : ""} · ${m.num_classes} classes · ${tta} · ${crf} · ${inf.device}${cost}`;
     const lim = m.limits;
     $("limits").textContent =
-      `PNG, JPEG, BMP, TIFF, WebP · up to ${(lim.max_upload_bytes / 1048576).toFixed(0)} MB and ${(lim.max_image_pixels / 1e6).toFixed(1)} megapixels`;
+      `PNG, JPEG, BMP, TIFF, WebP, PPM · up to ${(lim.max_upload_bytes / 1048576).toFixed(0)} MB and ${(lim.max_image_pixels / 1e6).toFixed(1)} megapixels`;
   } catch (e) {
     $("model-line").textContent = `cannot read /v1/model: ${e.message}`;
   }
@@ -95,7 +120,7 @@ async function segment(file) {
   document.body.dataset.state = "busy";
   setStatus(`Segmenting ${file.name || "the image"}…`);
   try {
-    const r = await fetch("/v1/segment?format=json&include_mask=true", {
+    const r = await api("/v1/segment?format=json&include_mask=true", {
       method: "POST",
       headers: { "Content-Type": file.type || "application/octet-stream" },
       body: file,
