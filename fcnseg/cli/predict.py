@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fcnseg.cli.eval import add_inference_args
+from fcnseg.cli.eval import add_inference_args, engine_check_kwargs
 
 
 def register(subparsers) -> None:
@@ -49,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
             crf="auto" if args.crf is None else args.crf,
             backend=args.backend,
             onnx_path=args.onnx,
+            **engine_check_kwargs(args),
         )
     except PredictFailures as e:
         for _path, reason in e.failures:

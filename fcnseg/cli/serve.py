@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from fcnseg.cli.eval import add_engine_check_args, engine_check_kwargs
 from fcnseg.errors import ConfigError
 
 
@@ -33,6 +34,7 @@ def register(subparsers) -> None:
     p.add_argument("--max-upload-mb", type=float, default=None, metavar="M", help="refuse larger uploads with 413 (default 20)")
     p.add_argument("--workers", type=int, default=1, metavar="N", help="images in inference at once (default 1)")
     p.add_argument("--max-queue", type=int, default=8, metavar="N", help="requests waiting for a worker; beyond them 503 with Retry-After (default 8)")
+    add_engine_check_args(p)
     p.set_defaults(func=run)
 
 
@@ -58,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
         max_upload_mb=DEFAULT_MAX_UPLOAD_MB if args.max_upload_mb is None else args.max_upload_mb,
         workers=args.workers,
         max_queue=args.max_queue,
+        **engine_check_kwargs(args),
     )
     print(f"fcnseg serve: http://{args.host}:{args.port}/ (API docs at /docs; Ctrl-C stops)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")

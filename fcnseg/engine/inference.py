@@ -263,8 +263,8 @@ def segment(
     ``fcnseg.engine.backends.load_backend`` (then ``precision`` is the backend's business).
     """
     device = torch.device(device)
-    if isinstance(precision, str):
-        precision = resolve_precision(precision, device)
+    if isinstance(precision, str):  # an engine (not a module) runs its own precision: quiet
+        precision = resolve_precision(precision, device, quiet=not isinstance(model, nn.Module))
     tta = parse_tta(tta)
     window = parse_window(sliding_window)
     crf = parse_crf(crf)

@@ -273,6 +273,7 @@ class Service:
                 "backend": p.backend,
                 "device": str(p.device),
                 "precision": p.precision_name,
+                "engine": p.engine,
                 "tta": str(p.tta) if p.tta is not None else None,
                 "tta_views": p.views,
                 "crf": str(p.crf) if p.crf is not None else None,
@@ -336,12 +337,15 @@ def create_app(
     workers: int = 1,
     max_queue: int = 8,
     warmup_size: tuple[int, int] | None = WARMUP_SIZE,
+    **engine_check,
 ) -> FastAPI:
     """Loads ``checkpoint`` (a path or a loaded dict) and returns the FastAPI app serving it.
 
     ``tta``/``crf``: as ``fcnseg.predict`` ("auto": the checkpoint's saved default; None or
     "none": off; else a spec). ``backend``/``onnx_path``: the inference engine, as
-    ``fcnseg.engine.backends.load_backend`` (torch, compile, onnxruntime, openvino, auto).
+    ``fcnseg.engine.loader.load_engine`` (torch, compile, onnxruntime, openvino, auto);
+    ``engine_check``: ``calib_data``, ``calib_root``, ``calib_split``, ``tolerance`` of auto's
+    task check, as ``Predictor``.
     ``workers``: images in inference at once; ``max_queue``: more requests admitted to wait;
     ``warmup_size``: (H, W) of the timed start-up inference (None: skip it). Bad settings
     raise ConfigError/WeightsError before anything is served."""
@@ -363,7 +367,7 @@ def create_app(
         ckpt, name, sha = load_checkpoint(checkpoint), Path(checkpoint).name, sha256_file(checkpoint)
     predictor = Predictor(
         ckpt, device=device, precision=precision, tta=tta, crf=crf, sliding_window=sliding_window,
-        backend=backend, onnx_path=onnx_path,
+        backend=backend, onnx_path=onnx_path, **engine_check,
     )
     service = Service(
         predictor,
