@@ -18,9 +18,8 @@ pytest.importorskip("onnxscript")
 
 from fcnseg.cli import main  # noqa: E402
 from fcnseg.engine import backends as B  # noqa: E402
-from fcnseg.engine import loader as L  # noqa: E402
-from fcnseg.engine.loader import load_engine  # noqa: E402
 from fcnseg.engine.inference import segment  # noqa: E402
+from fcnseg.engine.loader import load_engine  # noqa: E402
 from fcnseg.errors import ConfigError  # noqa: E402
 from fcnseg.export import (  # noqa: E402
     MIN_AGREEMENT,

@@ -38,7 +38,6 @@ from fcnseg.engine.checkpoint import (
     checkpoint_meta,
     ensure_output_dir,
     load_checkpoint,
-    model_from_checkpoint,
 )
 from fcnseg.engine.crf import CRF, parse_crf
 from fcnseg.engine.inference import TTA, checkpoint_inference, parse_tta, parse_window, segment
