@@ -190,3 +190,33 @@ def test_int8_export_keeps_sensitive_layers_fp32_until_it_passes_or_refuses(ckpt
     with pytest.raises(ExportError, match=r"int8 does not reach fp32 .*0 fp32 layers: .*1 fp32 layers"):
         export(tmp_path / "m.pt", int8=True, out=out, calib_images=4)
     assert not out.exists()
+
+
+def test_tta_views_batched_equal_the_views_one_by_one():
+    """The plain and mirrored views of each scale run as one batch; the averaged
+    probabilities equal those of the views run one at a time."""
+    from fcnseg.engine.inference import segment
+
+    torch.manual_seed(0)
+    model = build_model("fcn8s", backbone="resnet18", num_classes=3, upsample="bilinear").eval()
+    images = [torch.randn(3, 45, 61), torch.randn(3, 45, 61)]
+    calls = []
+
+    def engine(x):
+        calls.append(x.shape[0])
+        with torch.no_grad():
+            return model(x)
+
+    out = segment(engine, images, tta="flip,scales=0.5,1", out_sizes=[(40, 50)] * 2)
+    assert calls == [4, 4]  # 2 images x (plain + mirrored), per scale
+    for i, im in enumerate(images):
+        views = []
+        for s in (0.5, 1.0):
+            x = torch.nn.functional.interpolate(im[None], size=(round(45 * s), round(61 * s)), mode="bilinear", align_corners=False) if s != 1 else im[None]
+            for flip in (False, True):
+                with torch.no_grad():
+                    lg = model(x.flip(-1) if flip else x)
+                lg = lg.flip(-1) if flip else lg
+                views.append(torch.nn.functional.interpolate(lg, size=(40, 50), mode="bilinear", align_corners=False)[0].softmax(0))
+        ref = torch.stack(views).mean(0)
+        assert float((out[i] - ref).abs().max()) <= 1e-5

@@ -10,7 +10,7 @@ prediction) whose argmax is the prediction. Options:
   border, so a mixed-size batch can differ slightly from one image at a time;
   images of one size batch exactly.
 - **test-time augmentation** (``TTA``): the image is resized by each scale (bilinear), run
-  plainly and/or mirrored left-right; each output is resized back to the output size and
+  plainly and/or mirrored left-right (the two views of a scale in one batch); each output is resized back to the output size and
   turned into **softmax probabilities**, which are averaged. (Averaging probabilities, not
   logits, keeps one over-confident scale from dominating; the argmax is what is scored.)
 - **CRF** (``crf``): the (averaged) probabilities at the output size are refined by the local
@@ -287,6 +287,7 @@ def segment(
 
     acc = [None] * len(images)
     views = 0
+    n = len(images)
     for scale in tta.scales:
         if scale == 1.0:
             scaled = list(images)
@@ -295,15 +296,16 @@ def segment(
                 _resize(im.float(), (max(1, round(h * scale)), max(1, round(w * scale))))
                 for im, (h, w) in zip(images, sizes, strict=True)
             ]
-        for flip in (False, True) if tta.flip else (False,):
-            inputs = [im.flip(-1) for im in scaled] if flip else scaled
-            logits = _logits_at(model, inputs, window, precision, device, tiles_per_batch)
-            for i, (lg, s) in enumerate(zip(logits, out_sizes, strict=True)):
-                if flip:
-                    lg = lg.flip(-1)
-                p = _resize(lg, s).softmax(0)
-                acc[i] = p if acc[i] is None else acc[i].add_(p)
-            views += 1
+        # the plain and mirrored views of a scale run as one batch (same sizes: no new padding)
+        inputs = scaled + [im.flip(-1) for im in scaled] if tta.flip else scaled
+        logits = _logits_at(model, inputs, window, precision, device, tiles_per_batch)
+        for j, lg in enumerate(logits):
+            i, flip = j % n, j >= n
+            if flip:
+                lg = lg.flip(-1)
+            p = _resize(lg, out_sizes[i]).softmax(0)
+            acc[i] = p if acc[i] is None else acc[i].add_(p)
+        views += 2 if tta.flip else 1
     acc = [a.div_(views) for a in acc]
     return acc if crf is None else _refine(acc, images, crf, std)
 
