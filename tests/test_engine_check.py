@@ -18,6 +18,7 @@ from fcnseg.engine import backends as B  # noqa: E402
 from fcnseg.engine import loader as L  # noqa: E402
 from fcnseg.engine import verify as V  # noqa: E402
 from fcnseg.errors import ConfigError, FcnsegError  # noqa: E402
+from fcnseg.export import cache as XC  # noqa: E402
 from fcnseg.models import build_model  # noqa: E402
 
 CLASSES = ["pet", "background", "border"]
@@ -135,13 +136,13 @@ def test_without_labelled_data_only_exact_engines_and_default_torch(ckpt, cache,
 def test_cache_entry_that_does_not_match_its_sha256_is_exported_again(ckpt, cache, caplog):
     model = build_model(**ckpt["model_config"])
     model.load_state_dict(ckpt["model"])
-    path = B.cached_onnx(model.eval(), ckpt)
+    path = XC.cached_onnx(model.eval(), ckpt)
     good = path.read_bytes()
     path.write_bytes(good[: len(good) // 2])  # truncated (or replaced) in the cache
     with caplog.at_level("WARNING"):
-        again = B.cached_onnx(model.eval(), ckpt)
+        again = XC.cached_onnx(model.eval(), ckpt)
     assert again == path and path.read_bytes() != good[: len(good) // 2]
-    assert B.sha256_file(path) == (path.parent / (path.name + ".sha256")).read_text().strip()
+    assert XC.sha256_file(path) == (path.parent / (path.name + ".sha256")).read_text().strip()
     assert any("does not match its SHA-256" in r.getMessage() for r in caplog.records)
 
 

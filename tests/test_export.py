@@ -30,6 +30,7 @@ from fcnseg.export import (  # noqa: E402
     parity_inputs,
     read_metadata,
 )
+from fcnseg.export import cache as XC  # noqa: E402
 from fcnseg.models import build_model  # noqa: E402
 
 SMALL_SIZES = ((65, 79), (96, 128))
@@ -75,7 +76,7 @@ def cache(tmp_path, monkeypatch, exported):
     model, _, res = exported
     (tmp_path / "cache" / "onnx").mkdir(parents=True)
     shutil.copy(res.path, tmp_path / "cache" / "onnx" / f"{B.model_hash(model)}.onnx")
-    B._seal(tmp_path / "cache" / "onnx" / f"{B.model_hash(model)}.onnx")
+    XC._seal(tmp_path / "cache" / "onnx" / f"{B.model_hash(model)}.onnx")
     return tmp_path / "cache"
 
 

@@ -48,11 +48,20 @@ def run(args: argparse.Namespace) -> int:
         calib_split=args.calib_split,
         calib_images=args.calib_images,
         tolerance=Tolerance(args.max_miou_drop, args.max_class_drop),
-        verify=args.verify,
     )
     import json
 
     card = json.loads(res.card.read_text())
+    if args.verify:  # auto's engine check now, cached for eval/predict/serve on this machine
+        from fcnseg.engine.loader import engine_evidence, load_engine
+        from fcnseg.export import write_card
+
+        engine = load_engine(
+            args.checkpoint, "auto", "auto", "cpu", data=args.calib_data, data_root=args.data_root,
+            split=args.calib_split, tolerance=Tolerance(args.max_miou_drop, args.max_class_drop),
+        )
+        card["engine"] = engine_evidence(engine)
+        write_card(res.path, {k: v for k, v in card.items() if k not in ("fcnseg", "written", "machine", "versions")})
     if args.int8:
         check = card["task_check"]
         last = check["tries"][-1]

@@ -230,9 +230,10 @@ def precision_of(engine_name: str) -> str:
 
 def ort_session(model_bytes_or_path, threads: int | None = None):
     """An onnxruntime CPU session with all graph optimisations and torch's thread count."""
-    from fcnseg.export import require as require_module
-
-    ort = require_module("onnxruntime")
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ConfigError('onnxruntime is not installed; install the export extra: pip install -e ".[export]"') from None
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.intra_op_num_threads = threads or torch.get_num_threads()
@@ -255,84 +256,11 @@ def ort_session(model_bytes_or_path, threads: int | None = None):
 def _is_int8(path: Path) -> bool:
     """Whether an ONNX file was written by ``fcnseg export --int8`` (its metadata says so)."""
     with contextlib.suppress(Exception):
-        from fcnseg.export import read_metadata
+        import onnx
 
-        return "quantization" in read_metadata(path)
+        model = onnx.load(os.fspath(path), load_external_data=False)
+        return any(p.key == "fcnseg.quantization" for p in model.metadata_props)
     return False
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _cache_entry_ok(path: Path) -> bool:
-    """Whether a cached file exists and its bytes match the SHA-256 written beside it."""
-    digest = path.with_name(path.name + ".sha256")
-    try:
-        return path.is_file() and digest.read_text().strip() == sha256_file(path)
-    except OSError:
-        return False
-
-
-def _seal(path: Path) -> None:
-    """Writes ``path``'s SHA-256 beside it (atomically)."""
-    digest = path.with_name(path.name + ".sha256")
-    tmp = digest.with_name(f"{digest.name}.{os.getpid()}.tmp")
-    tmp.write_text(sha256_file(path) + "\n")
-    os.replace(tmp, digest)
-
-
-def cached_onnx(model: nn.Module, ckpt: dict | None = None) -> Path:
-    """The verified ONNX export of ``model`` from the cache, exported there first (or again,
-    when the cached bytes do not match their SHA-256)."""
-    from fcnseg.export import export_onnx
-
-    path = cache_dir() / "onnx" / f"{model_hash(model)}.onnx"
-    if not _cache_entry_ok(path):
-        if path.exists():
-            log.warning("cached ONNX file %s does not match its SHA-256; exporting it again", path)
-        if ckpt is None:
-            ckpt = {"model": model.state_dict(), "model_config": getattr(model, "config", {})}
-        log.info("exporting the model to ONNX (once per checkpoint; cached at %s)", path)
-        export_onnx(ckpt, path, model=model)
-        _seal(path)
-    return path
-
-
-def cached_int8(model: nn.Module, ckpt: dict | None, images: Callable[[], list[torch.Tensor]]) -> Path:
-    """The int8 (QDQ) version of ``cached_onnx(model)``, calibrated on ``images()`` (called only
-    when the file is not cached yet)."""
-    from fcnseg.export import quantize_onnx
-
-    path = cache_dir() / "onnx" / f"{model_hash(model)}.int8.onnx"
-    if not _cache_entry_ok(path):
-        fp32 = cached_onnx(model, ckpt)
-        calib = images()
-        log.info("quantizing the model to int8 (calibrated on %d images; cached at %s)", len(calib), path)
-        quantize_onnx(fp32, path, calib)
-        _seal(path)
-    return path
-
-
-def check_onnx_matches(path: Path, model: nn.Module) -> None:
-    """Refuses an ``--onnx`` file exported from another model than ``model`` (its
-    ``fcnseg.model_hash`` metadata), or one that cannot be read."""
-    from fcnseg.export import read_metadata
-
-    try:
-        meta = read_metadata(path)
-    except Exception as e:
-        raise ConfigError(f"--onnx {path}: not a readable ONNX file ({type(e).__name__}); export it again with `fcnseg export`") from None
-    theirs, ours = meta.get("model_hash"), model_hash(model.float())
-    if theirs != ours:
-        raise ConfigError(
-            f"--onnx {path} was exported from model {theirs or '(unknown: no fcnseg.model_hash, an older export)'}, "
-            f"but the checkpoint is model {ours}; export this checkpoint with `fcnseg export --checkpoint ...`"
-        )
 
 
 def fp32_only(name: str, precision: str | Precision) -> None:

@@ -30,6 +30,7 @@ import torch.distributed as dist
 from torch import nn
 
 from fcnseg.data.base import IGNORE_INDEX
+from fcnseg.engine.checkpoint import checkpoint_data  # noqa: F401 (re-exported)
 from fcnseg.engine.crf import CRF, parse_crf
 from fcnseg.engine.inference import TTA, checkpoint_inference, parse_tta, parse_window, segment
 from fcnseg.engine.precision import Precision, resolve_device, resolve_precision
@@ -216,36 +217,6 @@ def evaluate(
     result["num_images"] = num_images
     result["confusion"] = cm.matrix.cpu().tolist()
     return result
-
-
-def checkpoint_data(
-    config: Mapping,
-    data: str | None = None,
-    data_root: str | os.PathLike | None = None,
-    data_options: Mapping | None = None,
-    split: str | None = None,
-) -> tuple[str, str | os.PathLike | None, dict, str]:
-    """(name, root, options, split) to score a checkpoint on: the arguments first, then its
-    training config's validation data (``val_data``/``val_data_root``/``val_data_options``
-    when the run validated on another dataset, else ``data``/``data_root``/``data_options``)
-    and ``val_split`` (default "val"). ``data_options`` are added to the checkpoint's own when
-    ``data`` is its dataset (or not given), else they are the only ones."""
-    if config.get("val_data"):
-        ck_data, ck_root, ck_options = (
-            config["val_data"], config.get("val_data_root"), config.get("val_data_options")
-        )
-    else:
-        ck_data, ck_root, ck_options = (
-            config.get("data"), config.get("data_root"), config.get("data_options")
-        )
-    same = data is None or data == ck_data
-    name = data or ck_data
-    if not name:
-        raise ConfigError("the checkpoint records no dataset; pass --data NAME (and --data-root DIR)")
-    root = data_root if data_root is not None else (ck_root if same else None)
-    options = dict(ck_options or {}) if same else {}
-    options.update(data_options or {})
-    return name, root, options, split or config.get("val_split") or "val"
 
 
 def evaluate_checkpoint(

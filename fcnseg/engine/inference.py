@@ -29,98 +29,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fcnseg.engine.crf import CRF, crf_refine, parse_crf
+from fcnseg.engine.crf import crf_refine
 from fcnseg.engine.precision import Precision, resolve_precision
+from fcnseg.engine.specs import CRF, TTA, parse_crf, parse_tta, parse_window  # noqa: F401 (re-exported)
 from fcnseg.errors import ConfigError
 
 # what segment() runs: a module, or a backend (any callable (N, C, H, W) -> logits (N, K, H, W))
 Model = nn.Module | Callable[[torch.Tensor], torch.Tensor]
-
-
-@dataclass(frozen=True)
-class TTA:
-    """Test-time augmentation: average over ``scales`` (x) ``flip`` (plain and mirrored)."""
-
-    flip: bool = False
-    scales: tuple[float, ...] = (1.0,)
-
-    @property
-    def trivial(self) -> bool:
-        return not self.flip and self.scales == (1.0,)
-
-    def __str__(self) -> str:
-        parts = ["flip"] if self.flip else []
-        if self.scales != (1.0,) or not parts:
-            parts.append("scales=" + ",".join(f"{s:g}" for s in self.scales))
-        return ",".join(parts)
-
-
-def parse_tta(spec: str | TTA | None) -> TTA | None:
-    """``"flip"``, ``"scales=0.75,1,1.25"``, ``"flip,scales=0.5,1"`` → TTA; ``None``/``""``/
-    ``"none"`` → None. Numbers after ``scales=`` run until the next word."""
-    if spec is None or isinstance(spec, TTA):
-        return spec
-    text = str(spec).strip().lower()
-    if text in ("", "none", "off"):
-        return None
-    flip, scales, in_scales = False, [], False
-    for tok in (t.strip() for t in text.replace(" ", ",").split(",")):
-        if not tok:
-            continue
-        if tok == "flip":
-            flip, in_scales = True, False
-            continue
-        if tok.startswith("scales=") or tok.startswith("scale="):
-            tok, in_scales = tok.split("=", 1)[1], True
-        if not in_scales:
-            raise ConfigError(
-                f"cannot read TTA spec {spec!r} at {tok!r}; "
-                "write e.g. 'flip', 'scales=0.75,1,1.25' or 'flip,scales=0.75,1,1.25' (or 'none')"
-            )
-        try:
-            scale = float(tok)
-        except ValueError:
-            raise ConfigError(
-                f"TTA scale {tok!r} in {spec!r} is not a number; write e.g. 'scales=0.75,1,1.25'"
-            ) from None
-        if not (scale > 0 and math.isfinite(scale)):
-            raise ConfigError(f"TTA scale {tok!r} in {spec!r} must be a positive number")
-        scales.append(scale)
-    if in_scales and not scales:
-        raise ConfigError(f"TTA spec {spec!r} names no scales; write e.g. 'scales=0.75,1,1.25'")
-    return TTA(flip=flip, scales=tuple(scales) if scales else (1.0,))
-
-
-def parse_window(spec: int | str | Sequence[int] | None) -> tuple[int, int] | None:
-    """``512`` / ``"512"`` → (512, 512); ``"512x1024"`` or ``(512, 1024)`` → (h, w); None → None."""
-    if spec is None:
-        return None
-    if isinstance(spec, str):
-        text = spec.strip().lower()
-        if text in ("", "none", "off"):
-            return None
-        parts = text.replace(",", "x").split("x")
-    elif isinstance(spec, int):
-        parts = [spec]
-    else:
-        parts = list(spec)
-    try:
-        size = [int(p) for p in parts]
-    except (TypeError, ValueError):
-        size = []
-    if len(size) == 1:
-        size = size * 2
-    if len(size) != 2 or min(size) < 1:
-        raise ConfigError(
-            f"sliding window {spec!r} is not a size; give one positive integer (512) or HxW (512x1024)"
-        )
-    return size[0], size[1]
 
 
 def checkpoint_inference(

@@ -46,6 +46,8 @@ from fcnseg.engine import backends as B
 from fcnseg.engine.precision import Precision, cpu_has_fast_bf16, describe, resolve_precision, tell
 from fcnseg.engine.verify import VERIFY_IMAGES, TaskData, Tolerance, judge, score_engine, task_data
 from fcnseg.errors import ConfigError
+from fcnseg.export.cache import cached_int8, cached_onnx, check_onnx_matches
+from fcnseg.export.parity import compare, parity_inputs, switch_flips_allowed
 
 log = logging.getLogger("fcnseg")
 
@@ -97,14 +99,14 @@ class Engines:
         if name == "torch (bf16)":
             return B.TorchBackend(self.model, resolve_precision("bf16", self.device, quiet=True), self.device)
         if name in ("onnxruntime", "openvino", "openvino (bf16)"):
-            path = B.cached_onnx(self.model, self.ckpt)
+            path = cached_onnx(self.model, self.ckpt)
             if name == "onnxruntime":
                 return B.OnnxRuntimeBackend(path)
             return B.OpenVinoBackend(path, bf16=name.endswith("(bf16)"))
         if name in ("onnxruntime (int8)", "openvino (int8)"):
             if self._calib is None:
                 raise ConfigError("int8 needs calibration images")
-            path = B.cached_int8(self.model, self.ckpt, self._calib)
+            path = cached_int8(self.model, self.ckpt, self._calib)
             return B.OnnxRuntimeBackend(path) if name.startswith("onnxruntime") else B.OpenVinoBackend(path)
         raise ConfigError(f"unknown engine {name!r}")
 
@@ -164,8 +166,8 @@ def load_engine(
     if name in ("onnxruntime", "openvino"):
         B.require(name)
         if onnx_path is not None:
-            B.check_onnx_matches(Path(onnx_path), model)
-        path = Path(onnx_path) if onnx_path is not None else B.cached_onnx(model.float(), ckpt)
+            check_onnx_matches(Path(onnx_path), model)
+        path = Path(onnx_path) if onnx_path is not None else cached_onnx(model.float(), ckpt)
         return B.OnnxRuntimeBackend(path) if name == "onnxruntime" else B.OpenVinoBackend(path)
     return _auto(model.float(), ckpt, device, data, data_root, split, data_options, tolerance, check_images)
 
@@ -278,8 +280,6 @@ def check_candidates(model: nn.Module, ckpt: dict, engines: Engines, names: list
         try:
             engine = engines(name)
             if name in EXACT:
-                from fcnseg.export import compare, switch_flips_allowed
-
                 p = compare(ref_logits, engine(probe), switch_flips_allowed(model))
                 figures[name] = {"exact": True, "rel_diff": p.rel, "agreement": p.agreement, "qualified": p.ok,
                                  "reason": "logits match eager fp32" if p.ok else f"logits differ: {p}"}
@@ -382,8 +382,6 @@ class AutoBackend(B.Backend):
 
     def choose(self, x: torch.Tensor) -> str:
         """The engine for inputs shaped like ``x``: chosen already, cached, or probed now."""
-        from fcnseg.export import compare, parity_inputs, switch_flips_allowed
-
         cls = B.size_class(tuple(x.shape))
         if cls in self._choice:
             return self._choice[cls]

@@ -92,8 +92,7 @@ def task_data(
     error is raised)."""
     from fcnseg.data import build_dataset
     from fcnseg.data.transforms import eval_transforms
-    from fcnseg.engine.checkpoint import checkpoint_meta
-    from fcnseg.engine.evaluate import checkpoint_data
+    from fcnseg.engine.checkpoint import checkpoint_data, checkpoint_meta
 
     if count < 1:
         raise ConfigError(f"--calib-images {count}: must be >= 1")

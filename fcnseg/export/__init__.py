@@ -93,7 +93,6 @@ def export(
     calib_split: str | None = None,
     calib_images: int = 100,
     tolerance=None,
-    verify: bool = False,
 ) -> ExportResult:
     """``fcnseg export``: the verified fp32 ONNX file, and with ``int8`` its quantized version
     (written at ``out``; the fp32 file beside it as ``NAME.fp32.onnx``), and a model card
@@ -104,8 +103,7 @@ def export(
     (``calib_split``: another split). It passes when it is within ``tolerance``
     (``fcnseg.engine.verify.Tolerance``); otherwise the most sensitive layers (measured per
     layer, ``layer_sensitivity``) stay fp32, 1, 2, 4 ... 16 of them, until it passes; else
-    ``ExportError`` with the figures and nothing written. ``verify``: also run the engine
-    check of ``--backend auto`` now (cached for eval/predict/serve on this machine)."""
+    ``ExportError`` with the figures and nothing written."""
     from fcnseg.engine.verify import Tolerance
 
     if format not in FORMATS:
@@ -121,8 +119,6 @@ def export(
         card["onnx"] = {"file": out.name, "precision": "fp32", "parity": [p.figures() for p in res.parity], "model_hash": res.metadata["fcnseg.model_hash"]}
     else:
         res = _export_int8(ckpt, out, opset, calib_data, data_root, calib_split, calib_images, tolerance, card)
-    if verify:
-        card["engine"] = _verify_engine(ckpt, calib_data, data_root, calib_split, tolerance)
     res.card = write_card(out, card)
     return res
 
@@ -199,13 +195,6 @@ def _export_int8(ckpt, out: Path, opset, calib_data, data_root, calib_split, cal
         + f" (allowed -{tolerance.max_miou_drop:g} / -{tolerance.max_class_drop:g}); the fp32 file {fp32} is verified; "
         f"nothing written at {out} (or raise --max-miou-drop / --max-class-drop)"
     )
-
-
-def _verify_engine(ckpt, data, data_root, split, tolerance) -> dict:
-    from fcnseg.engine.loader import engine_evidence, load_engine
-
-    engine = load_engine(ckpt, "auto", "auto", "cpu", data=data, data_root=data_root, split=split, tolerance=tolerance)
-    return engine_evidence(engine)
 
 
 def write_card(out: Path, card: dict) -> Path:
