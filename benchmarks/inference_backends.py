@@ -35,6 +35,7 @@ import torch
 from fcnseg.bench import PeakMemory, count_flops, matmul_peak_tflops
 from fcnseg.engine import backends as B
 from fcnseg.engine.checkpoint import load_checkpoint, model_from_checkpoint
+from fcnseg.engine.loader import load_engine
 from fcnseg.engine.precision import Precision, cpu_has_fast_bf16, resolve_precision
 from fcnseg.export import compare, parity_inputs, switch_flips_allowed
 from fcnseg.models import build_model
@@ -71,10 +72,11 @@ def _engines(model, ckpt, case: str, args) -> dict:
         out["eager bf16 channels_last"] = B.TorchBackend(model, resolve_precision("bf16", cpu), cpu)
     out["compile (freezing)"] = B.CompileBackend(model, cpu)
     if B.installed("onnxruntime"):
-        out["onnxruntime"] = B.load_backend("onnxruntime", model)
+        out["onnxruntime"] = load_engine(model, "onnxruntime")
     if B.installed("openvino"):
-        out["openvino"] = B.load_backend("openvino", model)
-    out["auto"] = B.load_backend("auto", model)
+        out["openvino"] = load_engine(model, "openvino")
+    # with the checkpoint, auto runs its task check on the run's validation data (if it is here)
+    out["auto"] = load_engine(ckpt if case == "recipe" and args.checkpoint else model, "auto")
     if case == "recipe" and args.int8:
         out["onnxruntime int8"] = B.OnnxRuntimeBackend(args.int8)
         if B.installed("openvino"):

@@ -412,10 +412,19 @@ def benchmark(
 
     if "infer" in phases:
         runner.eval()
+        if compile:
 
-        def infer() -> None:
-            with torch.inference_mode(), prec.autocast(dev):
-                runner(x)
+            def infer() -> None:
+                with torch.inference_mode(), prec.autocast(dev):
+                    runner(x)
+        else:  # the engine eval/predict/serve run (fcnseg.engine.loader)
+            from fcnseg.engine.loader import load_engine
+
+            engine = load_engine(net, "torch", prec, dev)
+
+            def infer() -> None:
+                with torch.inference_mode():
+                    engine(x)
 
         with PeakMemory(dev) as mem:
             t0 = time.perf_counter()

@@ -61,6 +61,36 @@ def add_inference_args(p: argparse.ArgumentParser, *, batch_size: int) -> None:
         help="run this file written by `fcnseg export` (e.g. the int8 one) with --backend onnxruntime or openvino",
     )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    add_engine_check_args(p)
+
+
+def add_engine_check_args(p: argparse.ArgumentParser) -> None:
+    """The task check of ``--backend auto`` (eval, predict, serve, export --verify)."""
+    g = p.add_argument_group(
+        "engine check (--backend auto)",
+        "bf16 and int8 engines are used only after scoring within these limits of eager fp32 on labelled "
+        "images: by default the checkpoint's validation split (docs/deploy.md)",
+    )
+    g.add_argument("--calib-data", default=None, metavar="NAME", help="dataset to check engines on (default: the checkpoint's)")
+    g.add_argument("--calib-root", default=None, metavar="DIR", help="its root folder (default: the checkpoint's, or --data-root)")
+    g.add_argument("--calib-split", default=None, metavar="SPLIT", help="its split (default: the checkpoint's validation split)")
+    g.add_argument("--max-miou-drop", type=float, default=0.3, metavar="POINTS", help="mean IU an engine may lose (default 0.3)")
+    g.add_argument("--max-class-drop", type=float, default=1.0, metavar="POINTS", help="IoU any class may lose (default 1.0)")
+
+
+def engine_check_kwargs(args: argparse.Namespace) -> dict:
+    """``calib_data``, ``calib_root``, ``calib_split``, ``tolerance`` from the flags above."""
+    from fcnseg.engine.verify import Tolerance
+
+    root = args.calib_root
+    if root is None and args.calib_data is None:
+        root = getattr(args, "data_root", None)  # the run's data, moved: eval --data-root
+    return {
+        "calib_data": args.calib_data,
+        "calib_root": root,
+        "calib_split": args.calib_split,
+        "tolerance": Tolerance(args.max_miou_drop, args.max_class_drop),
+    }
 
 
 def register(subparsers) -> None:
@@ -122,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
         progress=sys.stderr.isatty(),
         backend=args.backend,
         onnx_path=args.onnx,
+        **engine_check_kwargs(args),
     )
     if args.json:
         print(json.dumps(_clean(res)))
@@ -141,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
     for c in classes:
         pc = res["per_class"][c]
         print(f"{c:<{width}}  {_pct(pc['iou'])}  {_pct(pc['acc'])}")
+    print(res["engine"]["summary"])
     for plot in res.get("plots", ()):
         print(f"confusion matrix: {plot}")
     return 0

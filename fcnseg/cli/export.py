@@ -23,9 +23,13 @@ def register(subparsers) -> None:
         "--int8", action="store_true",
         help="also quantize to int8 (static, per-channel; onnxruntime): writes --out and the verified fp32 file beside it as NAME.fp32.onnx",
     )
-    p.add_argument("--calib-data", default=None, metavar="NAME", help="dataset whose train split calibrates --int8 (e.g. camvid)")
-    p.add_argument("--data-root", default=None, metavar="DIR", help="the calibration dataset's root folder")
+    p.add_argument("--calib-data", default=None, metavar="NAME", help="dataset whose train split calibrates --int8 and whose --calib-split checks it (default: the checkpoint's own data)")
+    p.add_argument("--data-root", default=None, metavar="DIR", help="that dataset's root folder (default: the checkpoint's)")
+    p.add_argument("--calib-split", default=None, metavar="SPLIT", help="split the int8 model is scored on against fp32 (default: the checkpoint's validation split)")
     p.add_argument("--calib-images", type=int, default=100, metavar="N", help="training images to calibrate on (default 100)")
+    p.add_argument("--max-miou-drop", type=float, default=0.3, metavar="POINTS", help="mean IU int8 may lose against fp32 (default 0.3)")
+    p.add_argument("--max-class-drop", type=float, default=1.0, metavar="POINTS", help="IoU any class may lose (default 1.0)")
+    p.add_argument("--verify", action="store_true", help="also run --backend auto's engine check now (export, task check, timing; cached for eval/predict/serve on this machine)")
     p.set_defaults(func=run)
 
 
@@ -33,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from fcnseg.engine.checkpoint import _os_error, write_error
+    from fcnseg.engine.verify import Tolerance
     from fcnseg.export import DEFAULT_OPSET, export
 
     try:
@@ -44,7 +49,9 @@ def run(args: argparse.Namespace) -> int:
             int8=args.int8,
             calib_data=args.calib_data,
             data_root=args.data_root,
+            calib_split=args.calib_split,
             calib_images=args.calib_images,
+            tolerance=Tolerance(args.max_miou_drop, args.max_class_drop),
         )
     except (OSError, RuntimeError) as e:  # torch.onnx reports a failed write as a RuntimeError
         os_error = _os_error(e)
@@ -54,10 +61,31 @@ def run(args: argparse.Namespace) -> int:
         if str(os_error.filename or "").endswith(".onnx"):  # e.g. the int8 run's NAME.fp32.onnx
             out = os_error.filename
         raise write_error(out, os_error, what="ONNX file", fix="or pass another --out") from None
+    import json
+
+    card = json.loads(res.card.read_text())
+    if args.verify:  # auto's engine check now, cached for eval/predict/serve on this machine
+        from fcnseg.engine.loader import engine_evidence, load_engine
+        from fcnseg.export import write_card
+
+        engine = load_engine(
+            args.checkpoint, "auto", "auto", "cpu", data=args.calib_data, data_root=args.data_root,
+            split=args.calib_split, tolerance=Tolerance(args.max_miou_drop, args.max_class_drop),
+        )
+        card["engine"] = engine_evidence(engine)
+        write_card(res.path, {k: v for k, v in card.items() if k not in ("fcnseg", "written", "machine", "versions")})
     if args.int8:
-        agree = min((p.agreement for p in res.parity), default=float("nan"))
-        print(f"wrote {res.path} (int8; argmax agreement with PyTorch fp32 on calibration images {100 * agree:.2f} %; "
-              "score it with `fcnseg eval --backend onnxruntime --onnx FILE`)")
+        check = card["task_check"]
+        last = check["tries"][-1]
+        on = check["checked_on"]
+        print(
+            f"wrote {res.path} (int8, {len(last['fp32_layers'])} layers kept fp32): mean IU {last['mean_iou']:.2f} vs "
+            f"{check['reference_mean_iou']:.2f} fp32 ({last['miou_delta']:+.2f}) on {on['data']}/{on['split']} "
+            f"({on['images']} images), worst class {last['worst_class']} {last['worst_class_delta']:+.2f}"
+        )
     else:
         print(res.summary())
+    if "engine" in card:
+        print(card["engine"]["summary"])
+    print(f"model card: {res.card}")
     return 0

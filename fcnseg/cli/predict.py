@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fcnseg.cli.eval import add_inference_args
+from fcnseg.cli.eval import add_inference_args, engine_check_kwargs
 
 
 def register(subparsers) -> None:
@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
             onnx_path=args.onnx,
             skip_existing=args.skip_existing,
             overwrite=args.overwrite,
+            **engine_check_kwargs(args),
         )
     except PredictFailures as e:
         for _path, reason in e.failures:

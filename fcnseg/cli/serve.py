@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from fcnseg.cli.eval import add_engine_check_args, engine_check_kwargs
 from fcnseg.errors import ConfigError
 
 
@@ -40,6 +41,7 @@ def register(subparsers) -> None:
     p.add_argument("--token", default=None, metavar="TOKEN", help="require 'Authorization: Bearer TOKEN' on /v1/* and /metrics (default: $FCNSEG_TOKEN; prefer the variable, a flag shows in ps)")
     p.add_argument("--no-auth", action="store_true", help="serve a non-loopback --host without a token (anyone who reaches the port can use the API)")
     p.add_argument("--allowed-host", action="append", default=[], metavar="NAME", help="a Host header to serve besides localhost/127.0.0.1/::1 (repeatable; '*': any), e.g. the machine's DNS name")
+    add_engine_check_args(p)
     p.set_defaults(func=run)
 
 
@@ -91,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
         read_timeout=DEFAULT_READ_TIMEOUT if args.read_timeout is None else args.read_timeout,
         token=token,
         allowed_hosts=allowed,
+        **engine_check_kwargs(args),
     )
     shown = f"[{args.host}]" if ":" in args.host else args.host
     auth = "; the API needs the token (the page asks for it once)" if token else ""

@@ -13,20 +13,16 @@ model.
 ``onnxruntime`` the model exported to ONNX (verified, ``fcnseg.export``), onnxruntime CPU
 ``openvino``   the same ONNX file compiled by OpenVINO's CPU plugin, f32 inference precision
                (OpenVINO would otherwise pick bf16 on CPUs that have it)
-``auto``       (the default) the fastest of torch fp32, onnxruntime and openvino that are installed **and**
-               verified for this model on this machine (not ``compile``: minutes of
-               compilation per process): on the first call at a new input size class it builds
-               each, checks its logits against eager fp32 on that input (the export tolerance:
-               max|Δlogit| <= 1e-4 x max|logit|, argmax >= 99.99 %) and times them in turns
-               (three rounds, each calling every engine once; medians); the choice is
-               cached per checkpoint, CPU and library versions (``cache_dir()/auto.json``).
-               With nothing to choose it is ``torch`` in the precision asked (``auto``: bf16
-               where native): without the export extra, on a GPU, or with an explicit
-               ``--precision`` other than fp32 (which only torch runs); ``resolve_backend``
+``auto``       (the default) chosen by ``fcnseg.engine.loader.load_engine``: the fastest engine
+               verified for this model on this machine, exact fp32 ones on the logits, bf16
+               and int8 ones on the task (mean IU on labelled images)
 =============  ==============================================================================
 
-ONNX files exported for a backend are cached too (``cache_dir()/onnx/<checkpoint hash>.onnx``),
-so the export and its check run once per checkpoint.
+ONNX files exported for a backend are cached (``cache_dir()/onnx/<model hash>.onnx``, and the
+int8 file as ``<model hash>.int8.onnx``), each with its SHA-256 beside it (``.sha256``): an entry
+whose bytes do not match (truncated, replaced by whoever can write the cache folder) is exported
+again, so the export and its check run once per checkpoint. An ``--onnx FILE`` must carry the
+model hash of the checkpoint it is run for (``fcnseg.model_hash`` in its metadata) or it is refused.
 """
 
 from __future__ import annotations
@@ -45,7 +41,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fcnseg.engine.precision import Precision, resolve_precision
+from fcnseg.engine.precision import Precision
 from fcnseg.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -74,7 +70,7 @@ def installed(name: str) -> bool:
     return all(importlib.util.find_spec(p) is not None for p in _PACKAGES.get(name, ()))
 
 
-def _require(name: str) -> None:
+def require(name: str) -> None:
     if not installed(name):
         missing = [p for p in _PACKAGES[name] if not installed_pkg(p)]
         raise ConfigError(
@@ -132,6 +128,9 @@ class Backend:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    precision_name = "fp32"  # what it computes in: fp32, bf16 or int8
+    evidence: dict | None = None  # how it was chosen (fcnseg.engine.loader)
+
     def __repr__(self) -> str:
         return f"<fcnseg backend {self.name}>"
 
@@ -144,6 +143,7 @@ class TorchBackend(Backend):
         self.model = model.to(device).eval()
         if precision.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.precision_name = precision.name
         if precision.name != "fp32":
             self.name = f"torch ({precision.name})"
 
@@ -179,22 +179,26 @@ class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
     def __init__(self, onnx_path: str | os.PathLike) -> None:
-        from fcnseg.export import ort_runner, ort_session
-
         self.path = Path(onnx_path)
         self.session = ort_session(self.path)
-        self._run = ort_runner(self.session)
+        self._input = self.session.get_inputs()[0].name
         if _is_int8(self.path):
-            self.name = "onnxruntime (int8)"
+            self.name, self.precision_name = "onnxruntime (int8)", "int8"
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self._run(x).to(x.device)
+        import numpy as np
+
+        arr = np.ascontiguousarray(x.detach().cpu().float().numpy())
+        return torch.from_numpy(self.session.run(None, {self._input: arr})[0]).to(x.device)
 
 
 class OpenVinoBackend(Backend):
+    """An ONNX file compiled by OpenVINO's CPU plugin: f32 inference precision (OpenVINO would
+    otherwise pick bf16 on CPUs that have it), or ``bf16``; an int8 (QDQ) file runs int8."""
+
     name = "openvino"
 
-    def __init__(self, onnx_path: str | os.PathLike) -> None:
+    def __init__(self, onnx_path: str | os.PathLike, *, bf16: bool = False) -> None:
         import openvino as ov
 
         self.path = Path(onnx_path)
@@ -202,13 +206,14 @@ class OpenVinoBackend(Backend):
         config = {
             "INFERENCE_NUM_THREADS": torch.get_num_threads(),
             "PERFORMANCE_HINT": "LATENCY",
-            # f32: on CPUs with avx512_bf16/AMX OpenVINO otherwise runs bf16 (not verified)
-            "INFERENCE_PRECISION_HINT": "f32",
+            "INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32",
         }
         self.compiled = core.compile_model(core.read_model(os.fspath(self.path)), "CPU", config)
         self.request = self.compiled.create_infer_request()
         if _is_int8(self.path):
-            self.name = "openvino (int8)"
+            self.name, self.precision_name = "openvino (int8)", "int8"
+        elif bf16:
+            self.name, self.precision_name = "openvino (bf16)", "bf16"
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         import numpy as np
@@ -218,82 +223,52 @@ class OpenVinoBackend(Backend):
         return torch.from_numpy(np.array(next(iter(out.values())))).to(x.device)
 
 
+def precision_of(engine_name: str) -> str:
+    """``"onnxruntime (int8)"`` -> ``"int8"``, ``"torch (bf16)"`` -> ``"bf16"``, else fp32."""
+    return engine_name.split("(", 1)[1].rstrip(")") if "(" in engine_name else "fp32"
+
+
+def ort_session(model_bytes_or_path, threads: int | None = None):
+    """An onnxruntime CPU session with all graph optimisations and torch's thread count."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ConfigError('onnxruntime is not installed; install the export extra: pip install -e ".[export]"') from None
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = threads or torch.get_num_threads()
+    opts.inter_op_num_threads = 1
+    # no busy-waiting after a run: the spinning workers took the cores from the torch work that
+    # follows each call (softmax, resize, argmax: 22 vs 3 ms a frame; call + that work 93 vs 88
+    # ms at 1x360x480, 896 vs 763 ms at 8x360x480; experiments/ort_spinning.py,
+    # docs/experiments/results.md) and from the next engine in auto's probe
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.log_severity_level = 3
+    src = model_bytes_or_path if isinstance(model_bytes_or_path, bytes) else os.fspath(model_bytes_or_path)
+    try:
+        return ort.InferenceSession(src, sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as e:  # truncated / not ONNX: onnxruntime raises its own exception types
+        if isinstance(src, bytes):
+            raise
+        raise ConfigError(f"{src}: not a readable ONNX file ({type(e).__name__}: {str(e).splitlines()[0][:120]}); export it again with `fcnseg export`") from None
+
+
 def _is_int8(path: Path) -> bool:
     """Whether an ONNX file was written by ``fcnseg export --int8`` (its metadata says so)."""
     with contextlib.suppress(Exception):
-        from fcnseg.export import read_metadata
+        import onnx
 
-        return "quantization" in read_metadata(path)
+        model = onnx.load(os.fspath(path), load_external_data=False)
+        return any(p.key == "fcnseg.quantization" for p in model.metadata_props)
     return False
 
 
-def cached_onnx(model: nn.Module, ckpt: dict | None = None) -> Path:
-    """The verified ONNX export of ``model`` from the cache, exporting it there first."""
-    from fcnseg.export import export_onnx
-
-    path = cache_dir() / "onnx" / f"{model_hash(model)}.onnx"
-    if not path.is_file():
-        if ckpt is None:
-            ckpt = {"model": model.state_dict(), "model_config": getattr(model, "config", {})}
-        log.info("exporting the model to ONNX (once per checkpoint; cached at %s)", path)
-        export_onnx(ckpt, path, model=model)
-    return path
-
-
-def _as_model(model_or_checkpoint) -> tuple[nn.Module, dict | None]:
-    from fcnseg.engine.checkpoint import load_checkpoint, model_from_checkpoint
-
-    if isinstance(model_or_checkpoint, nn.Module):
-        return model_or_checkpoint, None
-    ckpt = model_or_checkpoint if isinstance(model_or_checkpoint, dict) else load_checkpoint(model_or_checkpoint)
-    return model_from_checkpoint(ckpt), ckpt
-
-
-def _fp32_precision(name: str, precision: str | Precision, device: torch.device) -> Precision:
+def fp32_only(name: str, precision: str | Precision) -> None:
+    """The explicit non-torch backends run fp32 (or their file's int8)."""
     if isinstance(precision, Precision):
         precision = precision.name
     if precision not in ("auto", "fp32"):
         raise ConfigError(f"--backend {name} runs fp32; drop --precision {precision} (or use --backend torch)")
-    return resolve_precision("fp32", device, quiet=True)
-
-
-def load_backend(
-    name: str,
-    model_or_checkpoint: nn.Module | dict | str | os.PathLike,
-    *,
-    device: str | torch.device = "cpu",
-    precision: str | Precision = "auto",
-    onnx_path: str | os.PathLike | None = None,
-) -> Backend:
-    """The backend ``name`` (``BACKEND_NAMES``) for a model, a checkpoint dict or a ``.pt``
-    path. ``precision`` applies to ``torch`` (the others run fp32; asking them for bf16 is an
-    error). ``onnx_path``: run this exported file (e.g. an int8 one) in ``onnxruntime`` /
-    ``openvino`` instead of the checkpoint's own cached export."""
-    if name not in BACKEND_NAMES:
-        raise ConfigError(f"unknown backend {name!r}; choose one of {', '.join(BACKEND_NAMES)}")
-    device = torch.device(device)
-    if name != "torch" and device.type != "cpu":
-        raise ConfigError(f"--backend {name} runs on the CPU; use --device cpu (or --backend torch on {device})")
-    if onnx_path is not None:
-        if name not in ("onnxruntime", "openvino"):
-            raise ConfigError(f"--onnx FILE runs in --backend onnxruntime or openvino, not {name}")
-        if not Path(onnx_path).is_file():
-            raise ConfigError(f"--onnx {onnx_path}: file not found; write one with `fcnseg export`")
-    model, ckpt = _as_model(model_or_checkpoint)
-    model = model.eval()
-    name = resolve_backend(name, device, precision) if onnx_path is None else name
-    if name == "torch":
-        if isinstance(precision, str):
-            precision = resolve_precision(precision, device)
-        return TorchBackend(model, precision, device)
-    _fp32_precision(name, precision, device)
-    if name == "compile":
-        return CompileBackend(model.float(), device)
-    if name in ("onnxruntime", "openvino"):
-        _require(name)
-        path = Path(onnx_path) if onnx_path is not None else cached_onnx(model.float(), ckpt)
-        return OnnxRuntimeBackend(path) if name == "onnxruntime" else OpenVinoBackend(path)
-    return AutoBackend(model.float(), ckpt, device)
 
 
 def auto_candidates() -> list[str]:
@@ -335,89 +310,6 @@ def time_interleaved(runs: dict[str, Callable[[torch.Tensor], torch.Tensor]], x:
             run(x)
             times[name].append(time.perf_counter() - t)
     return {name: statistics.median(t) for name, t in times.items()}
-
-
-class AutoBackend(Backend):
-    """Chooses, per input size class, the fastest verified fp32 backend (module doc)."""
-
-    def __init__(self, model: nn.Module, ckpt: dict | None, device: torch.device) -> None:
-        self.model, self.ckpt, self.device = model, ckpt, device
-        self.candidates = auto_candidates()
-        self._built: dict[str, Backend] = {}
-        self._choice: dict[str, str] = {}
-        self._hash = model_hash(model)
-        self.name = "auto"
-        self.report: dict[str, dict] = {}
-
-    def _backend(self, name: str) -> Backend:
-        if name not in self._built:
-            if name == "torch":
-                self._built[name] = TorchBackend(self.model, resolve_precision("fp32", self.device, quiet=True), self.device)
-            elif name == "compile":
-                self._built[name] = CompileBackend(self.model, self.device)
-            else:
-                path = cached_onnx(self.model, self.ckpt)
-                self._built[name] = OnnxRuntimeBackend(path) if name == "onnxruntime" else OpenVinoBackend(path)
-        return self._built[name]
-
-    def _key(self, cls: str) -> str:
-        return f"{self._hash} | {cpu_fingerprint()} | {versions()} | {cls}"
-
-    def choose(self, x: torch.Tensor) -> str:
-        """The backend for inputs shaped like ``x``: cached, or probed now."""
-        from fcnseg.export import compare, parity_inputs, switch_flips_allowed
-
-        cls = size_class(tuple(x.shape))
-        if cls in self._choice:
-            return self._choice[cls]
-        key = self._key(cls)
-        store = cache_dir() / "auto.json"
-        cache = {}
-        with contextlib.suppress(OSError, ValueError):
-            cache = json.loads(store.read_text())
-        hit = cache.get(key)
-        if hit and hit.get("backend") in self.candidates:
-            self._choice[cls] = hit["backend"]
-            self.report[cls] = hit
-            return hit["backend"]
-        probe = parity_inputs([tuple(x.shape[-2:])], x.shape[1])[0].repeat(x.shape[0], 1, 1, 1)
-        with torch.no_grad():
-            ref = self.model(probe.to(self.device)).float()
-        figures, runs = {}, {}
-        for name in self.candidates:  # build, warm up and verify each
-            try:
-                run = self._backend(name)
-                p = compare(ref, run(probe), switch_flips_allowed(self.model))
-            except Exception as e:  # an engine that cannot run this model is skipped, said why
-                log.warning("auto: %s skipped (%s: %s)", name, type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
-                figures[name] = {"error": f"{type(e).__name__}: {e}"[:300]}
-                continue
-            figures[name] = {"rel_diff": p.rel, "agreement": p.agreement, "verified": p.ok}
-            runs[name] = run
-            if not p.ok:
-                log.warning("auto: %s not verified for this model (%s); not used", name, p)
-        for name, seconds in time_interleaved(runs, probe).items():
-            figures[name]["ms"] = round(1000 * seconds, 2)
-        ok = {n: f["ms"] for n, f in figures.items() if f.get("verified") and "ms" in f}
-        best = min(ok, key=lambda n: ok[n]) if ok else "torch"
-        entry = {"backend": best, "shape": list(x.shape), "figures": figures, "when": time.strftime("%Y-%m-%d %H:%M:%S")}
-        log.info("auto: %s for %s (%s)", best, cls, ", ".join(f"{n} {f['ms']} ms" for n, f in figures.items() if "ms" in f))
-        cache[key] = entry
-        with contextlib.suppress(OSError):
-            store.parent.mkdir(parents=True, exist_ok=True)
-            tmp = store.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(cache, indent=1))
-            os.replace(tmp, store)
-        # drop the losers' engines (memory); keep the winner
-        for n in list(self._built):
-            if n != best:
-                del self._built[n]
-        self._choice[cls] = best
-        self.report[cls] = entry
-        return best
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self._backend(self.choose(x))(x)
 
 
 def backend_name(model) -> str:

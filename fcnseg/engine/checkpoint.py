@@ -18,7 +18,7 @@ import logging
 import os
 import socket
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path, PurePath
 from typing import IO
 
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fcnseg.errors import OutputError, WeightsError
+from fcnseg.errors import ConfigError, OutputError, WeightsError
 
 log = logging.getLogger("fcnseg.checkpoint")
 
@@ -309,3 +309,33 @@ def checkpoint_meta(ckpt: dict) -> tuple[list[str], np.ndarray, tuple, tuple]:
         log.warning("checkpoint has no mean/std; normalising with ImageNet statistics")
         mean, std = IMAGENET_MEAN, IMAGENET_STD
     return classes, palette, tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
+def checkpoint_data(
+    config: Mapping,
+    data: str | None = None,
+    data_root: str | os.PathLike | None = None,
+    data_options: Mapping | None = None,
+    split: str | None = None,
+) -> tuple[str, str | os.PathLike | None, dict, str]:
+    """(name, root, options, split) to score a checkpoint on: the arguments first, then its
+    training config's validation data (``val_data``/``val_data_root``/``val_data_options``
+    when the run validated on another dataset, else ``data``/``data_root``/``data_options``)
+    and ``val_split`` (default "val"). ``data_options`` are added to the checkpoint's own when
+    ``data`` is its dataset (or not given), else they are the only ones."""
+    if config.get("val_data"):
+        ck_data, ck_root, ck_options = (
+            config["val_data"], config.get("val_data_root"), config.get("val_data_options")
+        )
+    else:
+        ck_data, ck_root, ck_options = (
+            config.get("data"), config.get("data_root"), config.get("data_options")
+        )
+    same = data is None or data == ck_data
+    name = data or ck_data
+    if not name:
+        raise ConfigError("the checkpoint records no dataset; pass --data NAME (and --data-root DIR)")
+    root = data_root if data_root is not None else (ck_root if same else None)
+    options = dict(ck_options or {}) if same else {}
+    options.update(data_options or {})
+    return name, root, options, split or config.get("val_split") or "val"

@@ -354,10 +354,10 @@ def validate(cfg: dict) -> None:
     for key in ("model", "backbone"):
         if cfg[key] in REMOVED_MODELS:
             raise ConfigError(f"{key} {cfg[key]!r} was removed from fcnseg (an ablation measured no gain; docs/experiments has the figures); {REMOVED_MODELS[cfg[key]]}")
-    from fcnseg.engine.inference import parse_tta
+    from fcnseg.engine.specs import parse_tta
 
     parse_tta(cfg["eval_tta"])  # a bad spec fails now, not at the first validation
-    from fcnseg.engine.crf import parse_crf
+    from fcnseg.engine.specs import parse_crf
 
     parse_crf(cfg["eval_crf"])
 

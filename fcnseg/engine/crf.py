@@ -20,46 +20,10 @@ Mean-field with Potts compatibility: ``Q_i(l) ∝ exp(-U_i(l) + sum_m w_m sum_j 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
-from fcnseg.errors import ConfigError
-
-
-@dataclass(frozen=True)
-class CRF:
-    """Parameters of the local dense CRF (positions in pixels of the score map, colours 0-255).
-
-    The defaults were chosen on the first half of CamVid val (docs/experiments/camvid.md): a window of
-    17x17 samples two pixels apart (+-16 pixels), a weak appearance kernel, no smoothness kernel.
-    """
-
-    iterations: int = 5
-    appearance: float = 1.5  # w_a
-    theta_a: float = 10.0  # spatial std of the appearance kernel (pixels)
-    theta_b: float = 5.0  # colour std of the appearance kernel (0-255 units)
-    smoothness: float = 0.0  # w_s (off by default: on CamVid it erases thin objects such as poles)
-    theta_s: float = 1.0  # spatial std of the smoothness kernel (pixels)
-    radius: int = 8  # window half-width, in samples
-    dilation: int = 2  # pixels between samples of the window
-
-    def __post_init__(self) -> None:
-        if self.iterations < 0 or self.radius < 1 or self.dilation < 1:
-            raise ConfigError(f"CRF {self}: iterations must be >= 0, radius and dilation >= 1")
-        if min(self.theta_a, self.theta_b, self.theta_s) <= 0:
-            raise ConfigError(f"CRF {self}: the kernels' standard deviations must be positive")
-        if min(self.appearance, self.smoothness) < 0:
-            raise ConfigError(f"CRF {self}: the kernel weights must be >= 0")
-
-    def __str__(self) -> str:
-        """The spec ``parse_crf`` reads back: the fields that differ from the defaults."""
-        parts = [
-            f"{f}={getattr(self, f):g}"
-            for f in self.__dataclass_fields__
-            if getattr(self, f) != self.__dataclass_fields__[f].default
-        ]
-        return ",".join(parts) or "default"
+from fcnseg.engine.specs import CRF, parse_crf  # noqa: F401 (re-exported)
 
 
 def _offsets(radius: int, dilation: int) -> list[tuple[int, int]]:
@@ -85,7 +49,7 @@ def _shift(t: torch.Tensor, dy: int, dx: int) -> tuple[tuple[slice, slice], tupl
 
 
 @torch.no_grad()
-def crf_refine(probs: torch.Tensor, image: torch.Tensor, crf: CRF = CRF()) -> torch.Tensor:
+def crf_refine(probs: torch.Tensor, image: torch.Tensor, crf: CRF = CRF()) -> torch.Tensor:  # noqa: B008 (frozen)
     """Mean-field refinement of ``probs`` (K, H, W) (softmax probabilities) guided by
     ``image`` (3, H, W) or (H, W, 3), colours in 0-255 (uint8 or float). Returns the refined
     probabilities (K, H, W), float32."""
@@ -141,42 +105,4 @@ def crf_refine(probs: torch.Tensor, image: torch.Tensor, crf: CRF = CRF()) -> to
         q = (unary + msg).softmax(0)
     return q
 
-
-_FIELDS = {f: type(getattr(CRF(), f)) for f in CRF.__dataclass_fields__}
-
-
-def parse_crf(spec: str | dict | CRF | None) -> CRF | None:
-    """``"default"`` → CRF(); ``"appearance=2,theta_b=5"`` (or a dict) → CRF with those fields
-    changed; ``None``/``""``/``"none"`` → None."""
-    if spec is None or isinstance(spec, CRF):
-        return spec
-    if isinstance(spec, dict):
-        items = list(spec.items())
-    else:
-        text = str(spec).strip().lower()
-        if text in ("", "none", "off"):
-            return None
-        items = []
-        for tok in (t.strip() for t in text.replace(" ", ",").split(",")):
-            if not tok or tok in ("default", "on", "crf"):
-                continue
-            if "=" not in tok:
-                raise ConfigError(
-                    f"cannot read CRF spec {spec!r} at {tok!r}; write 'default' or key=value pairs, "
-                    f"e.g. 'appearance=2,theta_b=5' (keys: {', '.join(_FIELDS)}), or 'none'"
-                )
-            items.append(tuple(tok.split("=", 1)))
-    kwargs = {}
-    for key, value in items:
-        key = str(key).strip()
-        if key not in _FIELDS:
-            raise ConfigError(f"CRF spec {spec!r}: unknown key {key!r}; the keys are {', '.join(_FIELDS)}")
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"CRF spec {spec!r}: {key}={value!r} is not a number") from None
-        if not math.isfinite(number) or (_FIELDS[key] is int and number != int(number)):
-            raise ConfigError(f"CRF spec {spec!r}: {key} must be a finite {_FIELDS[key].__name__}, got {value!r}")
-        kwargs[key] = _FIELDS[key](number)
-    return CRF(**kwargs)
 

@@ -30,7 +30,7 @@ import torch.distributed as dist
 from torch import nn
 
 from fcnseg.data.base import IGNORE_INDEX
-from fcnseg.engine.backends import backend_name, load_backend, resolve_backend
+from fcnseg.engine.checkpoint import checkpoint_data  # noqa: F401 (re-exported)
 from fcnseg.engine.crf import CRF, parse_crf
 from fcnseg.engine.inference import TTA, checkpoint_inference, parse_tta, parse_window, segment
 from fcnseg.engine.precision import Precision, resolve_device, resolve_precision
@@ -219,36 +219,6 @@ def evaluate(
     return result
 
 
-def checkpoint_data(
-    config: Mapping,
-    data: str | None = None,
-    data_root: str | os.PathLike | None = None,
-    data_options: Mapping | None = None,
-    split: str | None = None,
-) -> tuple[str, str | os.PathLike | None, dict, str]:
-    """(name, root, options, split) to score a checkpoint on: the arguments first, then its
-    training config's validation data (``val_data``/``val_data_root``/``val_data_options``
-    when the run validated on another dataset, else ``data``/``data_root``/``data_options``)
-    and ``val_split`` (default "val"). ``data_options`` are added to the checkpoint's own when
-    ``data`` is its dataset (or not given), else they are the only ones."""
-    if config.get("val_data"):
-        ck_data, ck_root, ck_options = (
-            config["val_data"], config.get("val_data_root"), config.get("val_data_options")
-        )
-    else:
-        ck_data, ck_root, ck_options = (
-            config.get("data"), config.get("data_root"), config.get("data_options")
-        )
-    same = data is None or data == ck_data
-    name = data or ck_data
-    if not name:
-        raise ConfigError("the checkpoint records no dataset; pass --data NAME (and --data-root DIR)")
-    root = data_root if data_root is not None else (ck_root if same else None)
-    options = dict(ck_options or {}) if same else {}
-    options.update(data_options or {})
-    return name, root, options, split or config.get("val_split") or "val"
-
-
 def evaluate_checkpoint(
     checkpoint: str | os.PathLike | dict,
     data: str | None = None,
@@ -269,6 +239,10 @@ def evaluate_checkpoint(
     model: Callable[[torch.Tensor], torch.Tensor] | None = None,
     backend: str = "auto",
     onnx_path: str | os.PathLike | None = None,
+    calib_data: str | None = None,
+    calib_root: str | os.PathLike | None = None,
+    calib_split: str | None = None,
+    tolerance=None,
 ) -> dict:
     """Scores a checkpoint written by ``fcnseg train`` (a path, or the loaded dict) the way
     ``fcnseg eval`` does, and returns the dict its ``--json`` prints.
@@ -285,18 +259,23 @@ def evaluate_checkpoint(
     ``backend``: the engine that runs the checkpoint's network when ``model`` is not given
     (``fcnseg.engine.backends``: auto (default), torch, compile, onnxruntime, openvino; the
     non-torch ones run fp32), ``onnx_path`` an exported file (e.g. int8) for the ONNX ones.
+    ``calib_data``/``calib_root``/``calib_split``/``tolerance``: the labelled data and limits of
+    auto's task check (``fcnseg.engine.loader.load_engine``; default: the run's validation split).
 
     Returns ``checkpoint``, ``data``, ``split``, ``num_images``, ``tta``, ``crf``,
     ``sliding_window`` (specs as strings, None when off), ``precision``, ``pixel_acc``,
     ``mean_acc``, ``mean_iou``, ``fw_iou`` (fractions), ``per_class`` ({name: {"iou",
     "acc"}}, NaN for a class absent from labels and predictions), ``classes``, ``confusion``
-    (K x K, rows = truth), ``backend`` (for ``auto``: with the engine it chose) and, with ``plots``, ``plots`` (the written paths). A dataset
+    (K x K, rows = truth), ``backend`` (for ``auto``: with the engine it chose), ``engine``
+    (how it was chosen: the task check's figures, ``fcnseg.engine.loader.engine_evidence``) and, with ``plots``, ``plots`` (the written paths). A dataset
     whose class count differs from the checkpoint's is a ConfigError; differing class names
     only warn.
     """
     from fcnseg.data import build_dataset
     from fcnseg.data.transforms import eval_transforms
-    from fcnseg.engine.checkpoint import checkpoint_meta, load_checkpoint, model_from_checkpoint
+    from fcnseg.engine.backends import backend_name
+    from fcnseg.engine.checkpoint import checkpoint_meta, load_checkpoint
+    from fcnseg.engine.loader import engine_evidence
 
     if batch_size < 1:
         raise ConfigError(f"batch_size={batch_size}: must be >= 1")
@@ -304,9 +283,6 @@ def evaluate_checkpoint(
         raise ConfigError(f"num_workers={num_workers}: must be >= 0")
     window = parse_window(sliding_window)
     dev = resolve_device(None if device is None else str(device))
-    backend = resolve_backend(backend, dev, precision)
-    torch_runs = model is None and backend == "torch" and onnx_path is None
-    prec = resolve_precision(precision, dev, quiet=not torch_runs and model is None)
     path = None if isinstance(checkpoint, dict) else checkpoint
     ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
     tta, crf = checkpoint_inference(ckpt, tta, crf)
@@ -332,13 +308,18 @@ def evaluate_checkpoint(
             f"and dataset ({', '.join(classes)})",
             stacklevel=2,
         )
-    if model is None and not torch_runs:
-        model = load_backend(backend, ckpt, device=dev, precision=precision, onnx_path=onnx_path)
-        prec = resolve_precision("fp32", dev, quiet=True)
+    if isinstance(model, nn.Module):  # the caller's module runs in --precision here
+        prec = resolve_precision(precision, dev)
+        model = model.to(dev)
     elif model is None:
-        model = model_from_checkpoint(ckpt).to(dev)
-        if prec.channels_last:
-            model = model.to(memory_format=torch.channels_last)
+        from fcnseg.engine.loader import load_engine
+
+        model = load_engine(
+            ckpt, backend, precision, dev, onnx_path=onnx_path, data=calib_data, data_root=calib_root,
+            split=calib_split, tolerance=tolerance,
+        )
+    if not isinstance(model, nn.Module):
+        prec = resolve_precision("fp32", dev, quiet=True)  # an engine runs its own precision
 
     res = evaluate(
         model,
@@ -363,8 +344,9 @@ def evaluate_checkpoint(
         "tta": str(tta) if tta is not None else None,
         "crf": str(crf) if crf is not None else None,
         "sliding_window": list(window) if window else None,
-        "precision": "int8" if "int8" in (engine := backend_name(model)) else prec.name,
-        "backend": engine,
+        "precision": prec.name if isinstance(model, nn.Module) else getattr(model, "precision_name", "fp32"),
+        "backend": backend_name(model),
+        "engine": engine_evidence(model),
         "pixel_acc": res["pixel_acc"],
         "mean_acc": res["mean_acc"],
         "mean_iou": res["mean_iou"],

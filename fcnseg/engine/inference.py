@@ -10,7 +10,7 @@ prediction) whose argmax is the prediction. Options:
   border, so a mixed-size batch can differ slightly from one image at a time;
   images of one size batch exactly.
 - **test-time augmentation** (``TTA``): the image is resized by each scale (bilinear), run
-  plainly and/or mirrored left-right; each output is resized back to the output size and
+  plainly and/or mirrored left-right (the two views of a scale in one batch); each output is resized back to the output size and
   turned into **softmax probabilities**, which are averaged. (Averaging probabilities, not
   logits, keeps one over-confident scale from dominating; the argmax is what is scored.)
 - **CRF** (``crf``): the (averaged) probabilities at the output size are refined by the local
@@ -29,98 +29,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fcnseg.engine.crf import CRF, crf_refine, parse_crf
+from fcnseg.engine.crf import crf_refine
 from fcnseg.engine.precision import Precision, resolve_precision
+from fcnseg.engine.specs import CRF, TTA, parse_crf, parse_tta, parse_window  # noqa: F401 (re-exported)
 from fcnseg.errors import ConfigError
 
 # what segment() runs: a module, or a backend (any callable (N, C, H, W) -> logits (N, K, H, W))
 Model = nn.Module | Callable[[torch.Tensor], torch.Tensor]
-
-
-@dataclass(frozen=True)
-class TTA:
-    """Test-time augmentation: average over ``scales`` (x) ``flip`` (plain and mirrored)."""
-
-    flip: bool = False
-    scales: tuple[float, ...] = (1.0,)
-
-    @property
-    def trivial(self) -> bool:
-        return not self.flip and self.scales == (1.0,)
-
-    def __str__(self) -> str:
-        parts = ["flip"] if self.flip else []
-        if self.scales != (1.0,) or not parts:
-            parts.append("scales=" + ",".join(f"{s:g}" for s in self.scales))
-        return ",".join(parts)
-
-
-def parse_tta(spec: str | TTA | None) -> TTA | None:
-    """``"flip"``, ``"scales=0.75,1,1.25"``, ``"flip,scales=0.5,1"`` → TTA; ``None``/``""``/
-    ``"none"`` → None. Numbers after ``scales=`` run until the next word."""
-    if spec is None or isinstance(spec, TTA):
-        return spec
-    text = str(spec).strip().lower()
-    if text in ("", "none", "off"):
-        return None
-    flip, scales, in_scales = False, [], False
-    for tok in (t.strip() for t in text.replace(" ", ",").split(",")):
-        if not tok:
-            continue
-        if tok == "flip":
-            flip, in_scales = True, False
-            continue
-        if tok.startswith("scales=") or tok.startswith("scale="):
-            tok, in_scales = tok.split("=", 1)[1], True
-        if not in_scales:
-            raise ConfigError(
-                f"cannot read TTA spec {spec!r} at {tok!r}; "
-                "write e.g. 'flip', 'scales=0.75,1,1.25' or 'flip,scales=0.75,1,1.25' (or 'none')"
-            )
-        try:
-            scale = float(tok)
-        except ValueError:
-            raise ConfigError(
-                f"TTA scale {tok!r} in {spec!r} is not a number; write e.g. 'scales=0.75,1,1.25'"
-            ) from None
-        if not (scale > 0 and math.isfinite(scale)):
-            raise ConfigError(f"TTA scale {tok!r} in {spec!r} must be a positive number")
-        scales.append(scale)
-    if in_scales and not scales:
-        raise ConfigError(f"TTA spec {spec!r} names no scales; write e.g. 'scales=0.75,1,1.25'")
-    return TTA(flip=flip, scales=tuple(scales) if scales else (1.0,))
-
-
-def parse_window(spec: int | str | Sequence[int] | None) -> tuple[int, int] | None:
-    """``512`` / ``"512"`` → (512, 512); ``"512x1024"`` or ``(512, 1024)`` → (h, w); None → None."""
-    if spec is None:
-        return None
-    if isinstance(spec, str):
-        text = spec.strip().lower()
-        if text in ("", "none", "off"):
-            return None
-        parts = text.replace(",", "x").split("x")
-    elif isinstance(spec, int):
-        parts = [spec]
-    else:
-        parts = list(spec)
-    try:
-        size = [int(p) for p in parts]
-    except (TypeError, ValueError):
-        size = []
-    if len(size) == 1:
-        size = size * 2
-    if len(size) != 2 or min(size) < 1:
-        raise ConfigError(
-            f"sliding window {spec!r} is not a size; give one positive integer (512) or HxW (512x1024)"
-        )
-    return size[0], size[1]
 
 
 def checkpoint_inference(
@@ -263,8 +183,8 @@ def segment(
     ``fcnseg.engine.backends.load_backend`` (then ``precision`` is the backend's business).
     """
     device = torch.device(device)
-    if isinstance(precision, str):
-        precision = resolve_precision(precision, device)
+    if isinstance(precision, str):  # an engine (not a module) runs its own precision: quiet
+        precision = resolve_precision(precision, device, quiet=not isinstance(model, nn.Module))
     tta = parse_tta(tta)
     window = parse_window(sliding_window)
     crf = parse_crf(crf)
@@ -287,6 +207,7 @@ def segment(
 
     acc = [None] * len(images)
     views = 0
+    n = len(images)
     for scale in tta.scales:
         if scale == 1.0:
             scaled = list(images)
@@ -295,15 +216,16 @@ def segment(
                 _resize(im.float(), (max(1, round(h * scale)), max(1, round(w * scale))))
                 for im, (h, w) in zip(images, sizes, strict=True)
             ]
-        for flip in (False, True) if tta.flip else (False,):
-            inputs = [im.flip(-1) for im in scaled] if flip else scaled
-            logits = _logits_at(model, inputs, window, precision, device, tiles_per_batch)
-            for i, (lg, s) in enumerate(zip(logits, out_sizes, strict=True)):
-                if flip:
-                    lg = lg.flip(-1)
-                p = _resize(lg, s).softmax(0)
-                acc[i] = p if acc[i] is None else acc[i].add_(p)
-            views += 1
+        # the plain and mirrored views of a scale run as one batch (same sizes: no new padding)
+        inputs = scaled + [im.flip(-1) for im in scaled] if tta.flip else scaled
+        logits = _logits_at(model, inputs, window, precision, device, tiles_per_batch)
+        for j, lg in enumerate(logits):
+            i, flip = j % n, j >= n
+            if flip:
+                lg = lg.flip(-1)
+            p = _resize(lg, out_sizes[i]).softmax(0)
+            acc[i] = p if acc[i] is None else acc[i].add_(p)
+        views += 2 if tta.flip else 1
     acc = [a.div_(views) for a in acc]
     return acc if crf is None else _refine(acc, images, crf, std)
 

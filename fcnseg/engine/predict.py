@@ -45,7 +45,6 @@ from fcnseg.engine.checkpoint import (
     checkpoint_meta,
     ensure_output_dir,
     load_checkpoint,
-    model_from_checkpoint,
 )
 from fcnseg.engine.crf import CRF, parse_crf
 from fcnseg.engine.inference import TTA, checkpoint_inference, parse_tta, parse_window, segment
@@ -240,6 +239,10 @@ class Predictor:
         model: Callable[[torch.Tensor], torch.Tensor] | None = None,
         backend: str = "auto",
         onnx_path: str | os.PathLike | None = None,
+        calib_data: str | None = None,
+        calib_root: str | os.PathLike | None = None,
+        calib_split: str | None = None,
+        tolerance=None,
     ) -> None:
         tta = tta if tta == "auto" else parse_tta(tta)
         crf = crf if crf == "auto" else parse_crf(crf)
@@ -252,19 +255,18 @@ class Predictor:
             palette = np.concatenate([palette, make_palette(len(self.classes))[len(palette):]])
         self.palette = palette
         self.device = resolve_device(str(device) if device is not None else None)
-        from fcnseg.engine.backends import load_backend, resolve_backend
-
-        backend = resolve_backend(backend, self.device, precision)
-        torch_runs = model is None and backend == "torch" and onnx_path is None
-        self.precision = resolve_precision(precision, self.device, quiet=not torch_runs and model is None)
-        if model is None and not torch_runs:
-            model = load_backend(backend, ckpt, device=self.device, precision=precision, onnx_path=onnx_path)
+        if isinstance(model, torch.nn.Module):  # the caller's module, run in `precision`
+            self.precision = resolve_precision(precision, self.device)
+            model = model.to(self.device).eval()
         elif model is None:
-            model = model_from_checkpoint(ckpt).to(self.device).eval()
-            if self.precision.channels_last:
-                model = model.to(memory_format=torch.channels_last)
-        elif isinstance(model, torch.nn.Module):
-            model.eval()
+            from fcnseg.engine.loader import load_engine
+
+            model = load_engine(
+                ckpt, backend, precision, self.device, onnx_path=onnx_path, data=calib_data,
+                data_root=calib_root, split=calib_split, tolerance=tolerance,
+            )
+        if not isinstance(model, torch.nn.Module):
+            self.precision = resolve_precision("fp32", self.device, quiet=True)  # an engine runs its own
         self.model = model
         self._prep = eval_transforms(mean=self.mean, std=self.std)  # exactly what `fcnseg eval` feeds the model
 
@@ -277,11 +279,17 @@ class Predictor:
 
     @property
     def precision_name(self) -> str:
-        """What the model runs in: the torch precision; fp32 for the other engines, int8 for an
-        int8 export."""
-        if self.backend.startswith("torch"):
+        """What the model computes in: fp32, bf16 or int8 (the engine's)."""
+        if isinstance(self.model, torch.nn.Module):
             return self.precision.name
-        return "int8" if "int8" in self.backend else "fp32"
+        return getattr(self.model, "precision_name", "fp32")
+
+    @property
+    def engine(self) -> dict:
+        """How the engine was chosen (``fcnseg.engine.loader.engine_evidence``)."""
+        from fcnseg.engine.loader import engine_evidence
+
+        return engine_evidence(self.model)
 
     def describe(self) -> str:
         """The test-time settings and engine, e.g. ``TTA flip (2 views), no CRF, backend torch, cpu bf16``."""
@@ -330,6 +338,10 @@ def predict(
     onnx_path: str | os.PathLike | None = None,
     skip_existing: bool = False,
     overwrite: bool = False,
+    calib_data: str | None = None,
+    calib_root: str | os.PathLike | None = None,
+    calib_split: str | None = None,
+    tolerance=None,
 ) -> list[Path]:
     """Segments every input image with a checkpoint (a path, or the loaded dict) and writes
     its outputs to ``out_dir`` (see the module docstring), as ``fcnseg predict`` does.
@@ -363,6 +375,7 @@ def predict(
     predictor = Predictor(
         checkpoint, device=device, precision=precision, tta=tta, crf=crf,
         sliding_window=sliding_window, model=model, backend=backend, onnx_path=onnx_path,
+        calib_data=calib_data, calib_root=calib_root, calib_split=calib_split, tolerance=tolerance,
     )
     classes, palette = predictor.classes, predictor.palette
     log.info("fcnseg predict: %d image%s: %s", len(paths), "" if len(paths) == 1 else "s", predictor.describe())

@@ -343,6 +343,7 @@ class Service:
                 "backend": p.backend,
                 "device": str(p.device),
                 "precision": p.precision_name,
+                "engine": p.engine,
                 "tta": str(p.tta) if p.tta is not None else None,
                 "tta_views": p.views,
                 "crf": str(p.crf) if p.crf is not None else None,
@@ -414,12 +415,15 @@ def create_app(
     read_timeout: float = DEFAULT_READ_TIMEOUT,
     token: str | None = None,
     allowed_hosts: Sequence[str] | None = LOOPBACK_HOSTS,
+    **engine_check,
 ) -> FastAPI:
     """Loads ``checkpoint`` (a path or a loaded dict) and returns the FastAPI app serving it.
 
     ``tta``/``crf``: as ``fcnseg.predict`` ("auto": the checkpoint's saved default; None or
     "none": off; else a spec). ``backend``/``onnx_path``: the inference engine, as
-    ``fcnseg.engine.backends.load_backend`` (torch, compile, onnxruntime, openvino, auto).
+    ``fcnseg.engine.loader.load_engine`` (torch, compile, onnxruntime, openvino, auto);
+    ``engine_check``: ``calib_data``, ``calib_root``, ``calib_split``, ``tolerance`` of auto's
+    task check, as ``Predictor``.
     ``workers``: images in inference at once; ``max_queue``: more requests admitted to wait;
     ``warmup_size``: (H, W) of the timed start-up inference (None: skip it).
     ``max_inference_pixels``: pixels x TTA views one request may cost (413 above);
@@ -447,7 +451,7 @@ def create_app(
         ckpt, name, sha = load_checkpoint(checkpoint), Path(checkpoint).name, sha256_file(checkpoint)
     predictor = Predictor(
         ckpt, device=device, precision=precision, tta=tta, crf=crf, sliding_window=sliding_window,
-        backend=backend, onnx_path=onnx_path,
+        backend=backend, onnx_path=onnx_path, **engine_check,
     )
     service = Service(
         predictor,

@@ -1,0 +1,178 @@
+"""The task check: an inexact engine (bf16, int8) is as good as eager fp32 when its masks score
+the same on labelled images.
+
+``task_data(ckpt, ...)`` loads the labelled images to check on: by default the run's own
+validation split (the checkpoint's data config, as ``fcnseg eval`` scores it), or the data and
+split given (``--calib-data``/``--calib-split``); ``None`` when there are none on this machine.
+``score_engine(engine, data)`` scores one engine on them (one confusion matrix, the paper's
+mean IU); ``judge(reference, candidate, tolerance)`` says whether the candidate qualifies:
+mean IU at most ``max_miou_drop`` points below the reference and no class present in the
+labels more than ``max_class_drop`` points below its reference IoU.
+
+The comparison is paired (the same images, the same labels), so it measures what the engine
+changes, not how good the model is: a subset of the split (``count`` images, evenly spread)
+suffices, and keeps the check bounded in time.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from fcnseg.errors import ConfigError, FcnsegError
+
+log = logging.getLogger(__name__)
+
+# labelled images a check scores (evenly spread over the split): the comparison is paired
+# (same images, same labels), so it needs far fewer than a model evaluation does
+VERIFY_IMAGES = 48
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How far an inexact engine may fall below eager fp32, in mean-IU points (0-100)."""
+
+    max_miou_drop: float = 0.3
+    max_class_drop: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_miou_drop", "max_class_drop"):
+            v = getattr(self, name)
+            if not (isinstance(v, int | float) and math.isfinite(v) and v >= 0):
+                flag = "--" + name.replace("_", "-")
+                raise ConfigError(f"{flag} {v!r}: give a number of mean-IU points >= 0 (default {getattr(Tolerance, name)})")
+
+
+@dataclass
+class TaskData:
+    """Labelled images for the check: normalised images (C, H, W), masks (H, W) int64."""
+
+    name: str
+    split: str
+    images: list[torch.Tensor]
+    masks: list[torch.Tensor]
+    classes: list[str]
+    total: int  # images in the split
+
+    def describe(self) -> dict:
+        return {"data": self.name, "split": self.split, "images": len(self.images), "of": self.total}
+
+    def key(self) -> str:
+        """Identifies the data for the cache: name, split, count and a digest of the labels."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for m in self.masks:
+            h.update(np.ascontiguousarray(m.numpy()).tobytes())
+        return f"{self.name}/{self.split}/{len(self.images)}/{h.hexdigest()[:12]}"
+
+
+def _spread(n: int, count: int) -> list[int]:
+    return np.unique(np.linspace(0, n - 1, min(count, n)).round().astype(int)).tolist() if n else []
+
+
+def task_data(
+    ckpt: Mapping,
+    data: str | None = None,
+    data_root: str | os.PathLike | None = None,
+    split: str | None = None,
+    *,
+    data_options: Mapping | None = None,
+    count: int = VERIFY_IMAGES,
+    required: bool = False,
+) -> TaskData | None:
+    """The labelled images to check engines on (module doc). ``None`` when the data cannot be
+    loaded here (no files, another machine), unless ``required`` (the user named it: then the
+    error is raised)."""
+    from fcnseg.data import build_dataset
+    from fcnseg.data.transforms import eval_transforms
+    from fcnseg.engine.checkpoint import checkpoint_data, checkpoint_meta
+
+    if count < 1:
+        raise ConfigError(f"--calib-images {count}: must be >= 1")
+    try:
+        name, root, options, split = checkpoint_data(ckpt.get("config") or {}, data, data_root, data_options, split)
+        _, _, mean, std = checkpoint_meta(ckpt)
+        ds = build_dataset(name, root=root, split=split, transforms=eval_transforms(mean=mean, std=std), **options)
+        k = int(ckpt["model_config"].get("num_classes", 0))
+        if k and ds.num_classes != k:
+            raise ConfigError(f"{name}/{split} has {ds.num_classes} classes, the checkpoint {k}; name the data it was trained on with --calib-data")
+        images, masks = [], []
+        for i in _spread(len(ds), count):
+            image, mask = ds[i][0], ds[i][1]
+            images.append(image)
+            masks.append(torch.as_tensor(np.asarray(mask)).long())
+    except FcnsegError as e:
+        if required:
+            raise
+        log.debug("no labelled data here: %s", str(e).splitlines()[0][:160])
+        return None
+    if not images:
+        if required:
+            raise ConfigError(f"{name}/{split} holds no images; name another split with --calib-split")
+        return None
+    return TaskData(name, split, images, masks, list(ds.classes), len(ds))
+
+
+def score_engine(engine: Callable[[torch.Tensor], torch.Tensor], data: TaskData, *, batch: int = 4) -> dict:
+    """Mean IU (percent) and per-class IoU (percent, None where the class is absent from the
+    labels) of ``engine`` on ``data``; images of one size run ``batch`` at a time."""
+    from fcnseg.engine.inference import segment
+    from fcnseg.metrics import ConfusionMatrix
+
+    k = len(data.classes)
+    cm = ConfusionMatrix(k)
+    groups: dict[tuple, list[int]] = {}
+    for i, im in enumerate(data.images):
+        groups.setdefault(tuple(im.shape), []).append(i)
+    for idx in groups.values():
+        for s in range(0, len(idx), batch):
+            chunk = idx[s : s + batch]
+            maps = segment(engine, [data.images[i] for i in chunk], out_sizes=[tuple(data.masks[i].shape) for i in chunk])
+            for i, m in zip(chunk, maps, strict=True):
+                if m.shape[0] != k:
+                    raise ConfigError(f"the model predicts {m.shape[0]} classes but {data.name} has {k}; check on the data it was trained for")
+                cm.update(m.argmax(0), data.masks[i])
+    res = cm.compute()
+    present = (cm.matrix.sum(1) > 0).tolist()
+    return {
+        "mean_iou": round(100 * res["mean_iou"], 3),
+        "iou": [round(100 * v, 3) if p and not math.isnan(v) else None for v, p in zip(res["iou"], present, strict=True)],
+    }
+
+
+def judge(reference: dict, candidate: dict, classes: Sequence[str], tolerance: Tolerance) -> dict:
+    """Whether ``candidate`` (a ``score_engine`` result) qualifies against ``reference``:
+    ``{"qualified", "miou_delta", "worst_class", "worst_class_delta", "class_deltas", "reason"}``
+    (deltas in points, candidate minus reference)."""
+    d_miou = round(candidate["mean_iou"] - reference["mean_iou"], 3)
+    deltas = {
+        c: round(b - a, 3)
+        for c, a, b in zip(classes, reference["iou"], candidate["iou"], strict=True)
+        if a is not None and b is not None
+    }
+    worst = min(deltas, key=deltas.get) if deltas else None
+    worst_d = deltas[worst] if worst else 0.0
+    reasons = []
+    if d_miou < -tolerance.max_miou_drop:
+        reasons.append(f"mean IU {d_miou:+.2f} points (allowed -{tolerance.max_miou_drop:g})")
+    if worst is not None and worst_d < -tolerance.max_class_drop:
+        reasons.append(f"{worst} IoU {worst_d:+.2f} points (allowed -{tolerance.max_class_drop:g})")
+    return {
+        "qualified": not reasons,
+        "miou_delta": d_miou,
+        "worst_class": worst,
+        "worst_class_delta": worst_d,
+        "class_deltas": deltas,
+        "reason": "; ".join(reasons) if reasons else "within tolerance",
+    }
+
+
+def tolerance_dict(tolerance: Tolerance) -> dict:
+    return asdict(tolerance)

@@ -1,0 +1,223 @@
+"""The engine choice of `--backend auto` (fcnseg.engine.loader) and its task check
+(fcnseg.engine.verify): inexact engines (bf16, int8) qualify only on labelled data, within
+0.3 mean-IU points and 1.0 per class of eager fp32; the evidence is cached and reported; int8
+export keeps the most sensitive layers in fp32 until it passes, else refuses with the figures."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+from fcnseg.cli import main  # noqa: E402
+from fcnseg.engine import backends as B  # noqa: E402
+from fcnseg.engine import loader as L  # noqa: E402
+from fcnseg.engine import verify as V  # noqa: E402
+from fcnseg.errors import ConfigError, FcnsegError  # noqa: E402
+from fcnseg.export import cache as XC  # noqa: E402
+from fcnseg.models import build_model  # noqa: E402
+
+CLASSES = ["pet", "background", "border"]
+
+
+@pytest.fixture(scope="module")
+def ckpt():
+    torch.manual_seed(0)
+    model = build_model("fcn8s", backbone="resnet18", num_classes=3, upsample="bilinear")
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.split(".")[0].startswith("score") and p.dim() > 1:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    return {
+        "model": model.state_dict(), "model_config": model.config, "classes": CLASSES,
+        "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25],
+        "config": {"data": "synthetic", "data_options": {"size": [64, 80], "length": 6}},
+    }
+
+
+@pytest.fixture(scope="module")
+def _onnx_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture
+def cache(_onnx_cache, monkeypatch):
+    """The module's cache folder: its ONNX files are kept (exports take seconds), the engine
+    choices are not."""
+    monkeypatch.setenv("FCNSEG_CACHE", str(_onnx_cache))
+    for name in ("engines.json", "auto.json"):
+        (_onnx_cache / name).unlink(missing_ok=True)
+    return _onnx_cache
+
+
+def test_judge_refuses_half_a_point_and_a_class_beyond_one_point():
+    ref = {"mean_iou": 60.0, "iou": [70.0, 50.0, None]}
+    tol = V.Tolerance()
+    names = ["a", "b", "c"]
+    bad = V.judge(ref, {"mean_iou": 59.5, "iou": [69.5, 49.5, None]}, names, tol)
+    assert not bad["qualified"] and bad["miou_delta"] == -0.5 and "mean IU -0.50" in bad["reason"]
+    ok = V.judge(ref, {"mean_iou": 59.8, "iou": [69.8, 49.8, 12.0]}, names, tol)
+    assert ok["qualified"] and ok["miou_delta"] == pytest.approx(-0.2) and "c" not in ok["class_deltas"]
+    one_class = V.judge(ref, {"mean_iou": 59.9, "iou": [71.0, 48.8, None]}, names, tol)
+    assert not one_class["qualified"] and one_class["worst_class"] == "b"
+    assert one_class["worst_class_delta"] == pytest.approx(-1.2) and "b IoU -1.20" in one_class["reason"]
+    assert V.judge(ref, {"mean_iou": 59.5, "iou": [69.5, 49.5, None]}, names, V.Tolerance(0.6, 1.0))["qualified"]
+    with pytest.raises(ConfigError, match="--max-miou-drop"):
+        V.Tolerance(-1, 1)
+
+
+def _fake_scores(monkeypatch, drop: float):
+    """Eager fp32 scores 60; every other engine 60 - drop."""
+
+    def score(engine, data, **k):
+        base = 60.0 if getattr(engine, "name", "") == "torch" else 60.0 - drop
+        return {"mean_iou": base, "iou": [base] * 3}
+
+    monkeypatch.setattr(L, "score_engine", score)
+    monkeypatch.setattr(L, "candidate_names", lambda device: ["torch", "onnxruntime (int8)"])
+    # the int8 engine is 10x faster: only the check can keep it out
+    monkeypatch.setattr(B, "time_interleaved", lambda runs, x, **k: {n: (0.1 if n == "torch" else 0.01) for n in runs})
+
+
+@pytest.mark.auto_probe
+def test_a_candidate_that_drops_half_a_point_is_refused_even_when_fastest(ckpt, cache, monkeypatch):
+    _fake_scores(monkeypatch, 0.5)
+    auto = L.load_engine(ckpt, "auto")
+    ev = auto.evidence
+    assert ev["choice"] == "torch" and auto.allowed == ["torch"]
+    cand = ev["candidates"]["onnxruntime (int8)"]
+    assert cand["qualified"] is False and cand["miou_delta"] == -0.5 and "allowed -0.3" in cand["reason"]
+    assert ev["checked_on"] == {"data": "synthetic", "split": "val", "images": 6, "of": 6}
+    assert "refused: onnxruntime (int8)" in L.summary(ev)
+
+
+@pytest.mark.auto_probe
+def test_a_candidate_within_tolerance_is_chosen_cached_and_reported(ckpt, cache, monkeypatch):
+    _fake_scores(monkeypatch, 0.2)
+    auto = L.load_engine(ckpt, "auto")
+    assert auto.evidence["choice"] == "onnxruntime (int8)" and auto.precision_name == "int8"
+    x = torch.randn(1, 3, 64, 80)
+    y = auto(x)
+    assert y.shape == (1, 3, 64, 80) and B.backend_name(auto) == "auto (onnxruntime (int8))"
+    line = L.summary(auto.evidence)
+    assert line.startswith("engine: onnxruntime (int8), 10.0x eager fp32") and "(-0.20)" in line
+    stored = json.loads((cache / "engines.json").read_text())
+    (entry,) = stored.values()
+    assert entry["choice"] == "onnxruntime (int8)" and entry["candidates"]["torch"]["mean_iou"] == 60.0
+    assert (cache / "onnx" / f"{B.model_hash(auto.model)}.int8.onnx.sha256").is_file()
+    # a second process: no scoring, no timing, the same choice
+    monkeypatch.setattr(L, "score_engine", lambda *a, **k: pytest.fail("scored again"))
+    again = L.load_engine(ckpt, "auto")
+    assert again.evidence["choice"] == "onnxruntime (int8)" and again.evidence["cached"] is True
+    # other limits are another check
+    monkeypatch.setattr(L, "score_engine", lambda e, d, **k: {"mean_iou": 60.0 if e.name == "torch" else 59.8, "iou": [60.0] * 3})
+    strict = L.load_engine(ckpt, "auto", tolerance=V.Tolerance(0.1, 1.0))
+    assert strict.evidence["choice"] == "torch"
+
+
+@pytest.mark.auto_probe
+def test_without_labelled_data_only_exact_engines_and_default_torch(ckpt, cache, monkeypatch, tmp_path):
+    monkeypatch.setattr(L, "score_engine", lambda *a, **k: pytest.fail("nothing to score on"))
+    away = {**ckpt, "config": {"data": "folder", "data_root": str(tmp_path / "gone")}}
+    auto = L.load_engine(away, "auto")
+    assert auto.evidence["checked_on"] is None and "no labelled data" in auto.evidence["note"]
+    assert not any(n.endswith("(int8)") for n in auto.allowed)
+    assert set(auto.allowed) - set(L.EXACT) <= {"torch (bf16)"}  # torch's own default where native
+    # naming data that is not there is the user's error: one line
+    with pytest.raises(FcnsegError, match="gone"):
+        L.load_engine(away, "auto", data="folder", data_root=str(tmp_path / "gone"))
+
+
+def test_cache_entry_that_does_not_match_its_sha256_is_exported_again(ckpt, cache, caplog):
+    model = build_model(**ckpt["model_config"])
+    model.load_state_dict(ckpt["model"])
+    path = XC.cached_onnx(model.eval(), ckpt)
+    good = path.read_bytes()
+    path.write_bytes(good[: len(good) // 2])  # truncated (or replaced) in the cache
+    with caplog.at_level("WARNING"):
+        again = XC.cached_onnx(model.eval(), ckpt)
+    assert again == path and path.read_bytes() != good[: len(good) // 2]
+    assert XC.sha256_file(path) == (path.parent / (path.name + ".sha256")).read_text().strip()
+    assert any("does not match its SHA-256" in r.getMessage() for r in caplog.records)
+
+
+def test_onnx_file_of_another_model_or_truncated_is_refused(ckpt, tmp_path, capsys):
+    from fcnseg.export import export_onnx
+
+    other = build_model("fcn8s", backbone="resnet18", num_classes=3, upsample="bilinear")
+    res = export_onnx({**ckpt, "model": other.state_dict()}, tmp_path / "other.onnx", model=other, sizes=((64, 64),))
+    assert (res.path.stat().st_mode & 0o777) == 0o644
+    torch.save(ckpt, tmp_path / "m.pt")
+    common = ["eval", "--checkpoint", str(tmp_path / "m.pt"), "--tta", "none", "--crf", "none", "--backend", "onnxruntime"]
+    assert main([*common, "--onnx", str(res.path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "was exported from model" in err and B.model_hash(other) in err and "\n" not in err
+    (tmp_path / "junk.onnx").write_bytes(res.path.read_bytes()[:1000])
+    assert main([*common, "--onnx", str(tmp_path / "junk.onnx")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "junk.onnx" in err and "export it again" in err and "\n" not in err
+
+
+def test_int8_export_keeps_sensitive_layers_fp32_until_it_passes_or_refuses(ckpt, tmp_path, monkeypatch, capsys):
+    import fcnseg.engine.verify as verify
+    from fcnseg.export import ExportError, export, read_metadata
+
+    torch.save(ckpt, tmp_path / "m.pt")
+    real = verify.judge
+    calls = []
+
+    def fails_first(ref, cand, classes, tol):
+        calls.append(1)
+        v = real(ref, cand, classes, tol)
+        return v if len(calls) > 1 else {**v, "qualified": False, "reason": "forced"}
+
+    monkeypatch.setattr(verify, "judge", fails_first)
+    res = export(tmp_path / "m.pt", int8=True, out=tmp_path / "m.int8.onnx", calib_images=4)
+    card = json.loads(res.card.read_text())
+    tries = card["task_check"]["tries"]
+    assert [len(t["fp32_layers"]) for t in tries] == [0, 1]
+    assert card["onnx"]["fp32_layers"] == tries[1]["fp32_layers"] == read_metadata(res.path)["quantization"]["fp32_nodes"]
+    assert card["task_check"]["checked_on"]["data"] == "synthetic"
+    monkeypatch.setattr(verify, "judge", lambda ref, cand, classes, tol: {**real(ref, cand, classes, tol), "qualified": False})
+    import fcnseg.export as E
+
+    monkeypatch.setattr(E, "FP32_LAYER_STEPS", (0, 1))
+    out = tmp_path / "never.int8.onnx"
+    with pytest.raises(ExportError, match=r"int8 does not reach fp32 .*0 fp32 layers: .*1 fp32 layers"):
+        export(tmp_path / "m.pt", int8=True, out=out, calib_images=4)
+    assert not out.exists()
+
+
+def test_tta_views_batched_equal_the_views_one_by_one():
+    """The plain and mirrored views of each scale run as one batch; the averaged
+    probabilities equal those of the views run one at a time."""
+    from fcnseg.engine.inference import segment
+
+    torch.manual_seed(0)
+    model = build_model("fcn8s", backbone="resnet18", num_classes=3, upsample="bilinear").eval()
+    images = [torch.randn(3, 45, 61), torch.randn(3, 45, 61)]
+    calls = []
+
+    def engine(x):
+        calls.append(x.shape[0])
+        with torch.no_grad():
+            return model(x)
+
+    out = segment(engine, images, tta="flip,scales=0.5,1", out_sizes=[(40, 50)] * 2)
+    assert calls == [4, 4]  # 2 images x (plain + mirrored), per scale
+    for i, im in enumerate(images):
+        views = []
+        for s in (0.5, 1.0):
+            x = torch.nn.functional.interpolate(im[None], size=(round(45 * s), round(61 * s)), mode="bilinear", align_corners=False) if s != 1 else im[None]
+            for flip in (False, True):
+                with torch.no_grad():
+                    lg = model(x.flip(-1) if flip else x)
+                lg = lg.flip(-1) if flip else lg
+                views.append(torch.nn.functional.interpolate(lg, size=(40, 50), mode="bilinear", align_corners=False)[0].softmax(0))
+        ref = torch.stack(views).mean(0)
+        assert float((out[i] - ref).abs().max()) <= 1e-5
