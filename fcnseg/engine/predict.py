@@ -49,8 +49,10 @@ from fcnseg.engine.checkpoint import (
 from fcnseg.engine.crf import CRF, parse_crf
 from fcnseg.engine.inference import TTA, checkpoint_inference, parse_tta, parse_window, segment
 from fcnseg.engine.precision import resolve_device, resolve_precision
+from fcnseg.engine.stream import Writer, prefetch
 from fcnseg.errors import ConfigError, DataError
 
+IO_WORKERS = 2  # threads decoding ahead of the model and encoding behind it (fcnseg.engine.stream)
 log = logging.getLogger(__name__)
 
 
@@ -379,10 +381,11 @@ def predict(
     )
     classes, palette = predictor.classes, predictor.palette
     log.info("fcnseg predict: %d image%s: %s", len(paths), "" if len(paths) == 1 else "s", predictor.describe())
+    log.info("%s", predictor.engine["summary"])
     model_seconds, done = 0.0, 0
 
     out = ensure_output_dir(out_dir)
-    written: list[Path] = []
+    started = time.perf_counter()
     failures: list[tuple[Path, str]] = []
     bar = None
     if progress:
@@ -390,34 +393,61 @@ def predict(
 
         bar = tqdm(total=len(paths), desc="predict", unit="img", file=sys.stderr, dynamic_ncols=True)
 
-    chunk = batch_size * 4  # images decoded ahead, then grouped by size
-    for start in range(0, len(paths), chunk):
-        loaded = []
-        for path, name in zip(paths[start : start + chunk], names[start : start + chunk], strict=True):
-            try:
-                loaded.append((path, name, read_image(path)))
-            except DataError as e:
-                failures.append((path, str(e)))
-                log.error("skipping %s", e)
+    def load(item: tuple[Path, str]) -> tuple[Path, str, np.ndarray | None, str | None]:
+        try:
+            return item[0], item[1], read_image(item[0]), None
+        except DataError as e:
+            return item[0], item[1], None, str(e)
+
+    def run(batch: list) -> None:
+        nonlocal model_seconds, done
+        t = time.perf_counter()
+        scores = predictor.scores([im for _, _, im in batch], probs=save_probs)
+        model_seconds, done = model_seconds + time.perf_counter() - t, done + len(batch)
+        for (_path, name, image), score in zip(batch, scores, strict=True):
+            writer.submit(_write, out, name, image, score, save_probs, alpha, classes, palette)
+            if bar is not None:
+                bar.update(1)
+
+    # Decoding runs ahead of the model and encoding behind it, in threads (fcnseg.engine.stream);
+    # images wait in per-size groups (at most 4 batches' worth in all) until a group fills a
+    # batch, so a batch only holds images of one size and results do not depend on the batch.
+    ahead = 4 * batch_size
+    writer = Writer(workers=IO_WORKERS, pending=ahead)
+    groups: dict[tuple[int, int], list] = {}
+    waiting = 0
+    try:
+        for path, name, image, error in prefetch(load, zip(paths, names, strict=True), workers=IO_WORKERS, ahead=ahead):
+            if error is not None:
+                failures.append((path, error))
+                log.error("skipping %s", error)
                 if bar is not None:
                     bar.update(1)
-        groups: dict[tuple[int, int], list] = {}
-        for item in loaded:
-            groups.setdefault(item[2].shape[:2], []).append(item)
-        for group in groups.values():
-            for b in range(0, len(group), batch_size):
-                batch = group[b : b + batch_size]
-                t = time.perf_counter()
-                scores = predictor.scores([im for _, _, im in batch], probs=save_probs)
-                model_seconds, done = model_seconds + time.perf_counter() - t, done + len(batch)
-                for (_path, name, image), score in zip(batch, scores, strict=True):
-                    written += _write(out, name, image, score, save_probs, alpha, classes, palette)
-                    if bar is not None:
-                        bar.update(1)
+                continue
+            group = groups.setdefault(image.shape[:2], [])
+            group.append((path, name, image))
+            waiting += 1
+            if len(group) == batch_size:
+                run(groups.pop(image.shape[:2]))
+                waiting -= batch_size
+            if waiting >= ahead:
+                for g in groups.values():
+                    run(g)
+                groups, waiting = {}, 0
+        for g in groups.values():
+            run(g)
+    except BaseException as e:  # stop: finish or drop the queued writes, keep the first error
+        writer.__exit__(type(e), e, e.__traceback__)
+        raise
+    results = writer.close()
+    written = [path for paths_ in results for path in paths_]
     if bar is not None:
         bar.close()
     if done:
-        log.info("fcnseg predict: %.0f ms of inference per image", 1000 * model_seconds / done)
+        log.info(
+            "fcnseg predict: %.0f ms of inference per image; %.1f images/s in all",
+            1000 * model_seconds / done, done / max(time.perf_counter() - started, 1e-9),
+        )
     if failures:
         raise PredictFailures(failures, written, len(paths))
     return written
