@@ -144,7 +144,7 @@ def test_model_health_and_spec(client, ckpt_file):
     assert (inf["tta"], inf["tta_views"], inf["crf"]) == ("flip", 2, None)  # the checkpoint's default
     assert inf["warmup_ms"] > 0 and inf["warmup_size"] == [16, 16]
     assert m["limits"] == {"max_upload_bytes": int(MAX_UPLOAD_MB * 2**20), "max_image_pixels": MAX_PIXELS, "workers": 1, "max_queue": 2,
-                           "max_inference_pixels": 8_388_608, "read_timeout_s": 30.0}
+                           "max_inference_pixels": 4_194_304, "read_timeout_s": 30.0}
     spec = client.get("/openapi.json").json()
     seg = spec["paths"]["/v1/segment"]["post"]
     assert {"image/*", "multipart/form-data"} <= set(seg["requestBody"]["content"])
