@@ -144,7 +144,7 @@ def test_model_health_and_spec(client, ckpt_file):
     assert (inf["tta"], inf["tta_views"], inf["crf"]) == ("flip", 2, None)  # the checkpoint's default
     assert inf["warmup_ms"] > 0 and inf["warmup_size"] == [16, 16]
     assert m["limits"] == {"max_upload_bytes": int(MAX_UPLOAD_MB * 2**20), "max_image_pixels": MAX_PIXELS, "workers": 1, "max_queue": 2,
-                           "max_inference_pixels": 8_388_608, "read_timeout_s": 30.0}
+                           "max_inference_pixels": 4_194_304, "read_timeout_s": 30.0}
     spec = client.get("/openapi.json").json()
     seg = spec["paths"]["/v1/segment"]["post"]
     assert {"image/*", "multipart/form-data"} <= set(seg["requestBody"]["content"])
@@ -731,11 +731,15 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def server(tmp_path):
-    """`fcnseg serve` in a subprocess on a free port of 127.0.0.1; yields its base URL."""
+def server(tmp_path, request):
+    """`fcnseg serve` in a subprocess on a free port of 127.0.0.1; yields its base URL.
+    Parametrised indirectly with a token, the server runs with FCNSEG_TOKEN set to it."""
     ckpt = write_checkpoint(tmp_path / "best.pt")
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env.pop("FCNSEG_TOKEN", None)
+    if getattr(request, "param", None):
+        env["FCNSEG_TOKEN"] = request.param
     log = open(tmp_path / "server.log", "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "fcnseg", "serve", "--checkpoint", str(ckpt), "--port", str(port), "--device", "cpu"],
@@ -812,3 +816,34 @@ def test_page_in_headless_chromium(server, tmp_path):
     canvas = np.asarray(pixels, np.int16).reshape(h, w, 4)[..., :3]
     assert np.abs(canvas - PALETTE[expected].astype(np.int16)).max() <= 2
     assert download == f"{upload.stem}_mask.png"
+
+
+@pytest.mark.parametrize("server", ["t0ken-42"], indirect=True)
+def test_page_passes_the_token_from_its_address(server, tmp_path):
+    """A server with FCNSEG_TOKEN: the API refuses a request without it, and the page opened
+    at /#token=... segments (it sends the token) and drops the token from the address bar."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (python) is not installed")
+    chromium = _chromium()
+    if chromium is None:
+        pytest.skip(f"no Chromium at {CHROMIUM} nor on PATH (Debian: apt-get install chromium)")
+    assert httpx.get(server + "/v1/model", timeout=30).status_code == 401
+    upload = tmp_path / "generated.png"
+    Image.fromarray(image(60, 80, seed=8)).save(upload)
+    with sync_api.sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=chromium, headless=True,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"],
+        )
+        try:
+            page = context.new_page()
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(server + "/#token=t0ken-42")
+            page.locator("#model-line", has_text="fcn8s").wait_for(timeout=60_000)
+            page.set_input_files("#file", str(upload))
+            page.wait_for_selector("body[data-state=done]", timeout=120_000)
+            legend = page.locator("#legend tbody tr.present td:nth-child(2)").all_inner_texts()
+            url = page.url
+        finally:
+            context.close()
+    assert errors == [] and legend and "t0ken" not in url

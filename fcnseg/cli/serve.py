@@ -35,7 +35,7 @@ def register(subparsers) -> None:
     p.add_argument("--max-upload-mb", type=float, default=None, metavar="M", help="refuse larger uploads with 413 (default 20)")
     p.add_argument("--workers", type=int, default=1, metavar="N", help="images in inference at once (default 1)")
     p.add_argument("--max-queue", type=int, default=8, metavar="N", help="requests waiting for a worker; beyond them 503 with Retry-After (default 8)")
-    p.add_argument("--max-inference-pixels", type=int, default=None, metavar="N", help="refuse images whose pixels x TTA views exceed N with 413 (default 8388608)")
+    p.add_argument("--max-inference-pixels", type=int, default=None, metavar="N", help="refuse images whose pixels x TTA views exceed N with 413 (default 4194304 = 2048x2048 at one view)")
     p.add_argument("--max-connections", type=int, default=512, metavar="N", help="open connections; requests beyond them get 503 (default 512)")
     p.add_argument("--read-timeout", type=float, default=None, metavar="S", help="seconds a request body may take to arrive, then 408 (default 30; headers: 10)")
     p.add_argument("--token", default=None, metavar="TOKEN", help="require 'Authorization: Bearer TOKEN' on /v1/* and /metrics (default: $FCNSEG_TOKEN; prefer the variable, a flag shows in ps)")

@@ -70,13 +70,17 @@ def find_resume(cfg: dict) -> Path:
     return candidates[-1]
 
 
-# the files a run writes into its folder; a folder holding one of them holds a run
+# the files a run writes into its folder (what --overwrite removes)
 RUN_FILES = ("config.yaml", "last.pt", "best.pt", "metrics.jsonl", "metrics.json", "curves.png")
+# a folder holding one of these holds a run's work: a checkpoint, or a finished run's result
+# (a run killed before its first checkpoint leaves only config.yaml and metrics.jsonl, which
+# the same command may replace: there is nothing to resume)
+WORK_FILES = ("last.pt", "best.pt", "metrics.json")
 
 
 def holds_run(path: Path) -> str | None:
-    """The first of ``RUN_FILES`` in ``path`` (None: no run there)."""
-    return next((name for name in RUN_FILES if (path / name).exists()), None)
+    """The first of ``WORK_FILES`` in ``path`` (None: no run's work there)."""
+    return next((name for name in WORK_FILES if (path / name).exists()), None)
 
 
 def free_name(path: Path) -> Path:

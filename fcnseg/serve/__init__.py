@@ -1,7 +1,9 @@
 """`fcnseg serve`: an HTTP API and a web page over a checkpoint (optional extra `.[serve]`).
 
-`create_app(checkpoint, ...)` (``fcnseg.serve.app``) returns the ASGI app; run it with any
-ASGI server, e.g. ``uvicorn.run(create_app("runs/x/best.pt"), host="127.0.0.1", port=8000)``.
+`create_app(checkpoint, ...)` (``fcnseg.serve.app``) returns the ASGI app;
+``fcnseg.serve.server.run(app, host="127.0.0.1", port=8000)`` serves it as ``fcnseg serve``
+does (connection cap, header deadline, drain on SIGTERM). Any ASGI server works too, e.g.
+``uvicorn.run(app, ...)``, without the header deadline.
 """
 
 from __future__ import annotations

@@ -91,10 +91,11 @@ DEFAULT_MAX_UPLOAD_MB = 20.0
 WARMUP_SIZE = (384, 512)  # (H, W) of the start-up inference that prices one image
 MULTIPART_SLACK = 64 * 1024  # boundaries and part headers around the file in a multipart body
 STATIC = "static"
-# pixels x TTA views one request may cost: 8 MP at one view (a 2896x2896 photo), 4096x2048
-# with flip, a 1448x1448 image with four views. The activations of the widest models grow
-# linearly with it; at this limit one request stays within a few GiB.
-DEFAULT_MAX_INFERENCE_PIXELS = 8_388_608
+# pixels x TTA views one request may cost: 4 MP at one view (2048x2048), 2048x1024 with
+# flip. Inference memory grows with it: measured (fp32, CPU, eager, one 1024x1024 image,
+# 21 classes) +1.0 GiB per megapixel-view for FCN-8s/VGG16 (the widest: conv1's padding of
+# 100) and +0.36 GiB for FCN-8s/ResNet-18, so at this limit ~4 GiB and ~1.5 GiB.
+DEFAULT_MAX_INFERENCE_PIXELS = 4_194_304
 DEFAULT_READ_TIMEOUT = 30.0  # seconds for a request's whole body to arrive
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 OPEN_PATHS = ("/healthz", "/readyz")  # no Host check: probes address the pod by its IP
