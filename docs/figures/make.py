@@ -38,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data"  # ../shared/data relative to the checkout
 PET_EXAMPLE = "British_Shorthair_102"  # an image of the official test list
-CHEAP = ("fc_to_conv", "downsampling", "transposed_conv", "upsampling", "label_resize")
+CHEAP = ("fc_to_conv", "downsampling", "transposed_conv", "upsampling", "label_resize", "architecture")
 TRAINED = ("skips", "pet_training")
 FIGURES = CHEAP + TRAINED
 
@@ -528,6 +528,34 @@ def fig_label_resize(out: Path, data: Path, draw: bool = True) -> dict:
 # --------------------------------------------------------------------------- trained figures
 
 
+ARCH_MODELS = ("fcn32s", "fcn16s", "fcn8s", "seed")
+ARCH_SIZE = (224, 224)  # the tutorial's input size
+
+
+def fig_architecture(out: Path, data: Path, draw: bool = True) -> dict:
+    """FCN-32s, 16s, 8s and the tutorial's ``seed`` net over VGG16 (3 classes, as on Pet),
+    drawn by ``fcnseg.engine.diagram`` from a forward pass of each model on a 224x224 input:
+    one PNG per model (``arch_NAME.png``), every stage's shape in the JSON."""
+    from fcnseg.engine.diagram import draw_architecture, trace_stages
+    from fcnseg.models import build_model
+
+    numbers = {"input": list(ARCH_SIZE), "backbone": "vgg16", "num_classes": 3, "models": {}}
+    for name in ARCH_MODELS:
+        model = build_model(name, backbone="vgg16", num_classes=3)
+        titles = {"fcn32s": "FCN-32s", "fcn16s": "FCN-16s", "fcn8s": "FCN-8s", "seed": "seed (the tutorial's network)"}
+        if draw:
+            stages = draw_architecture(model, out / f"arch_{name}.png", size=ARCH_SIZE,
+                                       title=f"{titles[name]} over VGG16, 3 classes, a {ARCH_SIZE[0]}x{ARCH_SIZE[1]} input")
+        else:
+            stages = trace_stages(model, ARCH_SIZE)
+        numbers["models"][name] = {
+            "stages": [{"name": s.name, "kind": s.kind, "shape": list(s.shape), "stride": s.stride, "inputs": s.inputs, "op": s.op}
+                       for s in stages],
+            "adds": sum(s.kind == "add" for s in stages),
+        }
+    return numbers
+
+
 def _machine() -> str:
     model = platform.processor() or platform.machine()
     try:
@@ -673,6 +701,7 @@ MAKERS = {
     "transposed_conv": fig_transposed_conv,
     "upsampling": fig_upsampling,
     "label_resize": fig_label_resize,
+    "architecture": fig_architecture,
     "skips": fig_skips,
     "pet_training": fig_pet_training,
 }
