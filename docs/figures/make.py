@@ -1,15 +1,14 @@
 """Every figure of the documentation, drawn by fcnseg itself from real tensors.
 
-    python docs/figures/make.py            # all figures; trains four small models (~6 min on 2 cores)
-    python docs/figures/make.py --quick    # only the cheap, deterministic figures (those CI checks)
+    python docs/figures/make.py            # all of its figures (about a minute on 2 cores)
+    python docs/figures/make.py --quick    # the same: every figure here is cheap and deterministic
     python docs/figures/make.py --only upsampling label_resize --out /tmp/figs
 
 Each figure ``NAME`` is ``NAME.png`` plus ``NAME.json``: the numbers the picture shows
 (shapes, matrices, counts, scores). ``tests/test_docs_figures.py`` regenerates the cheap
 figures into a temporary folder and compares their JSON with the committed one (numbers,
-not PNG bytes: fonts and renderers differ between machines). The trained figures
-(``skips``, ``pet_training``) are committed as made, with the command, the time and the
-machine in their JSON.
+not PNG bytes: fonts and renderers differ between machines). The figures of trained models
+are ``docs/figures/make_trained.py``'s.
 
 The data come from ``../shared/data`` next to the checkout (``--data`` to change it): the
 Oxford-IIIT Pet images and trimaps. Where they are absent the figures fall back to fcnseg's
@@ -23,10 +22,7 @@ import argparse
 import json
 import math
 import os
-import platform
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -38,9 +34,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data"  # ../shared/data relative to the checkout
 PET_EXAMPLE = "British_Shorthair_102"  # an image of the official test list
-CHEAP = ("fc_to_conv", "downsampling", "transposed_conv", "upsampling", "label_resize")
-TRAINED = ("skips", "pet_training")
-FIGURES = CHEAP + TRAINED
+CHEAP = ("fc_to_conv", "downsampling", "transposed_conv", "upsampling", "label_resize", "architecture")
+FIGURES = CHEAP  # the trained figures are docs/figures/make_trained.py's
 
 
 # --------------------------------------------------------------------------- helpers
@@ -528,141 +523,32 @@ def fig_label_resize(out: Path, data: Path, draw: bool = True) -> dict:
 # --------------------------------------------------------------------------- trained figures
 
 
-def _machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} CPUs, torch {torch.__version__}"
+ARCH_MODELS = ("fcn32s", "fcn16s", "fcn8s", "seed")
+ARCH_SIZE = (224, 224)  # the tutorial's input size
 
 
-SKIP_STEPS = 150  # optimizer steps per model (batch 8): the same for FCN-32s, 16s and 8s
-SKIP_SCALE = 0.45  # training frames are scaled by 0.3-0.6; inference at 0.45
+def fig_architecture(out: Path, data: Path, draw: bool = True) -> dict:
+    """FCN-32s, 16s, 8s and the tutorial's ``seed`` net over VGG16 (3 classes, as on Pet),
+    drawn by ``fcnseg.engine.diagram`` from a forward pass of each model on a 224x224 input:
+    one PNG per model (``arch_NAME.png``), every stage's shape in the JSON."""
+    from fcnseg.engine.diagram import draw_architecture, trace_stages
+    from fcnseg.models import build_model
 
-
-def fig_skips(out: Path, data: Path, draw: bool = True) -> dict:
-    """FCN-32s, 16s and 8s (ResNet-18, from scratch) trained the same number of steps on the
-    Pet images, predictions side by side on a test image, mean IU on the test images."""
-    from fcnseg.data import build_dataset
-    from fcnseg.engine.checkpoint import model_from_checkpoint
-    from fcnseg.engine.evaluate import evaluate
-    from fcnseg.engine.inference import segment
-    from fcnseg.engine.train import train
-    from fcnseg.weights import IMAGENET_MEAN, IMAGENET_STD
-
-    root = pet_root(data)
-    if root is not None:
-        base = dict(data="oxford-pet", data_root=str(root), data_options={"border": "class"},
-                    train_split="trainval", val_split="test")
-        test = build_dataset("oxford-pet", root=root, split="test", border="class")
-        train_set = build_dataset("oxford-pet", root=root, split="trainval", border="class")
-        names = [p.stem for p, _ in test.samples]
-        show = names.index(PET_EXAMPLE)
-        source = "Oxford-IIIT Pet (../shared/data/oxford-pet-mini): trained on the 20 trainval images, scored on the 6 test images"
-    else:
-        base = dict(data="synthetic", train_split="train", val_split="val")
-        test = build_dataset("synthetic", split="val")
-        train_set = build_dataset("synthetic", split="train")
-        show = 0
-        source = "synthetic (fcnseg's built-in data; ../shared/data was absent)"
-    tta = f"scales={SKIP_SCALE}"
-    steps_per_epoch = max(1, len(train_set) // 8)
-    epochs = max(1, round(SKIP_STEPS / steps_per_epoch))
-    results, preds = {}, {}
-    image, mask = test.load(show)
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in ("fcn32s", "fcn16s", "fcn8s"):
-            t0 = time.perf_counter()
-            cfg = dict(base, model=name, backbone="resnet18", weights=None, upsample="bilinear",
-                       crop=[128, 128], scale=[0.3, 0.6], hflip=True, color_jitter=0.1,
-                       optimizer="adamw", lr=2e-3, epochs=epochs, batch_size=8, eval_every=0,
-                       seed=0, out=str(Path(tmp) / name), tensorboard=False, preload=True)
-            run = train(cfg)
-            seconds = time.perf_counter() - t0
-            model = model_from_checkpoint(run / "best.pt").eval()
-            metrics = json.loads((run / "metrics.json").read_text())
-            kw = dict(device="cpu", precision="fp32", tta=tta, mean=IMAGENET_MEAN, std=IMAGENET_STD)
-            s_test = evaluate(model, test, **kw)
-            s_train = evaluate(model, train_set, **kw)
-            x = _normalised(image)[0]
-            preds[name] = segment(model, [x], tta=tta)[0].argmax(0).numpy()
-            results[name] = {
-                "test_mean_iou": round(100 * s_test["mean_iou"], 1),
-                "test_pixel_acc": round(100 * s_test["pixel_acc"], 1),
-                "train_mean_iou": round(100 * s_train["mean_iou"], 1),
-                "steps": metrics.get("step", metrics.get("steps")),
-                "train_seconds": round(seconds, 1),
-            }
-            print(f"  {name}: {results[name]}", flush=True)
-    from fcnseg.data.show import colorize
-
-    palette = test.palette
-    fig = _figure(15, 3.9)
-    axes = fig.subplots(1, 5)
-    axes[0].imshow(image)
-    axes[0].set_title("test image", fontsize=10)
-    axes[1].imshow(colorize(mask, palette))
-    axes[1].set_title("ground truth", fontsize=10)
-    for ax, name in zip(axes[2:], ("fcn32s", "fcn16s", "fcn8s"), strict=True):
-        ax.imshow(colorize(preds[name], palette))
-        r = results[name]
-        label = {"fcn32s": "FCN-32s", "fcn16s": "FCN-16s", "fcn8s": "FCN-8s"}[name]
-        ax.set_title(label, fontsize=10)
-        ax.set_xlabel(f"mean IU {r['test_mean_iou']} (test), {r['train_mean_iou']} (train)", fontsize=9)
-    for ax in axes:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    _save(fig, out / "skips.png")
-    return {
-        "source": source,
-        "data": "real" if root is not None else "synthetic",
-        "models": results,
-        "recipe": "ResNet-18 from scratch, bilinear upsampling, 128x128 crops of frames scaled 0.3-0.6, "
-                  f"AdamW 2e-3 poly, batch 8, {epochs} epochs; inference at scale {SKIP_SCALE}",
-        "machine": _machine(),
-        "command": "python docs/figures/make.py --only skips",
-    }
-
-
-def fig_pet_training(out: Path, data: Path, draw: bool = True) -> dict:
-    """A short run of configs/oxford_pet_seed.yaml; its own curves.png and sample grid."""
-    from fcnseg.engine.train import train
-
-    root = pet_root(data)
-    over = dict(weights=None, freeze_backbone=False, epochs=6, tensorboard=False, seed=0)
-    if root is not None:
-        over["data_root"] = str(root)
-        source = "Oxford-IIIT Pet (../shared/data/oxford-pet-mini: 18 train, 2 val images)"
-    else:
-        over.update(data="synthetic", data_options={})
-        source = "synthetic (fcnseg's built-in data; ../shared/data was absent)"
-    t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        over["out"] = str(Path(tmp) / "pet")
-        run = train(over, config_file=REPO / "configs" / "oxford_pet_seed.yaml")
-        seconds = time.perf_counter() - t0
-        shutil.copyfile(run / "curves.png", out / "pet_curves.png")
-        samples = sorted((run / "samples").glob("epoch_*.png"), key=lambda q: int(q.stem.split("_")[1]))
-        shutil.copyfile(samples[-1], out / "pet_samples.png")
-        metrics = json.loads((run / "metrics.json").read_text())
-        log_lines = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if ln.strip()]
-    evals = [e for e in log_lines if e.get("event") == "eval"]
-    return {
-        "source": source,
-        "data": "real" if root is not None else "synthetic",
-        "config": "configs/oxford_pet_seed.yaml",
-        "overrides": {k: v for k, v in over.items() if k not in ("out", "data_root")},
-        "seconds": round(seconds, 1),
-        "final": {k: metrics.get(k) for k in ("final", "best", "steps", "epochs", "time_s", "precision")},
-        "val_mean_iou": [round(100 * e["mean_iou"], 1) for e in evals if e.get("mean_iou") is not None],
-        "samples": samples[-1].name,
-        "machine": _machine(),
-        "command": "python docs/figures/make.py --only pet_training",
-    }
+    numbers = {"input": list(ARCH_SIZE), "backbone": "vgg16", "num_classes": 3, "models": {}}
+    for name in ARCH_MODELS:
+        model = build_model(name, backbone="vgg16", num_classes=3)
+        titles = {"fcn32s": "FCN-32s", "fcn16s": "FCN-16s", "fcn8s": "FCN-8s", "seed": "seed (the tutorial's network)"}
+        if draw:
+            stages = draw_architecture(model, out / f"arch_{name}.png", size=ARCH_SIZE,
+                                       title=f"{titles[name]} over VGG16, 3 classes, a {ARCH_SIZE[0]}x{ARCH_SIZE[1]} input")
+        else:
+            stages = trace_stages(model, ARCH_SIZE)
+        numbers["models"][name] = {
+            "stages": [{"name": s.name, "kind": s.kind, "shape": list(s.shape), "stride": s.stride, "inputs": s.inputs, "op": s.op}
+                       for s in stages],
+            "adds": sum(s.kind == "add" for s in stages),
+        }
+    return numbers
 
 
 # --------------------------------------------------------------------------- driver
@@ -673,8 +559,7 @@ MAKERS = {
     "transposed_conv": fig_transposed_conv,
     "upsampling": fig_upsampling,
     "label_resize": fig_label_resize,
-    "skips": fig_skips,
-    "pet_training": fig_pet_training,
+    "architecture": fig_architecture,
 }
 
 

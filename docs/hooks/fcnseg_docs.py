@@ -9,6 +9,7 @@
   Nothing that resolves is left out, and an entry none of whose names resolve fails the build.
 * ``<!-- readme: Set up -->`` is replaced by that section of README.md (its heading
   dropped, its links rebased), so the site's set-up commands are README's, word for word.
+* ``<!-- include: CHANGELOG.md -->`` is replaced by that repository file (links rebased).
 * ``{{ fig.label_resize.keras_invented_pixels }}`` is replaced by that number from
   ``docs/figures/label_resize.json``: the text quotes what the figure shows
   (``{{ fig.downsampling.input | shape }}`` writes a list as ``3 x 333 x 500``).
@@ -37,6 +38,7 @@ from mkdocs.exceptions import PluginError
 
 CLI_MARKER = "<!-- fcnseg-cli-help -->"
 README_MARKER = re.compile(r"<!-- readme: (?P<title>[^>]+?) -->")
+INCLUDE_MARKER = re.compile(r"<!-- include: (?P<path>[^>]+?) -->")
 FIG_VALUE = re.compile(r"\{\{\s*fig\.(?P<name>\w+)\.(?P<path>[\w.]+)\s*(?:\|\s*(?P<filter>shape)\s*)?\}\}")
 # a line break between two CJK characters is no space in Chinese (the browser would show one)
 CJK_BREAK = re.compile(r"(?<=[\u3000-\u303f\u4e00-\u9fff\uff00-\uffef])\n(?=[\u3000-\u303f\u4e00-\u9fff\uff00-\uffef])")
@@ -113,6 +115,7 @@ def on_page_markdown(markdown, page, config, files):
     docs = Path(config["docs_dir"])
     src_dir = (docs / page.file.src_uri).parent
     markdown = README_MARKER.sub(lambda m: readme_section(m.group("title"), src_dir), markdown)
+    markdown = INCLUDE_MARKER.sub(lambda m: include_file(m.group("path").strip(), src_dir), markdown)
     markdown = FIG_VALUE.sub(lambda m: _fig_value(docs, m.group("name"), m.group("path"), m.group("filter")), markdown)
     markdown = _outside_code(markdown, lambda chunk: CJK_BREAK.sub("", chunk))
     if CLI_MARKER in markdown:
@@ -138,6 +141,25 @@ def readme_section(title: str, src_dir: Path) -> str:
         return f"[{link.group('text')}]({rel}{sep}{anchor})"
 
     return _outside_code(m.group("body").strip("\n"), lambda chunk: LINK.sub(rebase, chunk))
+
+
+def include_file(path: str, src_dir: Path) -> str:
+    """The whole of a repository file (``<!-- include: CHANGELOG.md -->``), links rebased to
+    the page's folder, so the site shows the file itself rather than a copy."""
+    assert _repo is not None
+    file = _repo / path
+    if not file.is_file():
+        raise PluginError(f"<!-- include: {path} -->: no such file in the repository")
+    text = file.read_text(encoding="utf-8").strip("\n")
+
+    def rebase(link: re.Match) -> str:
+        target = link.group("target")
+        if re.match(r"^[a-z][a-z0-9+.-]*:", target) or target.startswith(("#", "/")):
+            return link.group(0)
+        rel = os.path.relpath(file.parent / target, src_dir).replace(os.sep, "/")
+        return f"[{link.group('text')}]({rel})"
+
+    return _outside_code(text, lambda chunk: LINK.sub(rebase, chunk))
 
 
 def _fig_value(docs: Path, name: str, path: str, filter: str | None = None) -> str:
