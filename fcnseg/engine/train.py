@@ -62,6 +62,13 @@ def train(cfg: dict | TrainConfig | None = None, *, config_file: str | os.PathLi
     curves.png, samples/epoch_N.png and TensorBoard event files (rank 0 only).
     """
     given = cfg.to_dict() if isinstance(cfg, TrainConfig) else dict(cfg or {})
+    planned = None  # real data without a config file: the run is planned (fcnseg.plan), flags win
+    if config_file is None and "config" not in given and not given.get("resume") and given.get("plan", True) and given.get("data", "synthetic") != "synthetic":
+        from fcnseg.plan import describe, plan_for_train
+
+        planned, given = plan_for_train(given)
+        if ddp.env_dist_info().is_main:
+            log.info("%s", describe(planned))
     resolved = resolve_config(given, config_file=config_file)
     ckpt = None
     if resolved["resume"]:
@@ -73,7 +80,10 @@ def train(cfg: dict | TrainConfig | None = None, *, config_file: str | os.PathLi
         if "out" not in given:
             resolved["out"] = str(path.parent)
     try:
-        return Trainer(resolved, ckpt, callback).fit()
+        trainer = Trainer(resolved, ckpt, callback)
+        if planned is not None and trainer.main:
+            (trainer.run_dir / "plan.yaml").write_text(planned.yaml())
+        return trainer.fit()
     finally:
         ddp.cleanup_distributed()
 
