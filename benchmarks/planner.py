@@ -45,10 +45,10 @@ def default_flags() -> list[str]:
     for key in PLANNED_KEYS:
         value = getattr(d, key)
         flag = "--" + key.replace("_", "-")
-        if value is None or value == []:
+        if value is None or value == [] or value is False:  # off by default: a store_true flag left out
             continue
-        if isinstance(value, bool):
-            flags.append(flag if value else "--no-" + key.replace("_", "-"))
+        if value is True:
+            flags.append(flag)
         elif isinstance(value, list):
             flags += [flag, *map(str, value)]
         else:
@@ -88,7 +88,7 @@ def main() -> int:
     import yaml
 
     planned = yaml.safe_load(plan_yaml.read_text())
-    same_data = list(data)
+    same_data = ["--data", args.data] + (["--data-root", args.data_root] if args.data_root else [])
     for key, value in (planned.get("data_options") or {}).items():  # the same split (val carve) on both sides
         same_data += ["--data-option", f"{key}={json.dumps(value)}"]
     split = args.eval_split or planned.get("val_split", "val")

@@ -32,7 +32,8 @@ STEP_OVERHEAD = 1.25
 # the longest side the model sees (larger images are scaled down; thin structures allow more)
 MAX_SIDE, MAX_SIDE_THIN = 640, 1024
 MIN_CROP = 96
-CROP_FRACTIONS = (1.0, 0.8, 0.65, 0.5, 0.42, 0.35, 0.3, 0.25, 0.2)
+# at most 80 % of the image side, as the recipe crops CamVid (288x384 of 360x480): crops vary in place
+CROP_FRACTIONS = (0.8, 0.65, 0.5, 0.42, 0.35, 0.3, 0.25, 0.2)
 MIN_CONTEXT = 0.35  # the smallest crop (share of the image side) before a lower scale is tried
 
 
@@ -99,42 +100,44 @@ def step_seconds(probe: dict, batch: int, h: int, w: int) -> float:
     return probe["overhead_s"] + probe["pixel_s"] * batch * h * w
 
 
-def steps_in(seconds: float, probe: dict, batch: int, crop: tuple[int, int], stages: list[dict]) -> int:
-    """Optimizer steps ``seconds`` buy: each progressive stage for its share of the time at its
-    own crop, the rest at ``crop``."""
+def steps_in(seconds: float, probe: dict, batch: int, crop: tuple[int, int], stages: list[dict]) -> tuple[int, int]:
+    """(all optimizer steps, those of the final stage) that ``seconds`` buy: each progressive
+    stage for its share of the time at its own crop, the rest at ``crop``."""
     done, steps = 0.0, 0.0
     for s in stages:
         steps += (s["until"] - done) * seconds / (STEP_OVERHEAD * step_seconds(probe, batch, *s["crop"]))
         done = s["until"]
-    steps += (1.0 - done) * seconds / (STEP_OVERHEAD * step_seconds(probe, batch, *crop))
-    return int(steps)
+    final = (1.0 - done) * seconds / (STEP_OVERHEAD * step_seconds(probe, batch, *crop))
+    return int(steps + final), int(final)
 
 
 def choose_resolution(fp: dict, probe: dict, train_seconds: float, *, thin: bool, progressive_ok: bool, max_batch: int) -> dict:
     """Scale, crop, batch and progressive stages: the largest view (scale first, then crop
-    context, then batch) whose steps in ``train_seconds`` reach MIN_STEPS on this machine."""
+    context, then batch 8 before 4) whose steps in ``train_seconds`` reach MIN_STEPS on this
+    machine (half of them on the final crops)."""
     h, w = fp["image_sizes"]["median"]
-    base = min(1.0, (MAX_SIDE_THIN if thin else MAX_SIDE) / max(h, w))
+    base = float(f"{min(1.0, (MAX_SIDE_THIN if thin else MAX_SIDE) / max(h, w)):.3g}")
     # thin structures are not scaled below 3/4 of their size (a 4 px membrane would vanish)
-    scales = [base, 0.75 * base] if thin else [base, 0.75 * base, 0.5 * base]
+    scales = [float(f"{f * base:.3g}") for f in ((1.0, 0.75) if thin else (1.0, 0.75, 0.5))]
     options = []
     for si, s in enumerate(scales):
         last_scale = si == len(scales) - 1
-        for batch in [b for b in (8, 4) if b <= max_batch] or [max_batch]:
-            for f in CROP_FRACTIONS:
-                crop = (min(_round32(f * h * s), _round32(h * s)), min(_round32(f * w * s), _round32(w * s)))
-                if min(crop) < MIN_CROP or (f < MIN_CONTEXT and not last_scale):
-                    continue
+        for f in CROP_FRACTIONS:
+            crop = (min(_round32(f * h * s), _round32(h * s)), min(_round32(f * w * s), _round32(w * s)))
+            if min(crop) < MIN_CROP or (f < MIN_CONTEXT and not last_scale):
+                continue
+            for batch in [b for b in (8, 4) if b <= max_batch] or [max_batch]:
                 stages = []
                 if progressive_ok and min(crop) >= 2 * MIN_CROP:
-                    stages = [{"until": 0.5, "crop": [_round32(crop[0] / 2), _round32(crop[1] / 2)], "scale": [0.375 * s, 0.625 * s]}]
-                steps = steps_in(train_seconds, probe, batch, crop, stages)
+                    stages = [{"until": 0.5, "crop": [_round32(crop[0] / 2), _round32(crop[1] / 2)], "scale": [float(f"{0.375 * s:.4g}"), float(f"{0.625 * s:.4g}")]}]
+                steps, final = steps_in(train_seconds, probe, batch, crop, stages)
                 options.append({"scale": s, "crop": list(crop), "batch": batch, "stages": stages, "steps": steps, "fraction": f})
-                if steps >= MIN_STEPS:
+                # enough steps, and enough of them on the final crops (CamVid: 1,100 of 4,700)
+                if steps >= MIN_STEPS and final >= MIN_STEPS // 2:
                     return options[-1]
     if not options:  # images smaller than MIN_CROP: the whole image
         crop = [_round32(h * base), _round32(w * base)]
-        return {"scale": base, "crop": crop, "batch": min(8, max_batch), "stages": [], "steps": steps_in(train_seconds, probe, min(8, max_batch), crop, []), "fraction": 1.0}
+        return {"scale": base, "crop": crop, "batch": min(8, max_batch), "stages": [], "steps": steps_in(train_seconds, probe, min(8, max_batch), crop, [])[0], "fraction": 1.0}
     return min(options, key=lambda o: o["batch"] * o["crop"][0] * o["crop"][1])  # the fastest step there is
 
 
@@ -184,8 +187,13 @@ def plan_config(fp: dict, probe: dict, max_minutes: float, *, workers: int = 2) 
     # resolution: what the budget buys on this machine
     thin = thin_classes(fp)
     budget_s = 60.0 * max_minutes
-    # the share kept for validation (a few times), checkpoints and the pictures
-    train_s = budget_s * 0.88 - 5.0
+    # validation: a forward pass (~1/3 of a training step's cost per pixel) over the val images
+    # at full size; at most 4 of them and at most ~10 % of the budget (the final one always runs)
+    n_val = val["images"] if val["exists"] else n
+    eval_once = n_val * probe["pixel_s"] / 3 * h * w + 1.0
+    validations = int(min(4, max(1, 0.1 * budget_s // eval_once)))
+    # what is left for training: less the validations, checkpoints, pictures and start-up
+    train_s = budget_s * 0.95 - validations * eval_once - 5.0
     small_data = n < 2 * 8
     max_batch = max(2, min(8, n // 2))
     # half resolution first even with thin classes: CamVid's poles learn at full resolution in
@@ -235,8 +243,8 @@ def plan_config(fp: dict, probe: dict, max_minutes: float, *, workers: int = 2) 
 
     # validation and evaluation
     epochs = res["steps"] * res["batch"] / max(n, 1)
-    every = max(1, math.ceil(epochs / 4))
-    put("eval_every", every, f"~4 validations in ~{epochs:.0f} epochs (best.pt is the best of them)")
+    every = max(1, math.ceil(epochs / validations))
+    put("eval_every", every, f"~{validations} validation(s) of ~{eval_once:.0f}s in ~{epochs:.0f} epochs (best.pt is the best of them; the last one always runs)")
     tta = f"scales={s:g}" if s < 1 else None
     put("eval_tta", tta, f"evaluate at the training scale {s:g}" if tta else "none: not chosen without a measured gain (try `fcnseg eval --tta flip` on the val split)")
     put("eval_crf", None, "none: not chosen without a measured gain (`fcnseg eval --crf default` tries it)")
