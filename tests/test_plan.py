@@ -85,9 +85,11 @@ def test_two_balanced_classes_get_no_balancing():
     plan = plan_config(fp_of([cls("fg", 0.45, 1.1), cls("bg", 0.55, 0.9)]), FAST, 10)
     assert plan.config["copy_paste"] == 0.0 and plan.config["paste_classes"] is None
     assert plan.config["class_weights"] == "none"
-    assert plan.config["hard_pixels"] == 0.25  # fg is below the median share: still mined
-    plan = plan_config(fp_of([cls("fg", 0.5, 1.0), cls("bg", 0.5, 1.0)]), FAST, 10)
-    assert plan.config["hard_pixels"] == 1.0
+    assert plan.config["hard_pixels"] == 1.0  # two classes: no mining
+    # two unbalanced classes with a thin one (ISBI EM): weights, full resolution kept
+    em = plan_config(fp_of([cls("membrane", 0.22, 2.3, edge=0.37), cls("cell", 0.78, 0.64)], n=27, size=(512, 512)), FAST, 10)
+    assert em.config["class_weights"] == "median_sqrt" and em.config["hard_pixels"] == 1.0 and em.config["copy_paste"] == 0.0
+    assert em.config["scale"][0] / 0.75 >= 0.75
 
 
 def test_tiny_dataset_small_batch():
