@@ -112,7 +112,7 @@ def test_given_options_win_and_the_yaml_round_trips(tmp_path):
     loaded = yaml.safe_load(path.read_text())
     assert loaded == plan.config
     cfg = resolve_config(config_file=path)
-    assert cfg["model"] == "fcn4s" and cfg["plan"] is False and cfg["progressive"] == plan.config["progressive"]
+    assert cfg["model"] == "fcn4s" and cfg["progressive"] == plan.config["progressive"]
 
 
 # ------------------------------------------------------------------ fingerprint

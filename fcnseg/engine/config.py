@@ -130,7 +130,6 @@ class TrainConfig:
     tensorboard: bool = option(True, "run", "write TensorBoard event files")
     out: str | None = option(None, "run", "run directory (default runs/<name or timestamp>)", metavar="DIR")
     name: str | None = option(None, "run", "run name under runs/")
-    plan: bool = option(True, "run", "without --config, on real data: plan the run from the data's fingerprint and this machine (`fcnseg plan`; flags still win; --no-plan: the plain defaults)")
     resume: str | None = option(None, "run", "continue from a checkpoint (default OUT/last.pt)", metavar="PATH", nargs="?", const="auto")
 
     def to_dict(self) -> dict:

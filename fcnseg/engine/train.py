@@ -46,7 +46,7 @@ from fcnseg.errors import ConfigError, DataError, TrainingDiverged
 log = logging.getLogger("fcnseg.train")
 
 
-def train(cfg: dict | TrainConfig | None = None, *, config_file: str | os.PathLike | None = None, callback: Callable[[dict], None] | None = None) -> Path:
+def train(cfg: dict | TrainConfig | None = None, *, config_file: str | os.PathLike | None = None, callback: Callable[[dict], None] | None = None, plan=None) -> Path:
     """Trains a model and returns its run directory.
 
     ``cfg``: TrainConfig fields to set (a dict of the options given, or a whole
@@ -56,19 +56,14 @@ def train(cfg: dict | TrainConfig | None = None, *, config_file: str | os.PathLi
     ``callback(event)`` is called (on rank 0) with every event the run records in
     metrics.jsonl (``train``, ``eval``, ``stage``, ``end``) and with ``{"event":
     "checkpoint", "name", "path", "step", "epoch", "batch_in_epoch"}`` after each checkpoint
-    write; an exception it raises stops the run there, as a crash would.
+    write; an exception it raises stops the run there, as a crash would. ``plan``: the
+    ``fcnseg.plan.Plan`` that ``cfg`` came from (``fcnseg train`` without a config), saved as
+    plan.yaml in the run directory.
 
     The run directory gets config.yaml, last.pt, best.pt, metrics.jsonl, metrics.json,
     curves.png, samples/epoch_N.png and TensorBoard event files (rank 0 only).
     """
     given = cfg.to_dict() if isinstance(cfg, TrainConfig) else dict(cfg or {})
-    planned = None  # real data without a config file: the run is planned (fcnseg.plan), flags win
-    if config_file is None and "config" not in given and not given.get("resume") and given.get("plan", True) and given.get("data", "synthetic") != "synthetic":
-        from fcnseg.plan import describe, plan_for_train
-
-        planned, given = plan_for_train(given)
-        if ddp.env_dist_info().is_main:
-            log.info("%s", describe(planned))
     resolved = resolve_config(given, config_file=config_file)
     ckpt = None
     if resolved["resume"]:
@@ -81,8 +76,8 @@ def train(cfg: dict | TrainConfig | None = None, *, config_file: str | os.PathLi
             resolved["out"] = str(path.parent)
     try:
         trainer = Trainer(resolved, ckpt, callback)
-        if planned is not None and trainer.main:
-            (trainer.run_dir / "plan.yaml").write_text(planned.yaml())
+        if plan is not None and trainer.main:
+            (trainer.run_dir / "plan.yaml").write_text(plan.yaml())
         return trainer.fit()
     finally:
         ddp.cleanup_distributed()

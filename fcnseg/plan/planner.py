@@ -201,7 +201,7 @@ def plan_config(fp: dict, probe: dict, max_minutes: float, *, workers: int = 2) 
     res = choose_resolution(fp, probe, max(train_s, 1.0), thin=bool(thin), progressive_ok=True, max_batch=max_batch)
     s = res["scale"]
     thin_txt = f"thin class(es) {', '.join(names[c] for c in thin)} keep >= 3/4 of their width" if thin else "no thin class"
-    put("crop", res["crop"], f"{res['crop'][0]}x{res['crop'][1]} ({res['fraction']:.0%} of the {'scaled ' if s < 1 else ''}{h}x{w} image): "
+    put("crop", res["crop"], f"{res['crop'][0]}x{res['crop'][1]} ({res['fraction']:.0%} of the {f'{round(h * s)}x{round(w * s)} scaled' if s < 1 else f'{h}x{w}'} image): "
         f"the largest view that still gives ~{res['steps']} steps (>= {MIN_STEPS}) in the budget on this machine")
     put("scale", [round(0.75 * s, 4), round(1.25 * s, 4)], f"random rescaling around {s:.3g} x the image size; {thin_txt}")
     put("progressive", res["stages"], "half resolution for the first half: ~3x the steps per second (CamVid: +6 mean IU)" if res["stages"]
@@ -259,7 +259,6 @@ def plan_config(fp: dict, probe: dict, max_minutes: float, *, workers: int = 2) 
     mem = total * h * w * 4
     put("preload", mem < 2 * 2**30, f"decode the {total} pairs once (~{mem / 2**20:.0f} MiB)" if mem < 2 * 2**30 else "too large to hold in memory")
     put("seed", 0, "reproducible")
-    put("plan", False, "this file is the plan: `fcnseg train --config` runs it as is")
     step_s = step_seconds(probe, res["batch"], *res["crop"]) * STEP_OVERHEAD
     estimate = {
         "steps": res["steps"], "step_s": step_s, "batch_pixels": res["batch"] * res["crop"][0] * res["crop"][1],
