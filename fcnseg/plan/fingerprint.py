@@ -129,7 +129,7 @@ def _val_info(data: str, root, options: dict, val_split: str, train_ds) -> dict:
     if data == "folder":
         images = Path(options.get("images") or (Path(img_root) / "images"))
         carved = not (images / "val").is_dir()
-    elif data in ("oxford-pet", "pet"):
+    elif data == "oxford-pet":  # train/val carved from trainval
         carved = True
     try:
         val = build_dataset(data, root=root, split=val_split, **options)

@@ -197,14 +197,14 @@ def plan_config(fp: dict, probe: dict, max_minutes: float, *, workers: int = 2) 
     small_data = n < 2 * 8
     max_batch = max(2, min(8, n // 2))
     # half resolution first even with thin classes: CamVid's poles learn at full resolution in
-    # the second half, and the recipe's first half paid (+6 mean IU, docs/experiments/camvid.md)
+    # the second half, and the recipe's first half paid (+2.6 mean IU, rows H -> M of docs/experiments/camvid.md)
     res = choose_resolution(fp, probe, max(train_s, 1.0), thin=bool(thin), progressive_ok=True, max_batch=max_batch)
     s = res["scale"]
     thin_txt = f"thin class(es) {', '.join(names[c] for c in thin)} keep >= 3/4 of their width" if thin else "no thin class"
     put("crop", res["crop"], f"{res['crop'][0]}x{res['crop'][1]} ({res['fraction']:.0%} of the {f'{round(h * s)}x{round(w * s)} scaled' if s < 1 else f'{h}x{w}'} image): "
         f"the largest view that still gives ~{res['steps']} steps (>= {MIN_STEPS}) in the budget on this machine")
     put("scale", [round(0.75 * s, 4), round(1.25 * s, 4)], f"random rescaling around {s:.3g} x the image size; {thin_txt}")
-    put("progressive", res["stages"], "half resolution for the first half: ~3x the steps per second (CamVid: +6 mean IU)" if res["stages"]
+    put("progressive", res["stages"], "half resolution for the first half: ~3x the steps per second (CamVid: +2.6 mean IU, rows H -> M of docs/experiments/camvid.md)" if res["stages"]
         else f"none: a half-size crop would be under {MIN_CROP} px")
     put("batch_size", res["batch"], f"batch {res['batch']}" + (f": {n} training images" if small_data else (": the CamVid recipe's" if res["batch"] == 8 else ": smaller steps buy more of them on this machine")))
     put("hflip", True, "mirror images are as likely as the originals in most data")
