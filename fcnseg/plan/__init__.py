@@ -55,9 +55,9 @@ def plan(
     result = plan_config(fp, pr, max_minutes, workers=workers)
     if train_split != "train":
         result.config["train_split"] = train_split
+    result.fingerprint, result.probe = fp, pr
     result = apply_given(result, given or {})
     result.estimate.update({"fingerprint_s": t1 - t0, "probe_s": t2 - t1, "planner_s": time.perf_counter() - t0})
-    result.fingerprint, result.probe = fp, pr  # type: ignore[attr-defined]
     return result
 
 
@@ -86,8 +86,8 @@ def describe(result: Plan) -> str:
 
     e = result.estimate
     return "\n".join([
-        format_fingerprint(result.fingerprint),  # type: ignore[attr-defined]
-        format_probe(result.probe),  # type: ignore[attr-defined]
+        format_fingerprint(result.fingerprint),
+        format_probe(result.probe),
         f"plan for {result.config['max_minutes']:g} minutes (planning took {e['planner_s']:.1f}s: "
         f"{100 * e['planner_s'] / (60 * result.config['max_minutes']):.1f} % of the budget):",
         result.summary(),

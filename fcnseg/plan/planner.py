@@ -42,6 +42,8 @@ class Plan:
     config: dict  # TrainConfig keys: what `fcnseg train --config` reads
     reasons: dict[str, str]  # config key -> why
     estimate: dict = field(default_factory=dict)  # steps, seconds per step, ... as planned
+    fingerprint: dict | None = None  # what it was planned from (fcnseg.plan.plan fills them)
+    probe: dict | None = None
 
     def summary(self) -> str:
         """One line per choice: ``key: value  # reason``."""
@@ -278,4 +280,4 @@ def apply_given(plan: Plan, given: dict) -> Plan:
             value = {**cfg.get("data_options", {}), **value}
         cfg[key] = value
         why[key] = "given"
-    return Plan(cfg, why, plan.estimate)
+    return Plan(cfg, why, plan.estimate, plan.fingerprint, plan.probe)
