@@ -50,7 +50,9 @@ def test_rare_thin_class_gets_copy_paste_weights_and_resolution():
     plan = plan_config(fp_of(STREET), FAST, 30)
     cfg = plan.config
     assert cfg["paste_classes"] == ["pole"] and cfg["copy_paste"] == 0.5  # car: rare but large objects
-    assert cfg["class_weights"] == "median_sqrt" and cfg["hard_pixels"] == 0.25
+    assert cfg["class_weights"] == "median_sqrt" and cfg["hard_pixels"] == 0.25  # thousands of steps: mined
+    short = plan_config(fp_of(STREET), SLOW, 3).config  # a few hundred steps: every pixel
+    assert short["hard_pixels"] == 1.0 and short["class_weights"] == "median_sqrt"
     assert min(cfg["scale"]) / 0.75 >= 0.75  # the main stage keeps >= 3/4 of the thin class's width
     assert "pole" in plan.reasons["copy_paste"] and "pole" in plan.reasons["scale"]
     assert set(plan.reasons) >= {"model", "crop", "batch_size", "lr", "class_weights", "progressive", "eval_every"}

@@ -26,6 +26,10 @@ SMALL_OBJECT = 0.02
 # the optimizer steps a from-scratch run needs before the crop may grow (below it, smaller or
 # fewer crops per step); CamVid's 30-minute recipe takes ~4,700 (3,600 at half resolution)
 MIN_STEPS = 250
+# hard-pixel mining (the loss over the hardest 25 % of the pixels) only in runs of at least
+# this many planned steps: with class weights it paid on CamVid's ~4,700 steps and collapsed
+# short runs into one class (ISBI EM, Pet: docs/how-to/own-data.md)
+MINING_STEPS = 1000
 # the share of the budget the run loses to data loading, augmentation, logging and checkpoints
 # beyond the probed step (the trainer's own TimeBudget then fits the schedule to the real pace)
 STEP_OVERHEAD = 1.25
@@ -231,6 +235,10 @@ def plan_config(fp: dict, probe: dict, max_minutes: float, *, workers: int = 2) 
         # measured: on ISBI EM (3 minutes on a loaded 2-core machine, 45 steps) weights and mining
         # together drove every pixel to the rarer class (docs/how-to/own-data.md)
         put("hard_pixels", 1.0, "every pixel: with two classes the class weights balance them; mining (a multi-class finding on CamVid) would add to it")
+    elif (rare or thin) and res["steps"] < MINING_STEPS:
+        # measured: on the Pet images (16 training images, ~200 steps) weights and mining
+        # together put every pixel in the rare border class (docs/how-to/own-data.md)
+        put("hard_pixels", 1.0, f"every pixel: ~{res['steps']} steps are too few for mining the hardest pixels (CamVid's gain came with ~4,700)")
     elif rare or thin:
         put("hard_pixels", 0.25, "the loss over the hardest 25 % of the pixels: rare/thin classes and boundaries (+ on CamVid)")
     else:
