@@ -5,7 +5,8 @@ The library's entry points, importable from the package::
     import fcnseg
 
     model = fcnseg.build_model("fcn8s", backbone="resnet18", num_classes=21)
-    run = fcnseg.train({"data": "camvid", "data_root": "data/camvid"})   # -> run directory
+    plan = fcnseg.plan("folder", "my-data", max_minutes=10)               # plan.config, plan.summary()
+    run = fcnseg.train({"data": "camvid", "data_root": "data/camvid"})   # -> run directory (planned)
     scores = fcnseg.evaluate_checkpoint(run / "best.pt")                   # what `fcnseg eval --json` prints
     fcnseg.predict(run / "best.pt", ["photo.jpg"], "preds/")              # what `fcnseg predict` writes
     scores = fcnseg.evaluate(model, dataset, mean=..., std=...)           # any model, any dataset
@@ -26,6 +27,7 @@ _LAZY = {
     "build_model": "fcnseg.models",
     "list_models": "fcnseg.models",
     "train": "fcnseg.engine.train",
+    "plan": "fcnseg.plan",  # the package is callable: fcnseg.plan(...) plans
     "evaluate": "fcnseg.engine.evaluate",
     "evaluate_checkpoint": "fcnseg.engine.evaluate",
     "predict": "fcnseg.engine.predict",
@@ -37,6 +39,7 @@ __all__ = [
     "evaluate",
     "evaluate_checkpoint",
     "list_models",
+    "plan",
     "predict",
     "train",
 ]
@@ -46,6 +49,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ loads t
     from fcnseg.engine.predict import predict
     from fcnseg.engine.train import train
     from fcnseg.models import build_model, list_models
+    from fcnseg.plan import plan
 
 
 def __getattr__(name: str):

@@ -19,7 +19,7 @@ from fcnseg import __version__
 from fcnseg.errors import FcnsegError
 
 # verb modules, in the order `fcnseg --help` lists them
-VERBS = ("train", "eval", "predict", "export", "serve", "data", "bench")
+VERBS = ("plan", "train", "eval", "predict", "export", "serve", "data", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

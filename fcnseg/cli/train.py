@@ -52,6 +52,9 @@ def register(subparsers) -> None:
     p.set_defaults(data=None, data_root=None, data_option=[])
     add_config_flags(p)
     p.add_argument("--overwrite", action="store_true", default=False, help="train into --out (or --name) even if it holds a run: that run's files are replaced")
+    p.add_argument("--no-plan", dest="no_plan", action="store_true", default=False,
+                   help="real data without --config is planned from the data and this machine (`fcnseg plan`; "
+                   "flags still win); --no-plan trains the plain defaults instead")
     p.set_defaults(func=run)
 
 
@@ -67,7 +70,24 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    import logging
+
     from fcnseg.engine.train import train
 
-    train(overrides_from_args(args), config_file=getattr(args, "config", None), overwrite=args.overwrite)
+    given = overrides_from_args(args)
+    config_file = getattr(args, "config", None)
+    planned = None
+    # real data, no config file, not a resumed run: train the plan (the flags given win over it)
+    if config_file is None and not args.no_plan and not given.get("resume") and given.get("data", "synthetic") != "synthetic":
+        from fcnseg.engine.distributed import env_dist_info
+        from fcnseg.errors import DataError
+        from fcnseg.plan import describe, plan_for_train
+
+        try:
+            planned, given = plan_for_train(given)
+        except DataError as e:  # the trainer's data check reports it in full (or --skip-check leaves the files out)
+            logging.getLogger("fcnseg.plan").warning("not planned: %s; training the defaults", e)
+        if planned is not None and env_dist_info().is_main:
+            logging.getLogger("fcnseg.plan").info("%s", describe(planned))
+    train(given, config_file=config_file, plan=planned, overwrite=args.overwrite)
     return 0

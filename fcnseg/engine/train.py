@@ -31,6 +31,7 @@ import torch
 from fcnseg.data.sampling import EpochSampler, rng_state, set_rng_state
 from fcnseg.engine import distributed as ddp
 from fcnseg.engine.checkpoint import (
+    atomic_write,
     check_output_dir,
     ensure_output_dir,
     load_checkpoint,
@@ -53,6 +54,7 @@ def train(
     config_file: str | os.PathLike | None = None,
     callback: Callable[[dict], None] | None = None,
     overwrite: bool = False,
+    plan=None,
 ) -> Path:
     """Trains a model and returns its run directory.
 
@@ -63,7 +65,9 @@ def train(
     ``callback(event)`` is called (on rank 0) with every event the run records in
     metrics.jsonl (``train``, ``eval``, ``stage``, ``end``) and with ``{"event":
     "checkpoint", "name", "path", "step", "epoch", "batch_in_epoch"}`` after each checkpoint
-    write; an exception it raises stops the run there, as a crash would.
+    write; an exception it raises stops the run there, as a crash would. ``plan``: the
+    ``fcnseg.plan.Plan`` that ``cfg`` came from (``fcnseg train`` without a config), saved as
+    plan.yaml in the run directory.
 
     The run directory gets config.yaml, last.pt, best.pt, metrics.jsonl, metrics.json,
     curves.png, samples/epoch_N.png and TensorBoard event files (rank 0 only). A fresh run
@@ -82,7 +86,11 @@ def train(
         if "out" not in given:
             resolved["out"] = str(path.parent)
     try:
-        return Trainer(resolved, ckpt, callback, overwrite=overwrite).fit()
+        trainer = Trainer(resolved, ckpt, callback, overwrite=overwrite)
+        if plan is not None and trainer.main:
+            text = plan.yaml()
+            atomic_write(trainer.run_dir / "plan.yaml", lambda f: f.write(text.encode()), what="plan", fix="or train into another --out")
+        return trainer.fit()
     finally:
         ddp.cleanup_distributed()
 

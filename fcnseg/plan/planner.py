@@ -1,0 +1,291 @@
+"""The planner: pure rules from a dataset fingerprint, a machine probe and a time budget to a
+training config (``TrainConfig`` keys), each choice with a one-line reason.
+
+Nothing here reads files or times anything: ``plan_config(fingerprint, probe, max_minutes)``
+is a function of its arguments, tested on synthetic fingerprints (tests/test_plan.py). What it
+knows comes from the hand-tuned CamVid recipe (configs/camvid.yaml, docs/experiments/camvid.md):
+FCN-4s over a BN ResNet-18 from scratch, AdamW at 4e-3 with weight decay 1e-2 and a poly
+schedule, square-root median-frequency class weights, the loss over the hardest quarter of the
+pixels, copy-paste of rare small classes and a half-resolution first half of the budget. The
+rules decide when each of those applies to data that is not CamVid (thin structures, two
+classes, tens of images, no validation split, large or odd-sized images) and how large a crop
+the budget buys on this machine.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+MODEL, BACKBONE = "fcn4s", "resnet18"
+# a class is thin when a 3x3 erosion removes at least this share of its pixels (lines of
+# about 8 px or less: membranes, poles, wires, vessels): it keeps its resolution
+THIN_EDGE_SHARE = 0.25
+# a class is made of small objects when half of its pixels lie in objects under 2 % of the image
+SMALL_OBJECT = 0.02
+# the optimizer steps a from-scratch run needs before the crop may grow (below it, smaller or
+# fewer crops per step); CamVid's 30-minute recipe takes ~4,700 (3,600 at half resolution)
+MIN_STEPS = 250
+# hard-pixel mining (the loss over the hardest 25 % of the pixels) only in runs of at least
+# this many planned steps: with class weights it paid on CamVid's ~4,700 steps and collapsed
+# short runs into one class (ISBI EM, Pet: docs/how-to/own-data.md)
+MINING_STEPS = 1000
+# the share of the budget the run loses to data loading, augmentation, logging and checkpoints
+# beyond the probed step (the trainer's own TimeBudget then fits the schedule to the real pace)
+STEP_OVERHEAD = 1.25
+# the longest side the model sees (larger images are scaled down; thin structures allow more)
+MAX_SIDE, MAX_SIDE_THIN = 640, 1024
+MIN_CROP = 96
+# at most 80 % of the image side, as the recipe crops CamVid (288x384 of 360x480): crops vary in place
+CROP_FRACTIONS = (0.8, 0.65, 0.5, 0.42, 0.35, 0.3, 0.25, 0.2)
+MIN_CONTEXT = 0.35  # the smallest crop (share of the image side) before a lower scale is tried
+
+
+@dataclass
+class Plan:
+    config: dict  # TrainConfig keys: what `fcnseg train --config` reads
+    reasons: dict[str, str]  # config key -> why
+    estimate: dict = field(default_factory=dict)  # steps, seconds per step, ... as planned
+    fingerprint: dict | None = None  # what it was planned from (fcnseg.plan.plan fills them)
+    probe: dict | None = None
+
+    def summary(self) -> str:
+        """One line per choice: ``key: value  # reason``."""
+        lines = []
+        for key, reason in self.reasons.items():
+            value = self.config.get(key)
+            if key == "data_options" and not value:
+                continue
+            lines.append(f"  {key}: {_show(value)}  -- {reason}")
+        e = self.estimate
+        if e:
+            lines.append(
+                f"  (planned: ~{e['steps']} steps of {e['step_s']:.2f}s, {e['batch_pixels'] / 1e3:.0f}k pixels each, "
+                f"~{e['epochs']:.0f} epochs of {e['train_images']} images)"
+            )
+        return "\n".join(lines)
+
+    def yaml(self) -> str:
+        """The config as YAML with each reason as a comment (``fcnseg train --config`` reads it)."""
+        import yaml
+
+        out = ["# planned by `fcnseg plan` from the data's fingerprint and this machine's probe;",
+               "# edit freely: `fcnseg train --config THIS` runs it (flags given there still win)"]
+        for key, value in self.config.items():
+            text = yaml.safe_dump({key: value}, default_flow_style=True, sort_keys=False, width=1000).strip()
+            text = text[1:-1] if text.startswith("{") else text
+            reason = self.reasons.get(key)
+            out.append(f"{text}" + (f"  # {reason}" if reason else ""))
+        return "\n".join(out) + "\n"
+
+
+def _show(value) -> str:
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        return "; ".join(f"until {s['until']:g}: {s['crop'][0]}x{s['crop'][1]} at {s['scale'][0]:g}-{s['scale'][1]:g}" for s in value)
+    return str(value)
+
+
+def _round32(x: float) -> int:
+    return max(32, int(round(x / 32.0)) * 32)
+
+
+def thin_classes(fp: dict) -> list[int]:
+    return [c for c, pc in enumerate(fp["per_class"]) if pc["frequency"] > 0 and pc["edge_share"] >= THIN_EDGE_SHARE]
+
+
+def rare_classes(fp: dict) -> list[int]:
+    """Classes below the median class's pixel share (median-frequency weight above 1)."""
+    return [c for c, pc in enumerate(fp["per_class"]) if pc["frequency"] > 0 and pc["median_frequency_weight"] > 1.0 + 1e-9]
+
+
+def small_object_classes(fp: dict) -> list[int]:
+    return [c for c, pc in enumerate(fp["per_class"]) if 0 < pc.get("pixel_median_component_area", 1.0) < SMALL_OBJECT]
+
+
+def step_seconds(probe: dict, batch: int, h: int, w: int) -> float:
+    return probe["overhead_s"] + probe["pixel_s"] * batch * h * w
+
+
+def steps_in(seconds: float, probe: dict, batch: int, crop: tuple[int, int], stages: list[dict]) -> tuple[int, int]:
+    """(all optimizer steps, those of the final stage) that ``seconds`` buy: each progressive
+    stage for its share of the time at its own crop, the rest at ``crop``."""
+    done, steps = 0.0, 0.0
+    for s in stages:
+        steps += (s["until"] - done) * seconds / (STEP_OVERHEAD * step_seconds(probe, batch, *s["crop"]))
+        done = s["until"]
+    final = (1.0 - done) * seconds / (STEP_OVERHEAD * step_seconds(probe, batch, *crop))
+    return int(steps + final), int(final)
+
+
+def choose_resolution(fp: dict, probe: dict, train_seconds: float, *, thin: bool, progressive_ok: bool, max_batch: int) -> dict:
+    """Scale, crop, batch and progressive stages: the largest view (scale first, then crop
+    context, then batch 8 before 4) whose steps in ``train_seconds`` reach MIN_STEPS on this
+    machine (half of them on the final crops)."""
+    h, w = fp["image_sizes"]["median"]
+    base = float(f"{min(1.0, (MAX_SIDE_THIN if thin else MAX_SIDE) / max(h, w)):.3g}")
+    # thin structures are not scaled below 3/4 of their size (a 4 px membrane would vanish)
+    scales = [float(f"{f * base:.3g}") for f in ((1.0, 0.75) if thin else (1.0, 0.75, 0.5))]
+    options = []
+    for si, s in enumerate(scales):
+        last_scale = si == len(scales) - 1
+        for f in CROP_FRACTIONS:
+            crop = (min(_round32(f * h * s), _round32(h * s)), min(_round32(f * w * s), _round32(w * s)))
+            if min(crop) < MIN_CROP or (f < MIN_CONTEXT and not last_scale):
+                continue
+            for batch in [b for b in (8, 4) if b <= max_batch] or [max_batch]:
+                stages = []
+                if progressive_ok and min(crop) >= 2 * MIN_CROP:
+                    stages = [{"until": 0.5, "crop": [_round32(crop[0] / 2), _round32(crop[1] / 2)], "scale": [float(f"{0.375 * s:.4g}"), float(f"{0.625 * s:.4g}")]}]
+                steps, final = steps_in(train_seconds, probe, batch, crop, stages)
+                options.append({"scale": s, "crop": list(crop), "batch": batch, "stages": stages, "steps": steps, "fraction": f})
+                # enough steps, and enough of them on the final crops (CamVid: 1,100 of 4,700)
+                if steps >= MIN_STEPS and final >= MIN_STEPS // 2:
+                    return options[-1]
+    if not options:  # images smaller than MIN_CROP: the whole image
+        crop = [_round32(h * base), _round32(w * base)]
+        return {"scale": base, "crop": crop, "batch": min(8, max_batch), "stages": [], "steps": steps_in(train_seconds, probe, min(8, max_batch), crop, [])[0], "fraction": 1.0}
+    return min(options, key=lambda o: o["batch"] * o["crop"][0] * o["crop"][1])  # the fastest step there is
+
+
+def plan_config(fp: dict, probe: dict, max_minutes: float, *, workers: int = 2) -> Plan:
+    """The planned TrainConfig keys for the data of ``fp`` on the machine of ``probe`` in
+    ``max_minutes`` (final validation included), with a reason for each."""
+    cfg: dict = {}
+    why: dict[str, str] = {}
+
+    def put(key: str, value, reason: str) -> None:
+        cfg[key] = value
+        why[key] = reason
+
+    k = fp["num_classes"]
+    names = fp["classes"]
+    n = fp["num_images"]
+    h, w = fp["image_sizes"]["median"]
+    put("data", fp["data"], "the dataset")
+    if fp.get("root") is not None:
+        put("data_root", fp["root"], "its folder")
+    options = dict(fp.get("options") or {})
+    if fp.get("unmapped_values") and fp["data"] == "folder" and "unmapped" not in options:
+        vals = ", ".join(fp["unmapped_values"])
+        options["unmapped"] = "ignore"
+        why["data_options"] = f"mask values {vals} are not in the classes file: read as ignore (not scored) instead of stopping"
+    val = fp["val"]
+    total = n + (val["images"] if val["carved"] else 0)
+    if val["carved"] and fp["data"] in ("folder", "oxford-pet"):
+        frac = options.get("val_fraction", 0.1)
+        want = min(0.25, max(0.1, 4.0 / max(total, 1)))
+        if "val_fraction" not in options and want > frac + 1e-9:
+            options["val_fraction"] = round(want, 3)
+            why["data_options"] = f"no val split: a seeded carve of {options['val_fraction']:.0%} of the {total} files (>= 4 images) validates the run"
+        else:
+            why.setdefault("data_options", f"no val split: the seeded {frac:.0%} carve of the files validates the run")
+        n = total - max(1, round(total * options.get("val_fraction", frac)))
+    elif not val["exists"]:
+        why["data_options"] = "no validation split: the run is validated on its training images (not held-out figures)"
+    cfg["data_options"] = options
+    n_val = total - n if val["carved"] else (val["images"] if val["exists"] else n)
+    put("val_split", "val" if val["exists"] else fp["split"], f"{n_val} validation images" if val["exists"] else "no other split to validate on")
+
+    # model
+    put("model", MODEL, "FCN-4s: the CamVid recipe's model; its stride-4 skip keeps small and thin shapes")
+    put("backbone", BACKBONE, "ResNet-18 with BatchNorm: trains from scratch in minutes on a CPU")
+    put("weights", None, "from scratch: no download; ImageNet weights are `--weights imagenet` where they pay")
+
+    # resolution: what the budget buys on this machine
+    thin = thin_classes(fp)
+    budget_s = 60.0 * max_minutes
+    # validation: a forward pass (~1/3 of a training step's cost per pixel) over the val images
+    # at full size; at most 4 of them and at most ~10 % of the budget (the final one always runs)
+    eval_once = n_val * probe["pixel_s"] / 3 * h * w + 1.0
+    validations = int(min(4, max(1, 0.1 * budget_s // eval_once)))
+    # what is left for training: less the validations, checkpoints, pictures and start-up
+    train_s = budget_s * 0.95 - validations * eval_once - 5.0
+    small_data = n < 2 * 8
+    max_batch = max(2, min(8, n // 2))
+    # half resolution first even with thin classes: CamVid's poles learn at full resolution in
+    # the second half, and the recipe's first half paid (+2.6 mean IU, rows H -> M of docs/experiments/camvid.md)
+    res = choose_resolution(fp, probe, max(train_s, 1.0), thin=bool(thin), progressive_ok=True, max_batch=max_batch)
+    s = res["scale"]
+    thin_txt = f"thin class(es) {', '.join(names[c] for c in thin)} keep >= 3/4 of their width" if thin else "no thin class"
+    put("crop", res["crop"], f"{res['crop'][0]}x{res['crop'][1]} ({res['fraction']:.0%} of the {f'{round(h * s)}x{round(w * s)} scaled' if s < 1 else f'{h}x{w}'} image): "
+        f"the largest view that still gives ~{res['steps']} steps (>= {MIN_STEPS}) in the budget on this machine")
+    put("scale", [round(0.75 * s, 4), round(1.25 * s, 4)], f"random rescaling around {s:.3g} x the image size; {thin_txt}")
+    put("progressive", res["stages"], "half resolution for the first half: ~3x the steps per second (CamVid: +2.6 mean IU, rows H -> M of docs/experiments/camvid.md)" if res["stages"]
+        else f"none: a half-size crop would be under {MIN_CROP} px")
+    put("batch_size", res["batch"], f"batch {res['batch']}" + (f": {n} training images" if small_data else (": the CamVid recipe's" if res["batch"] == 8 else ": smaller steps buy more of them on this machine")))
+    put("hflip", True, "mirror images are as likely as the originals in most data")
+    put("color_jitter", 0.2, "brightness/contrast/saturation jitter: the recipe's")
+
+    # loss: class balance
+    weights = [pc["median_frequency_weight"] for pc in fp["per_class"]]
+    imbalance = max(weights) / max(min(w_ for w_ in weights if w_ > 0), 1e-9)
+    if imbalance > 2.0 or thin:
+        put("class_weights", "median_sqrt", f"classes are unbalanced (median-frequency weights {min(weights):.2f}..{max(weights):.2f}): square-root median-frequency weights, the recipe's softer balance")
+    else:
+        put("class_weights", "none", f"classes are balanced enough (weights {min(weights):.2f}..{max(weights):.2f})")
+    rare, small = set(rare_classes(fp)), set(small_object_classes(fp))
+    paste = [c for c in range(k) if c in rare and c in small]
+    if paste and k >= 2:
+        put("copy_paste", 0.5, f"rare classes made of small objects ({', '.join(names[c] for c in paste)}): half the crops get them pasted from another crop")
+        put("paste_classes", [names[c] for c in paste], "below the median pixel share and half their pixels in objects < 2 % of the image")
+    else:
+        put("copy_paste", 0.0, "no rare class of small objects to paste")
+        put("paste_classes", None, "not used")
+    if k == 2:
+        # measured: on ISBI EM (3 minutes on a loaded 2-core machine, 45 steps) weights and mining
+        # together drove every pixel to the rarer class (docs/how-to/own-data.md)
+        put("hard_pixels", 1.0, "every pixel: with two classes the class weights balance them; mining (a multi-class finding on CamVid) would add to it")
+    elif (rare or thin) and res["steps"] < MINING_STEPS:
+        # measured: on the Pet images (16 training images, ~200 steps) weights and mining
+        # together put every pixel in the rare border class (docs/how-to/own-data.md)
+        put("hard_pixels", 1.0, f"every pixel: ~{res['steps']} steps are too few for mining the hardest pixels (CamVid's gain came with ~4,700)")
+    elif rare or thin:
+        put("hard_pixels", 0.25, "the loss over the hardest 25 % of the pixels: rare/thin classes and boundaries (+ on CamVid)")
+    else:
+        put("hard_pixels", 1.0, "every pixel: no rare or thin class")
+
+    # optimisation
+    lr = 4e-3 * math.sqrt(res["batch"] / 8)
+    put("optimizer", "adamw", "AdamW: the recipe's")
+    put("lr", float(f"{lr:.3g}"), "4e-3 at batch 8 (CamVid: +1.2 mean IU over 2e-3)" + (f", x sqrt({res['batch']}/8)" if res["batch"] != 8 else ""))
+    put("weight_decay", 1e-2, "the recipe's")
+    put("schedule", "poly", "poly decay fitted to the time budget")
+    warm = int(min(100, max(10, res["steps"] // 10)))
+    put("warmup_steps", warm, f"~10 % of the ~{res['steps']} planned steps (at most 100)")
+    put("epochs", 1000, "the time budget ends the run")
+    put("max_minutes", float(max_minutes), "the budget, final validation included")
+
+    # validation and evaluation
+    epochs = res["steps"] * res["batch"] / max(n, 1)
+    every = max(1, math.ceil(epochs / validations))
+    put("eval_every", every, f"~{validations} validation(s) of ~{eval_once:.0f}s in ~{epochs:.0f} epochs (best.pt is the best of them; the last one always runs)")
+    tta = f"scales={s:g}" if s < 1 else None
+    put("eval_tta", tta, f"evaluate at the training scale {s:g}" if tta else "none: not chosen without a measured gain (try `fcnseg eval --tta flip` on the val split)")
+    put("eval_crf", None, "none: not chosen without a measured gain (`fcnseg eval --crf default` tries it)")
+
+    # machine
+    put("precision", "auto", f"{probe['machine']['precision']} on this machine")
+    put("workers", workers, "loader processes beside the training step")
+    mem = total * h * w * 4
+    put("preload", mem < 2 * 2**30, f"decode the {total} pairs once (~{mem / 2**20:.0f} MiB)" if mem < 2 * 2**30 else "too large to hold in memory")
+    put("seed", 0, "reproducible")
+    step_s = step_seconds(probe, res["batch"], *res["crop"]) * STEP_OVERHEAD
+    estimate = {
+        "steps": res["steps"], "step_s": step_s, "batch_pixels": res["batch"] * res["crop"][0] * res["crop"][1],
+        "epochs": epochs, "train_images": n, "train_seconds": train_s,
+    }
+    return Plan(cfg, why, estimate)
+
+
+def apply_given(plan: Plan, given: dict) -> Plan:
+    """The plan with explicit options (flags, a notebook's dict) on top: they always win; the
+    reason says so."""
+    cfg, why = dict(plan.config), dict(plan.reasons)
+    for key, value in given.items():
+        if key in ("config",):
+            continue
+        if key == "data_options":
+            value = {**cfg.get("data_options", {}), **value}
+        cfg[key] = value
+        why[key] = "given"
+    return Plan(cfg, why, plan.estimate, plan.fingerprint, plan.probe)

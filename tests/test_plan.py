@@ -1,0 +1,259 @@
+"""The planner: its rules on synthetic fingerprints (pure, no training), the fingerprint of a
+small folder dataset and its cache, the probe's cache, `fcnseg plan` and the plan file through
+`fcnseg train --config`."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from datagen import write_gray
+
+from fcnseg.cli import main
+from fcnseg.engine.config import resolve_config
+from fcnseg.plan import planner
+from fcnseg.plan.planner import MIN_STEPS, apply_given, plan_config
+
+# ------------------------------------------------------------------ synthetic inputs
+
+FAST = {"overhead_s": 0.02, "pixel_s": 0.5e-6, "machine": {"precision": "bf16"}}
+SLOW = {"overhead_s": 0.05, "pixel_s": 4e-6, "machine": {"precision": "fp32"}}
+
+
+def cls(name, freq, weight, *, edge=0.05, objects=0.2):
+    return {"name": name, "frequency": freq, "presence": 1.0, "median_frequency_weight": weight, "components_per_image": 3.0,
+            "median_component_area": objects, "p10_component_area": objects / 4, "pixel_median_component_area": objects, "edge_share": edge}
+
+
+def fp_of(classes, *, n=300, size=(360, 480), val=None, data="folder"):
+    return {
+        "data": data, "root": "/data/x", "options": {}, "split": "train", "num_images": n, "num_classes": len(classes),
+        "classes": [c["name"] for c in classes], "per_class": classes, "unmapped_values": {},
+        "image_sizes": {"median": list(size), "min_side": min(size), "distinct": 1},
+        "channels": {"mean": [0.5] * 3, "std": [0.2] * 3, "grayscale": False},
+        "val": val or {"split": "val", "images": 100, "carved": False, "exists": True},
+    }
+
+
+STREET = [cls("road", 0.55, 0.4, edge=0.02, objects=0.3), cls("building", 0.35, 0.7, objects=0.2),
+          cls("pole", 0.02, 9.0, edge=0.6, objects=0.003), cls("car", 0.08, 2.5, objects=0.05)]
+
+
+# ------------------------------------------------------------------ planner rules
+
+
+def test_rare_thin_class_gets_copy_paste_weights_and_resolution():
+    plan = plan_config(fp_of(STREET), FAST, 30)
+    cfg = plan.config
+    assert cfg["paste_classes"] == ["pole"] and cfg["copy_paste"] == 0.5  # car: rare but large objects
+    assert cfg["class_weights"] == "median_sqrt" and cfg["hard_pixels"] == 0.25  # thousands of steps: mined
+    short = plan_config(fp_of(STREET), SLOW, 3).config  # a few hundred steps: every pixel
+    assert short["hard_pixels"] == 1.0 and short["class_weights"] == "median_sqrt"
+    assert min(cfg["scale"]) / 0.75 >= 0.75  # the main stage keeps >= 3/4 of the thin class's width
+    assert "pole" in plan.reasons["copy_paste"] and "pole" in plan.reasons["scale"]
+    assert set(plan.reasons) >= {"model", "crop", "batch_size", "lr", "class_weights", "progressive", "eval_every"}
+
+
+def test_slower_machine_gets_fewer_pixels_per_step():
+    fast, slow = plan_config(fp_of(STREET), FAST, 10), plan_config(fp_of(STREET), SLOW, 10)
+    px = lambda p: p.config["batch_size"] * p.config["crop"][0] * p.config["crop"][1] * p.config["scale"][0]  # noqa: E731
+    assert px(slow) < px(fast)
+    assert slow.estimate["steps"] >= MIN_STEPS and fast.estimate["steps"] >= MIN_STEPS
+    # the fast machine at 30 minutes: the recipe's full-resolution CamVid crops
+    assert plan_config(fp_of(STREET), FAST, 30).config["crop"] == [288, 384]
+
+
+def test_very_slow_machine_lowers_the_scale():
+    crawl = {**SLOW, "pixel_s": 40e-6}
+    balanced = [cls("a", 0.5, 1.0), cls("b", 0.5, 1.0)]
+    plan = plan_config(fp_of(balanced), crawl, 5)
+    assert plan.config["scale"][0] < 0.75  # below the native scale (0.75 * 1.0)
+    assert plan.config["crop"][0] >= planner.MIN_CROP
+
+
+def test_no_val_split_gets_a_carve_of_at_least_four_images():
+    fp = fp_of(STREET, n=27, size=(512, 512), val={"split": "val", "images": 3, "carved": True, "exists": True})
+    plan = plan_config(fp, FAST, 3)
+    assert plan.config["data_options"]["val_fraction"] == pytest.approx(4 / 30, abs=1e-3)
+    assert "carve" in plan.reasons["data_options"]
+    assert plan.estimate["train_images"] == 26
+
+
+def test_two_balanced_classes_get_no_balancing():
+    plan = plan_config(fp_of([cls("fg", 0.45, 1.1), cls("bg", 0.55, 0.9)]), FAST, 10)
+    assert plan.config["copy_paste"] == 0.0 and plan.config["paste_classes"] is None
+    assert plan.config["class_weights"] == "none"
+    assert plan.config["hard_pixels"] == 1.0  # two classes: no mining
+    # two unbalanced classes with a thin one (ISBI EM): weights, full resolution kept
+    em = plan_config(fp_of([cls("membrane", 0.22, 2.3, edge=0.37), cls("cell", 0.78, 0.64)], n=27, size=(512, 512)), FAST, 10)
+    assert em.config["class_weights"] == "median_sqrt" and em.config["hard_pixels"] == 1.0 and em.config["copy_paste"] == 0.0
+    assert em.config["scale"][0] / 0.75 >= 0.75
+
+
+def test_tiny_dataset_small_batch():
+    plan = plan_config(fp_of(STREET, n=6, val={"split": "val", "images": 0, "carved": False, "exists": False}), FAST, 3)
+    assert plan.config["batch_size"] <= 3 and plan.config["val_split"] == "train"
+
+
+def test_large_odd_images_are_scaled_and_evaluated_at_that_scale():
+    plan = plan_config(fp_of(STREET[:2], size=(1999, 3001)), FAST, 30)
+    s = plan.config["scale"][0] / 0.75
+    assert s < 0.25 and float(plan.config["eval_tta"].split("=")[1]) == pytest.approx(s, rel=1e-3)
+    assert all(c % 32 == 0 for c in plan.config["crop"]) and plan.config["crop"][1] <= 3001 * s + 32
+
+
+def test_given_options_win_and_the_yaml_round_trips(tmp_path):
+    plan = apply_given(plan_config(fp_of(STREET), FAST, 10), {"lr": 0.01, "data_options": {"seed": 3}})
+    assert plan.config["lr"] == 0.01 and plan.reasons["lr"] == "given"
+    path = tmp_path / "plan.yaml"
+    path.write_text(plan.yaml())
+    loaded = yaml.safe_load(path.read_text())
+    assert loaded == plan.config
+    cfg = resolve_config(config_file=path)
+    assert cfg["model"] == "fcn4s" and cfg["progressive"] == plan.config["progressive"]
+
+
+# ------------------------------------------------------------------ fingerprint
+
+
+def make_lines(root: Path, n: int = 8, size=(64, 80)) -> Path:
+    """ISBI-like: grayscale images, 0/255 masks where 0 is a 1-2 px line class; one mask has a stray 7."""
+    rng = np.random.default_rng(0)
+    h, w = size
+    for i in range(n):
+        mask = np.full((h, w), 255, np.uint8)
+        mask[:, 10 + i : 12 + i] = 0
+        mask[30, :] = 0
+        if i == 3:
+            mask[0, 0] = 7
+        img = np.where(mask == 0, 40, 200).astype(np.uint8) + rng.integers(0, 20, (h, w), dtype=np.uint8)
+        write_gray(root / "images" / f"{i}.png", img)
+        write_gray(root / "masks" / f"{i}.png", mask)
+    return root
+
+
+LINES_OPTS = {"classes": {"line": 0, "cell": 255}}
+
+
+def test_fingerprint_of_a_folder_and_its_cache(tmp_path, monkeypatch):
+    from fcnseg.plan.fingerprint import fingerprint, format_fingerprint
+
+    monkeypatch.setenv("FCNSEG_CACHE", str(tmp_path / "cache"))
+    root = make_lines(tmp_path / "lines")
+    fp = fingerprint("folder", root, LINES_OPTS)
+    assert fp["cache"]["hit"] is False and Path(fp["cache"]["path"]).parent == root / ".fcnseg"
+    assert fp["num_classes"] == 2 and fp["channels"]["grayscale"]
+    assert fp["unmapped_values"] == {"7": 1} and "7 (1 px)" in format_fingerprint(fp)
+    line, cell = fp["per_class"]
+    assert line["edge_share"] > 0.9 and cell["edge_share"] < 0.2  # the line class is thin
+    assert line["frequency"] == pytest.approx(1 - cell["frequency"])
+    assert 0 < line["frequency"] < 0.2 and line["presence"] == 1.0
+    assert fp["val"]["carved"] and fp["val"]["images"] >= 1
+    again = fingerprint("folder", root, LINES_OPTS)
+    assert again["cache"]["hit"] is True and again["per_class"] == fp["per_class"]
+    # a changed file changes the key
+    os.utime(root / "masks" / "0.png", ns=(1, 1))
+    assert fingerprint("folder", root, LINES_OPTS)["cache"]["hit"] is False
+
+
+def test_fingerprint_of_a_read_only_folder_goes_to_the_cache_dir(tmp_path, monkeypatch):
+    from fcnseg.plan.fingerprint import fingerprint
+
+    monkeypatch.setenv("FCNSEG_CACHE", str(tmp_path / "cache"))
+    root = make_lines(tmp_path / "ro", n=4)
+    root.chmod(0o555)
+    try:
+        fp = fingerprint("folder", root, LINES_OPTS)
+    finally:
+        root.chmod(0o755)
+    assert Path(fp["cache"]["path"]).is_relative_to(tmp_path / "cache") and not (root / ".fcnseg").exists()
+
+
+def test_probe_is_cached_per_machine(tmp_path, monkeypatch):
+    import fcnseg.bench
+    from fcnseg.plan import probe as probe_mod
+
+    monkeypatch.setenv("FCNSEG_CACHE", str(tmp_path / "cache"))
+    calls = []
+
+    def fake(model, *, size, batch, **kw):
+        calls.append(size)
+        step = 0.01 + 1e-6 * batch * size * size
+        return {"train_ms_per_step": 1000 * step, "train_img_s_cpu": batch / step, "train_img_s_best": batch / step}
+
+    monkeypatch.setattr(fcnseg.bench, "benchmark", fake)
+    p = probe_mod.probe()
+    assert p["cache"]["hit"] is False and calls == [128, 224]
+    assert p["overhead_s"] == pytest.approx(0.01) and p["pixel_s"] == pytest.approx(1e-6)
+    assert probe_mod.probe()["cache"]["hit"] is True and len(calls) == 2
+
+
+# ------------------------------------------------------------------ CLI and the train round trip
+
+
+@pytest.fixture
+def fake_probe(monkeypatch):
+    from fcnseg.plan import probe as probe_mod
+
+    monkeypatch.setattr(probe_mod, "probe", lambda **kw: {**FAST, "machine": {"precision": "bf16", "cpu": "test", "gpu": None, "threads": 1},
+                                                          "points": [{"model": "fcn4s", "backbone": "resnet18", "crop": 128, "batch": 8, "step_s": 0.03}], "seconds": 0.0})
+
+
+def test_plan_cli_writes_a_config_that_train_runs(tmp_path, capsys, fake_probe, monkeypatch):
+    monkeypatch.setenv("FCNSEG_CACHE", str(tmp_path / "cache"))
+    root = make_lines(tmp_path / "lines", n=10)
+    out = tmp_path / "plan.yaml"
+    data = ["--data", "folder", "--data-root", str(root), "--data-option", "classes={line: 0, cell: 255}"]
+    assert main(["plan", *data, "--max-minutes", "2", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "crop:" in printed and "class_weights: median_sqrt" in printed and f"wrote {out}" in printed
+    assert yaml.safe_load(out.read_text())["data_options"]["unmapped"] == "ignore"  # the stray 7
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(out), "--epochs", "1", "--max-minutes", "0", "--out", str(run), "--no-tensorboard", "--workers", "0", "--num-samples", "0"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["steps"] >= 1 and (run / "best.pt").is_file() and not (run / "plan.yaml").exists()
+
+
+def test_train_without_config_plans_and_saves_plan_yaml(tmp_path, fake_probe, monkeypatch):
+    monkeypatch.setenv("FCNSEG_CACHE", str(tmp_path / "cache"))
+    root = make_lines(tmp_path / "lines", n=10)
+    run = tmp_path / "run"
+    argv = ["train", "--data", "folder", "--data-root", str(root), "--data-option", "classes={line: 0, cell: 255}",
+            "--data-option", "unmapped=ignore", "--epochs", "1", "--out", str(run), "--no-tensorboard", "--workers", "0", "--num-samples", "0"]
+    assert main(argv) == 0
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    planned = yaml.safe_load((run / "plan.yaml").read_text())
+    assert cfg["model"] == planned["model"] == "fcn4s" and cfg["epochs"] == 1 and planned["epochs"] == 1
+    assert cfg["max_minutes"] is None  # --epochs without --max-minutes: the epochs decide, as without a plan
+    assert cfg["workers"] == 0  # a flag given wins over the plan's 2
+
+
+def test_train_no_plan_keeps_the_defaults(tmp_path, fake_probe):
+    root = make_lines(tmp_path / "lines", n=10)
+    run = tmp_path / "run"
+    argv = ["train", "--no-plan", "--data", "folder", "--data-root", str(root), "--data-option", "classes={line: 0, cell: 255}",
+            "--data-option", "unmapped=ignore", "--epochs", "1", "--out", str(run), "--no-tensorboard", "--num-samples", "0"]
+    assert main(argv) == 0
+    assert yaml.safe_load((run / "config.yaml").read_text())["model"] == "fcn8s" and not (run / "plan.yaml").exists()
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["plan", "--data", "folder", "--data-root", "/no/such/folder"], "does not exist"),
+    (["plan", "--data", "synthetic"], "needs no plan"),
+    (["plan", "--data", "folder", "--data-root", "{root}", "--data-option", "classes={line: 0, cell: 255}", "--max-minutes", "-1"], "max_minutes must be > 0"),
+])
+def test_plan_cli_errors_are_one_line(tmp_path, capsys, argv, says, fake_probe):
+    root = make_lines(tmp_path / "lines", n=3)
+    assert main([a.replace("{root}", str(root)) for a in argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fcnseg plan: error:") and says in err and "\n" not in err
+
+
+def test_library_api():
+    import fcnseg
+
+    assert callable(fcnseg.plan) and "plan" in fcnseg.__all__
