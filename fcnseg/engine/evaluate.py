@@ -126,15 +126,20 @@ def evaluate(
         rank, world = dist.get_rank(), dist.get_world_size()
         indices = indices[rank::world]
     subset = torch.utils.data.Subset(dataset, indices)
-    loader = torch.utils.data.DataLoader(
-        subset,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        collate_fn=_list_collate,
-        pin_memory=device.type == "cuda",
-        persistent_workers=False,
-    )
+    if num_workers > 0:
+        loader = torch.utils.data.DataLoader(
+            subset,
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=num_workers,
+            collate_fn=_list_collate,
+            pin_memory=device.type == "cuda",
+            persistent_workers=False,
+        )
+    else:  # decoding in threads ahead of the model (Pillow releases the GIL), no processes
+        from fcnseg.engine.stream import prefetch
+
+        loader = ([item] for item in prefetch(subset.__getitem__, range(len(subset)), workers=2, ahead=4 * batch_size))
     # DDP would broadcast buffers on every forward, which hangs when ranks hold unequal
     # shards; the bare module gives the same numbers.
     if isinstance(model, nn.parallel.DistributedDataParallel):

@@ -264,7 +264,7 @@ def check_candidates(model: nn.Module, ckpt: dict, engines: Engines, names: list
     t0 = time.perf_counter()
     log.info(
         "engine check (once per checkpoint and machine): scoring %d candidates against eager fp32 on %s/%s (%d of %d images)",
-        len(names), task.name, task.split, len(task.images), task.total,
+        len(names), task.name, task.split, len(task.indices), task.total,
     )
     figures: dict[str, dict] = {}
     reference = score_engine(engines("torch"), task)

@@ -49,28 +49,52 @@ class Tolerance:
                 raise ConfigError(f"{flag} {v!r}: give a number of mean-IU points >= 0 (default {getattr(Tolerance, name)})")
 
 
-@dataclass
 class TaskData:
-    """Labelled images for the check: normalised images (C, H, W), masks (H, W) int64."""
+    """Labelled images for the check, decoded on first use: normalised images (C, H, W) and
+    masks (H, W) int64 of ``indices`` of ``dataset``."""
 
-    name: str
-    split: str
-    images: list[torch.Tensor]
-    masks: list[torch.Tensor]
-    classes: list[str]
-    total: int  # images in the split
+    def __init__(self, name: str, split: str, dataset, indices: list[int]) -> None:
+        self.name, self.split, self.dataset, self.indices = name, split, dataset, indices
+        self.classes = list(dataset.classes)
+        self.total = len(dataset)
+        self._pairs: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def _load(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        if self._pairs is None:
+            pairs = []
+            for i in self.indices:
+                item = self.dataset[i]
+                pairs.append((item[0], torch.as_tensor(np.asarray(item[1])).long()))
+            self._pairs = pairs
+        return self._pairs
+
+    @property
+    def images(self) -> list[torch.Tensor]:
+        return [p[0] for p in self._load()]
+
+    @property
+    def masks(self) -> list[torch.Tensor]:
+        return [p[1] for p in self._load()]
 
     def describe(self) -> dict:
-        return {"data": self.name, "split": self.split, "images": len(self.images), "of": self.total}
+        return {"data": self.name, "split": self.split, "images": len(self.indices), "of": self.total}
 
     def key(self) -> str:
-        """Identifies the data for the cache: name, split, count and a digest of the labels."""
+        """Identifies the data for the cache: name, split, count and a digest of the files
+        (path, size, mtime) — or of the decoded labels for a dataset without files."""
         import hashlib
 
         h = hashlib.sha256()
-        for m in self.masks:
-            h.update(np.ascontiguousarray(m.numpy()).tobytes())
-        return f"{self.name}/{self.split}/{len(self.images)}/{h.hexdigest()[:12]}"
+        samples = getattr(self.dataset, "samples", None)
+        if samples:
+            for i in self.indices:
+                for path in samples[i]:
+                    st = os.stat(path)
+                    h.update(f"{path}|{st.st_size}|{st.st_mtime_ns}".encode())
+        else:
+            for m in self.masks:
+                h.update(np.ascontiguousarray(m.numpy()).tobytes())
+        return f"{self.name}/{self.split}/{len(self.indices)}/{h.hexdigest()[:12]}"
 
 
 def _spread(n: int, count: int) -> list[int]:
@@ -103,21 +127,17 @@ def task_data(
         k = int(ckpt["model_config"].get("num_classes", 0))
         if k and ds.num_classes != k:
             raise ConfigError(f"{name}/{split} has {ds.num_classes} classes, the checkpoint {k}; name the data it was trained on with --calib-data")
-        images, masks = [], []
-        for i in _spread(len(ds), count):
-            image, mask = ds[i][0], ds[i][1]
-            images.append(image)
-            masks.append(torch.as_tensor(np.asarray(mask)).long())
+        indices = _spread(len(ds), count)
     except FcnsegError as e:
         if required:
             raise
         log.debug("no labelled data here: %s", str(e).splitlines()[0][:160])
         return None
-    if not images:
+    if not indices:
         if required:
             raise ConfigError(f"{name}/{split} holds no images; name another split with --calib-split")
         return None
-    return TaskData(name, split, images, masks, list(ds.classes), len(ds))
+    return TaskData(name, split, ds, indices)
 
 
 def score_engine(engine: Callable[[torch.Tensor], torch.Tensor], data: TaskData, *, batch: int = 4) -> dict:
@@ -128,17 +148,18 @@ def score_engine(engine: Callable[[torch.Tensor], torch.Tensor], data: TaskData,
 
     k = len(data.classes)
     cm = ConfusionMatrix(k)
+    images, masks = data.images, data.masks
     groups: dict[tuple, list[int]] = {}
-    for i, im in enumerate(data.images):
+    for i, im in enumerate(images):
         groups.setdefault(tuple(im.shape), []).append(i)
     for idx in groups.values():
         for s in range(0, len(idx), batch):
             chunk = idx[s : s + batch]
-            maps = segment(engine, [data.images[i] for i in chunk], out_sizes=[tuple(data.masks[i].shape) for i in chunk])
+            maps = segment(engine, [images[i] for i in chunk], out_sizes=[tuple(masks[i].shape) for i in chunk])
             for i, m in zip(chunk, maps, strict=True):
                 if m.shape[0] != k:
                     raise ConfigError(f"the model predicts {m.shape[0]} classes but {data.name} has {k}; check on the data it was trained for")
-                cm.update(m.argmax(0), data.masks[i])
+                cm.update(m.argmax(0), masks[i])
     res = cm.compute()
     present = (cm.matrix.sum(1) > 0).tolist()
     return {

@@ -190,7 +190,7 @@ def _export_int8(ckpt, out: Path, opset, calib_data, data_root, calib_split, cal
                 }
                 return ExportResult(out, parity, res.metadata)
     raise ExportError(
-        f"int8 does not reach fp32 on {check.name}/{check.split} ({len(check.images)} images) even with the most sensitive layers in fp32: "
+        f"int8 does not reach fp32 on {check.name}/{check.split} ({len(check.indices)} images) even with the most sensitive layers in fp32: "
         + "; ".join(f"{len(t['fp32_layers'])} fp32 layers: {t['miou_delta']:+.2f} mean IU, {t['worst_class']} {t['worst_class_delta']:+.2f}" for t in tries)
         + f" (allowed -{tolerance.max_miou_drop:g} / -{tolerance.max_class_drop:g}); the fp32 file {fp32} is verified; "
         f"nothing written at {out} (or raise --max-miou-drop / --max-class-drop)"
