@@ -17,8 +17,8 @@ from __future__ import annotations
 import os
 import zlib
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
-import albumentations as A
 import cv2
 import numpy as np
 import torch
@@ -26,6 +26,17 @@ import torch.nn.functional as F
 
 from fcnseg.data.base import IGNORE_INDEX
 from fcnseg.errors import ConfigError
+
+if TYPE_CHECKING:
+    import albumentations as A
+
+
+def _albumentations():
+    """albumentations, imported on first use (1.5 s of start-up that evaluation and prediction,
+    which only normalise, do not need)."""
+    import albumentations
+
+    return albumentations
 
 Pair = tuple
 
@@ -60,6 +71,7 @@ class Albu:
     Every wrapped op that resizes is forced to NEAREST for the mask."""
 
     def __init__(self, ops: A.BasicTransform | Sequence[A.BasicTransform]) -> None:
+        A = _albumentations()
         ops = [ops] if isinstance(ops, A.BasicTransform) else list(ops)
         self.compose = A.Compose(ops, mask_interpolation=NEAREST, strict=True)
         # distinct streams for distinct pipelines, the same for identical ones
@@ -94,7 +106,7 @@ def Resize(size: int | Sequence[int]) -> Albu:
     """Resize to (H, W) (or a square): image INTER_AREA when shrinking else bilinear, mask NEAREST."""
     h, w = _size(size)
     return Albu(
-        A.Resize(
+        _albumentations().Resize(
             h,
             w,
             interpolation=cv2.INTER_LINEAR,
@@ -114,7 +126,7 @@ def RandomScale(scale: tuple[float, float] = (0.5, 2.0), base_size: int | None =
     ops: list = []
     if base_size is not None:
         ops.append(
-            A.SmallestMaxSize(
+            _albumentations().SmallestMaxSize(
                 max_size=int(base_size),
                 interpolation=cv2.INTER_LINEAR,
                 mask_interpolation=NEAREST,
@@ -122,7 +134,7 @@ def RandomScale(scale: tuple[float, float] = (0.5, 2.0), base_size: int | None =
             )
         )
     ops.append(
-        A.RandomScale(
+        _albumentations().RandomScale(
             scale_limit=(lo - 1.0, hi - 1.0),
             interpolation=cv2.INTER_LINEAR,
             mask_interpolation=NEAREST,
@@ -143,17 +155,17 @@ def RandomCrop(
     h, w = _size(size)
     fill_t = fill if isinstance(fill, int | float) else tuple(float(v) for v in fill)
     kwargs = dict(pad_if_needed=True, border_mode=cv2.BORDER_CONSTANT, fill=fill_t, fill_mask=fill_mask, pad_position="center", p=1.0)
-    return Albu(A.RandomCrop(h, w, **kwargs))
+    return Albu(_albumentations().RandomCrop(h, w, **kwargs))
 
 
 def HorizontalFlip(p: float = 0.5) -> Albu:
-    return Albu(A.HorizontalFlip(p=p))
+    return Albu(_albumentations().HorizontalFlip(p=p))
 
 
 def ColorJitter(strength: float = 0.2, hue: float = 0.02, p: float = 1.0) -> Albu:
     """Brightness, contrast and saturation by factors in [1 - s, 1 + s]; hue by +-`hue`."""
     s = float(strength)
-    return Albu(A.ColorJitter(brightness=s, contrast=s, saturation=s, hue=hue, p=p))
+    return Albu(_albumentations().ColorJitter(brightness=s, contrast=s, saturation=s, hue=hue, p=p))
 
 
 class Normalize:
