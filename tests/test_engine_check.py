@@ -230,3 +230,14 @@ def test_tta_views_batched_equal_the_views_one_by_one():
                 views.append(torch.nn.functional.interpolate(lg, size=(40, 50), mode="bilinear", align_corners=False)[0].softmax(0))
         ref = torch.stack(views).mean(0)
         assert float((out[i] - ref).abs().max()) <= 1e-5
+
+
+def test_labels_equal_argmax_including_ties():
+    from fcnseg.engine.inference import labels
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(11, 37, 53, generator=g)
+    assert torch.equal(labels(x), x.argmax(0))
+    tied = torch.zeros(4, 5, 6)
+    tied[1:3] = 1.0  # classes 1 and 2 tie everywhere: the first maximum, as argmax
+    assert torch.equal(labels(tied), tied.argmax(0)) and int(labels(tied).max()) == 1

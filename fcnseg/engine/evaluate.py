@@ -32,7 +32,14 @@ from torch import nn
 from fcnseg.data.base import IGNORE_INDEX
 from fcnseg.engine.checkpoint import checkpoint_data  # noqa: F401 (re-exported)
 from fcnseg.engine.crf import CRF, parse_crf
-from fcnseg.engine.inference import TTA, checkpoint_inference, parse_tta, parse_window, segment
+from fcnseg.engine.inference import (
+    TTA,
+    checkpoint_inference,
+    labels,
+    parse_tta,
+    parse_window,
+    segment,
+)
 from fcnseg.engine.precision import Precision, resolve_device, resolve_precision
 from fcnseg.errors import ConfigError
 from fcnseg.metrics import ConfusionMatrix
@@ -173,7 +180,7 @@ def evaluate(
                     f"the model predicts {score_map.shape[0]} classes but the dataset has "
                     f"{num_classes}; evaluate on the dataset the model was trained for"
                 )
-            cm.update(score_map.argmax(0), mask.to(score_map.device))
+            cm.update(labels(score_map), mask.to(score_map.device))
         num_images += len(pairs)
         if bar is not None:
             bar.update(len(pairs) * world)

@@ -47,7 +47,14 @@ from fcnseg.engine.checkpoint import (
     load_checkpoint,
 )
 from fcnseg.engine.crf import CRF, parse_crf
-from fcnseg.engine.inference import TTA, checkpoint_inference, parse_tta, parse_window, segment
+from fcnseg.engine.inference import (
+    TTA,
+    checkpoint_inference,
+    labels,
+    parse_tta,
+    parse_window,
+    segment,
+)
 from fcnseg.engine.precision import resolve_device, resolve_precision
 from fcnseg.engine.stream import Writer, prefetch
 from fcnseg.errors import ConfigError, DataError
@@ -317,7 +324,7 @@ class Predictor:
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """uint8 (H, W, 3) RGB → uint8 (H, W) class indices."""
-        return self.scores([image])[0].argmax(0).to(torch.uint8).cpu().numpy()
+        return labels(self.scores([image])[0]).to(torch.uint8).cpu().numpy()
 
 
 @torch.no_grad()
@@ -475,7 +482,7 @@ def _write(
     palette: np.ndarray,
 ) -> list[Path]:
     """Writes the outputs for one image, each atomically; ``score`` (K, H, W) at the image's size."""
-    pred = score.argmax(0).to(torch.uint8).cpu().numpy()
+    pred = labels(score).to(torch.uint8).cpu().numpy()
     paths = output_paths(out, name, save_probs)
     fix = "or pass another --out; re-run with --skip-existing to keep what was written"
     atomic_write(paths[0], lambda f: palette_png(pred, palette).save(f, format="PNG"), what="prediction", fix=fix)

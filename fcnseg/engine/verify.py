@@ -143,7 +143,7 @@ def task_data(
 def score_engine(engine: Callable[[torch.Tensor], torch.Tensor], data: TaskData, *, batch: int = 4) -> dict:
     """Mean IU (percent) and per-class IoU (percent, None where the class is absent from the
     labels) of ``engine`` on ``data``; images of one size run ``batch`` at a time."""
-    from fcnseg.engine.inference import segment
+    from fcnseg.engine.inference import labels, segment
     from fcnseg.metrics import ConfusionMatrix
 
     k = len(data.classes)
@@ -159,7 +159,7 @@ def score_engine(engine: Callable[[torch.Tensor], torch.Tensor], data: TaskData,
             for i, m in zip(chunk, maps, strict=True):
                 if m.shape[0] != k:
                     raise ConfigError(f"the model predicts {m.shape[0]} classes but {data.name} has {k}; check on the data it was trained for")
-                cm.update(m.argmax(0), masks[i])
+                cm.update(labels(m), masks[i])
     res = cm.compute()
     present = (cm.matrix.sum(1) > 0).tolist()
     return {

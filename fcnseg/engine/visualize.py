@@ -153,7 +153,7 @@ def draw_samples(model, dataset, n: int, path: str | os.PathLike, *, mean, std, 
     ``model``'s prediction (in eval mode; the caller restores train mode)."""
     import torch
 
-    from fcnseg.engine.inference import segment
+    from fcnseg.engine.inference import labels, segment
 
     mean_t = torch.tensor(mean).view(3, 1, 1)
     std_t = torch.tensor(std).view(3, 1, 1)
@@ -166,5 +166,5 @@ def draw_samples(model, dataset, n: int, path: str | os.PathLike, *, mean, std, 
             score = segment(model, [x], out_sizes=[np.shape(mask)], device=device, precision=precision)[0]
             images.append(image)
             targets.append(np.asarray(mask))
-            preds.append(score.argmax(0).cpu().numpy())
+            preds.append(labels(score).cpu().numpy())
     save_sample_grid(images, targets, preds, palette, path, title=title)
