@@ -44,7 +44,15 @@ from torch import nn
 
 from fcnseg.engine import backends as B
 from fcnseg.engine.precision import Precision, cpu_has_fast_bf16, describe, resolve_precision, tell
-from fcnseg.engine.verify import VERIFY_IMAGES, TaskData, Tolerance, judge, score_engine, task_data
+from fcnseg.engine.verify import (
+    VERIFY_IMAGES,
+    TaskData,
+    Tolerance,
+    judge,
+    score_engine,
+    task_data,
+    train_data,
+)
 from fcnseg.errors import ConfigError
 from fcnseg.export.cache import cached_int8, cached_onnx, check_onnx_matches
 from fcnseg.export.parity import compare, parity_inputs, switch_flips_allowed
@@ -189,7 +197,7 @@ def _auto(model, ckpt, device, data, data_root, split, data_options, tolerance, 
         )
 
     def calib() -> list[torch.Tensor]:
-        return calibration_images(ckpt, task)
+        return _calibration(ckpt, task)
 
     engines = Engines(model, ckpt, device, calib if task is not None else None)
     if task is None:
@@ -211,19 +219,12 @@ def _auto(model, ckpt, device, data, data_root, split, data_options, tolerance, 
     return auto
 
 
-def calibration_images(ckpt: dict, task: TaskData | None, count: int = CALIB_IMAGES) -> list[torch.Tensor]:
+def _calibration(ckpt: dict, task: TaskData | None, count: int = CALIB_IMAGES) -> list[torch.Tensor]:
     """int8 calibration images: the run's training split (evenly spread), else the check's."""
-    config = ckpt.get("config") or {}
-    train = None
-    if config.get("data"):
-        train = task_data(
-            {**ckpt, "config": {k: v for k, v in config.items() if not k.startswith("val_")}},
-            split=config.get("train_split") or "train", count=count,
-        )
-    images = (train or task).images if (train or task) else []
-    if not images:
+    source = train_data(ckpt, count) or task
+    if source is None:
         raise ConfigError("int8 needs calibration images: pass --calib-data NAME --data-root DIR")
-    return images[:count]
+    return source.images[:count]
 
 
 def _key(model_hash: str, task: TaskData, tolerance: Tolerance) -> str:

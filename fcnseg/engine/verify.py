@@ -20,7 +20,7 @@ import logging
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -140,6 +140,17 @@ def task_data(
     return TaskData(name, split, ds, indices)
 
 
+def train_data(ckpt: Mapping, count: int) -> TaskData | None:
+    """``count`` images of the run's own training split (its config's ``data`` and
+    ``train_split``, not the validation data), evenly spread: what int8 calibrates on. None when
+    they are not on this machine."""
+    config = ckpt.get("config") or {}
+    if not config.get("data"):
+        return None
+    own = {k: v for k, v in config.items() if not k.startswith("val_")}
+    return task_data({**ckpt, "config": own}, split=config.get("train_split") or "train", count=count)
+
+
 def score_engine(engine: Callable[[torch.Tensor], torch.Tensor], data: TaskData, *, batch: int = 4) -> dict:
     """Mean IU (percent) and per-class IoU (percent, None where the class is absent from the
     labels) of ``engine`` on ``data``; images of one size run ``batch`` at a time."""
@@ -193,7 +204,3 @@ def judge(reference: dict, candidate: dict, classes: Sequence[str], tolerance: T
         "class_deltas": deltas,
         "reason": "; ".join(reasons) if reasons else "within tolerance",
     }
-
-
-def tolerance_dict(tolerance: Tolerance) -> dict:
-    return asdict(tolerance)

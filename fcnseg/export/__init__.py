@@ -130,16 +130,12 @@ def _export_int8(ckpt, out: Path, opset, calib_data, data_root, calib_split, cal
 
     from fcnseg.engine.backends import OnnxRuntimeBackend
     from fcnseg.engine.checkpoint import model_from_checkpoint
-    from fcnseg.engine.verify import judge, score_engine, task_data
+    from fcnseg.engine.verify import judge, score_engine, task_data, train_data
 
-    config = ckpt.get("config") or {}
     if calib_data:
         calib = calibration_images(ckpt, calib_data, data_root, count=calib_images)
     else:
-        train = task_data(
-            {**ckpt, "config": {k: v for k, v in config.items() if not k.startswith("val_")}},
-            split=config.get("train_split") or "train", count=calib_images,
-        )
+        train = train_data(ckpt, calib_images)
         if train is None:
             raise ConfigError(
                 "--int8 calibrates on the run's training images, which are not on this machine; "
