@@ -27,8 +27,8 @@ import time
 import torch
 
 from fcnseg.bench import make_train_step, synthetic_batch
-from fcnseg.engine.precision import Precision
 from fcnseg.models import build_model
+from fcnseg.precision import Precision
 
 FP32 = Precision("fp32", None, channels_last=False, use_scaler=False)
 

@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from fcnseg.engine.backends import cpu_fingerprint
+from fcnseg.inference.backends import cpu_fingerprint
 
 
 def _run(argv: list[str], env: dict) -> tuple[float, str]:

@@ -1,6 +1,6 @@
 """fp32 memory layout on the CPU: NCHW (contiguous) against channels_last (NHWC), for the
 shipped models, so that ``--precision auto`` takes the faster one where the CPU has no
-native bf16 (fcnseg.engine.precision).
+native bf16 (fcnseg.precision).
 
 Workloads: ResNet-18 FCN-8s (the zero-argument model) and FCN-4s (configs/camvid.yaml),
 bilinear upsampling, 11 classes: inference at 1x360x480 and 8x360x480 (a CamVid frame, no
@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from fcnseg.bench import cpu_name, make_optimizer, make_train_step
-from fcnseg.engine.precision import Precision, cpu_features
 from fcnseg.models import build_model
+from fcnseg.precision import Precision, cpu_features
 
 FP32 = Precision("fp32", None, channels_last=False, use_scaler=False)
 LAYOUTS = {"NCHW": torch.contiguous_format, "channels_last": torch.channels_last}

@@ -33,12 +33,12 @@ from pathlib import Path
 import torch
 
 from fcnseg.bench import PeakMemory, count_flops, matmul_peak_tflops
-from fcnseg.engine import backends as B
-from fcnseg.engine.checkpoint import load_checkpoint, model_from_checkpoint
-from fcnseg.engine.loader import load_engine
-from fcnseg.engine.precision import Precision, cpu_has_fast_bf16, resolve_precision
+from fcnseg.checkpoint import load_checkpoint, model_from_checkpoint
 from fcnseg.export import compare, parity_inputs, switch_flips_allowed
+from fcnseg.inference import backends as B
+from fcnseg.inference.loader import load_engine
 from fcnseg.models import build_model
+from fcnseg.precision import Precision, cpu_has_fast_bf16, resolve_precision
 
 CASES = {
     "fcn8s-r18-b1": ("fcn8s", "resnet18", "deconv", 1, (360, 480)),

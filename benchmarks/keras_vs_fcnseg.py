@@ -103,9 +103,9 @@ def agreement(
     """``{"fp32_miou", "bf16_miou", "miou_diff_points", ...}`` of ``checkpoint`` on
     ``data``'s val split (mean IU as a fraction; the difference in points, i.e. x100)."""
 
+    from fcnseg.checkpoint import load_checkpoint, model_from_checkpoint
     from fcnseg.data import build_dataset
-    from fcnseg.engine.checkpoint import load_checkpoint, model_from_checkpoint
-    from fcnseg.engine.evaluate import evaluate
+    from fcnseg.inference.evaluate import evaluate
 
     ckpt = load_checkpoint(checkpoint)
     model = model_from_checkpoint(ckpt)

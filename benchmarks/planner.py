@@ -38,7 +38,7 @@ def default_flags() -> list[str]:
     """The TrainConfig defaults of PLANNED_KEYS as flags (empty or None ones left out: their
     flag cannot say 'none', and leaving them out is the default)."""
     sys.path.insert(0, str(REPO))
-    from fcnseg.engine.config import TrainConfig
+    from fcnseg.config import TrainConfig
 
     d = TrainConfig()
     flags = ["--no-plan", "--epochs", "1000"]

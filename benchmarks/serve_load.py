@@ -86,7 +86,7 @@ def free_port() -> int:
 def default_checkpoint(folder: Path) -> Path:
     import torch
 
-    from fcnseg.engine.checkpoint import save_checkpoint
+    from fcnseg.checkpoint import save_checkpoint
     from fcnseg.models import build_model
 
     torch.manual_seed(0)

@@ -141,7 +141,7 @@ def _kill_at(proc: subprocess.Popen, phase_file: Path, target: str, rng: random.
 
 
 def _state(path: Path) -> dict:
-    from fcnseg.engine.checkpoint import load_checkpoint
+    from fcnseg.checkpoint import load_checkpoint
 
     return load_checkpoint(path)
 

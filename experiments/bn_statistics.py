@@ -30,14 +30,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fcnseg.checkpoint import load_checkpoint, model_from_checkpoint
+from fcnseg.config import TrainConfig, resolve_config
 from fcnseg.data.sampling import SeededDataset
 from fcnseg.data.transforms import copy_paste, train_transforms
-from fcnseg.engine.checkpoint import load_checkpoint, model_from_checkpoint
-from fcnseg.engine.config import TrainConfig, resolve_config
-from fcnseg.engine.data import stage_transforms, training_data
-from fcnseg.engine.evaluate import evaluate
-from fcnseg.engine.inference import parse_tta
-from fcnseg.engine.precision import resolve_precision
+from fcnseg.inference.evaluate import evaluate
+from fcnseg.inference.segment import parse_tta
+from fcnseg.precision import resolve_precision
+from fcnseg.training.data import stage_transforms, training_data
 
 SOURCES = ("crops", "frames", "clean-frames", "per-scale")
 
@@ -101,8 +101,8 @@ def main() -> None:
     run_cfg = {k: v for k, v in (ckpt.get("config") or {}).items() if k in fields}
     cfg = resolve_config({**run_cfg, "data_root": args.data_root, "out": "/tmp/fcnseg_bn_statistics", "tensorboard": False, "workers": 0, "resume": None})
     data = training_data(cfg, main=True)
-    precision = resolve_precision(cfg["precision"], torch.device("cpu"))
-    tta = parse_tta(args.tta if args.tta is not None else cfg["eval_tta"])
+    precision = resolve_precision(cfg.precision, torch.device("cpu"))
+    tta = parse_tta(args.tta if args.tta is not None else cfg.eval_tta)
     model = model_from_checkpoint(ckpt)
     if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -125,16 +125,16 @@ def main() -> None:
         seeded = SeededDataset(data.train, args.seed)
         g = torch.Generator().manual_seed(args.seed)
         order = torch.randperm(len(seeded), generator=g).tolist()
-        B, out = cfg["batch_size"], []
+        B, out = cfg.batch_size, []
         for b in range(args.batches):
             xs, ms = zip(*[seeded[(0, order[(b * B + k) % len(order)])] for k in range(B)], strict=True)
             x, y = torch.stack(xs), torch.stack(ms)
             if data.paste_classes and source != "clean-frames":
-                x, y = copy_paste(x, y, data.paste_classes, cfg["copy_paste"], generator=g)
+                x, y = copy_paste(x, y, data.paste_classes, cfg.copy_paste, generator=g)
             out.append(x)
         return out
 
-    print(f"{args.checkpoint}: {args.batches} batches of {cfg['batch_size']}, val with {tta}")
+    print(f"{args.checkpoint}: {args.batches} batches of {cfg.batch_size}, val with {tta}")
     print("| BN statistics | val mean IU |\n|---|---:|")
     print(f"| as saved (running averages) | {100 * score(model):.2f} |", flush=True)
     saved = [(m.running_mean.clone(), m.running_var.clone()) for m in batchnorms(model)]

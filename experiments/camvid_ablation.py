@@ -6,7 +6,7 @@ optimizer steps that ``--budget-cpu-s`` CPU-seconds buy it: its cost per step (m
 forward/backward/AdamW on a random batch of its crop size, plus the augmentation of its
 batch, measured as process CPU time, median of a few steps after warm-up) sets the step
 count, rounded to whole epochs. A quiet 30-minute run on 2 cores is about 3600 CPU-s.
-Training then runs through ``fcnseg.engine.train.train`` (the real engine and data
+Training then runs through ``fcnseg.training.train.train`` (the real engine and data
 pipeline) with a fixed epoch count and one validation at the end; the final model is
 scored on val at the labels' full resolution with the row's test-time input scale.
 
@@ -22,6 +22,7 @@ back to the label's size). Prints one JSON line per row.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import time
@@ -32,7 +33,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "camvid.yaml"
 
-# every row: overrides of configs/camvid.yaml (keys of fcnseg.engine.config.TrainConfig),
+# every row: overrides of configs/camvid.yaml (keys of fcnseg.config.TrainConfig),
 # on top of FIXED, which pins what the recipe may change later (the rows were measured
 # training on train alone with full median-frequency weights, FCN-8s and the plain loss)
 FIXED = {
@@ -77,24 +78,24 @@ ROWS: dict[str, dict] = {
 
 
 def step_cost(
-    cfg: dict, *, steps: int = 5, num_classes: int = 11, data_root: str | None = None
+    cfg, *, steps: int = 5, num_classes: int = 11, data_root: str | None = None
 ) -> float:
     """CPU-seconds per optimizer step of ``cfg``: the trainer's step on a random batch
     of the crop size (median of ``steps`` after 2 warm-up steps) plus the augmentation of
     one batch of real images (when ``data_root`` is given)."""
-    from fcnseg.engine.precision import resolve_precision
-    from fcnseg.engine.step import build_model_for_training, build_train_step
+    from fcnseg.precision import resolve_precision
+    from fcnseg.training.step import build_model_for_training, build_train_step
 
     device = torch.device("cpu")
-    prec = resolve_precision(cfg.get("precision", "auto"), device)
+    prec = resolve_precision(cfg.precision, device)
     model = build_model_for_training(cfg, num_classes)
     # the trainer's own step (loss, class weights, copy-paste, optimizer) at a tiny lr
-    weight = torch.ones(num_classes) if cfg["class_weights"] != "none" else None
-    step = build_train_step(model, {**cfg, "lr": 1e-4}, device=device, precision=prec, num_classes=num_classes, class_weight=weight, paste_classes=range(num_classes))
+    weight = torch.ones(num_classes) if cfg.class_weights != "none" else None
+    step = build_train_step(model, dataclasses.replace(cfg, lr=1e-4), device=device, precision=prec, num_classes=num_classes, class_weight=weight, paste_classes=range(num_classes))
     step.net.train()
-    h, w = cfg["crop"]
-    x = torch.randn(cfg["batch_size"], 3, h, w)
-    y = torch.randint(0, num_classes, (cfg["batch_size"], h, w))
+    h, w = cfg.crop
+    x = torch.randn(cfg.batch_size, 3, h, w)
+    y = torch.randint(0, num_classes, (cfg.batch_size, h, w))
     times = []
     for _ in range(steps + 2):
         t0 = time.process_time()
@@ -108,24 +109,24 @@ def step_cost(
 
         pre = preprocessing("resnet18", "imagenet")
         tf = train_transforms(
-            cfg["crop"],
+            cfg.crop,
             mean=pre["mean"],
             std=pre["std"],
-            scale=tuple(cfg["scale"]),
-            hflip=cfg["hflip"],
-            color_jitter=cfg["color_jitter"],
+            scale=tuple(cfg.scale),
+            hflip=cfg.hflip,
+            color_jitter=cfg.color_jitter,
         )
-        ds = build_dataset(cfg["data"], root=data_root, split="train", transforms=tf)
-        n = 3 * cfg["batch_size"]
+        ds = build_dataset(cfg.data, root=data_root, split="train", transforms=tf)
+        n = 3 * cfg.batch_size
         t0 = time.process_time()
         for i in range(n):
             ds[i]
-        cost += (time.process_time() - t0) / n * cfg["batch_size"]
+        cost += (time.process_time() - t0) / n * cfg.batch_size
     return cost
 
 
 def main() -> None:
-    from fcnseg.engine.config import resolve_config
+    from fcnseg.config import resolve_config
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rows", nargs="+", default=["base", "half"], choices=list(ROWS))
@@ -147,17 +148,17 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
+    from fcnseg.checkpoint import load_checkpoint
     from fcnseg.data import build_dataset
-    from fcnseg.engine.checkpoint import load_checkpoint
-    from fcnseg.engine.evaluate import evaluate
-    from fcnseg.engine.train import train
+    from fcnseg.inference.evaluate import evaluate
     from fcnseg.models import build_model
+    from fcnseg.training.train import train
 
     for name in args.rows:
         row = {**FIXED, **ROWS[name]}
         cfg = resolve_config({k: v for k, v in row.items()}, config_file=CONFIG)
         cost = step_cost(cfg, data_root=args.data_root)
-        spe = 367 // cfg["batch_size"]
+        spe = 367 // cfg.batch_size
         epochs = args.epochs or max(1, round(args.budget_cpu_s / cost / spe))
         result = {
             "row": name,
@@ -168,7 +169,7 @@ def main() -> None:
         if args.cost_only:
             print(json.dumps(result), flush=True)
             continue
-        warmup = min(cfg["warmup_steps"], max(1, epochs * spe // 20))
+        warmup = min(cfg.warmup_steps, max(1, epochs * spe // 20))
         t0, c0 = time.monotonic(), time.process_time()
         run = train(
             {

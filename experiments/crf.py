@@ -1,4 +1,4 @@
-"""What the local dense CRF (``fcnseg.engine.crf``) buys a trained checkpoint, and what it costs.
+"""What the local dense CRF (``fcnseg.inference.crf``) buys a trained checkpoint, and what it costs.
 
 For each checkpoint, the test-time-augmented probabilities of every val frame are computed
 once (the run's own ``eval_tta``, or ``--tta``) and kept in memory (float16); each CRF
@@ -21,13 +21,13 @@ import time
 import numpy as np
 import torch
 
+from fcnseg.checkpoint import load_checkpoint, model_from_checkpoint
 from fcnseg.data import build_dataset
 from fcnseg.data.transforms import eval_transforms
-from fcnseg.engine.checkpoint import load_checkpoint, model_from_checkpoint
-from fcnseg.engine.crf import crf_refine, parse_crf
-from fcnseg.engine.inference import parse_tta, segment
-from fcnseg.engine.precision import resolve_precision
+from fcnseg.inference.crf import crf_refine, parse_crf
+from fcnseg.inference.segment import parse_tta, segment
 from fcnseg.metrics import ConfusionMatrix
+from fcnseg.precision import resolve_precision
 
 
 def _line(name: str, res: dict) -> str:

@@ -26,8 +26,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from fcnseg.engine.backends import OpenVinoBackend, installed
 from fcnseg.export import ort_runner, ort_session, parity_inputs, trace_onnx
+from fcnseg.inference.backends import OpenVinoBackend, installed
 from fcnseg.models import build_model
 
 CASES = {"recipe": ("fcn4s", "bilinear", 1), "fcn8s-b8": ("fcn8s", "deconv", 8)}

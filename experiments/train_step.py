@@ -30,12 +30,12 @@ import time
 import torch
 from torch.utils.data import DataLoader
 
+from fcnseg.config import resolve_config
 from fcnseg.data.sampling import EpochSampler, SeededDataset
-from fcnseg.engine.config import resolve_config
-from fcnseg.engine.data import stage_transforms, training_data
-from fcnseg.engine.losses import loss_chunk, segmentation_loss, upsampled_segmentation_loss
-from fcnseg.engine.precision import resolve_device, resolve_precision
-from fcnseg.engine.step import build_model_for_training, build_train_step
+from fcnseg.precision import resolve_device, resolve_precision
+from fcnseg.training.data import stage_transforms, training_data
+from fcnseg.training.losses import loss_chunk, segmentation_loss, upsampled_segmentation_loss
+from fcnseg.training.step import build_model_for_training, build_train_step
 
 
 def main() -> None:
@@ -51,8 +51,8 @@ def main() -> None:
 
     # lr 1e-5: the steps change the weights little, so every variant times the same model
     cfg = resolve_config({"data_root": args.data_root, "train_split": args.split, "lr": 1e-5, "out": "/tmp/fcnseg_train_step", "tensorboard": False}, config_file=args.config)
-    device = resolve_device(cfg["device"])
-    precision = resolve_precision(cfg["precision"], device)
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
     data = training_data(cfg, main=True)
     model = build_model_for_training(cfg, data.num_classes)
     weight = torch.tensor(data.class_weight) if data.class_weight else None
@@ -60,13 +60,13 @@ def main() -> None:
     stage = data.stages[args.stage]
     data.train.transforms = stage_transforms(cfg, stage, data.mean, data.std)
     step.net.train()
-    print(f"{cfg['model']}/{cfg['backbone']}, batch {cfg['batch_size']}, crops {stage['crop'][0]}x{stage['crop'][1]} of frames scaled "
+    print(f"{cfg.model}/{cfg.backbone}, batch {cfg.batch_size}, crops {stage['crop'][0]}x{stage['crop'][1]} of frames scaled "
           f"{stage['scale'][0]:g}-{stage['scale'][1]:g}, {precision.name}, {torch.get_num_threads()} threads")
 
     loaders, iters = {}, {}
     for w in args.workers:
-        sampler = EpochSampler(data.train, num_replicas=1, rank=0, seed=cfg["seed"])
-        loaders[w] = DataLoader(SeededDataset(data.train, cfg["seed"]), batch_size=cfg["batch_size"], sampler=sampler, num_workers=w, drop_last=True, persistent_workers=w > 0)
+        sampler = EpochSampler(data.train, num_replicas=1, rank=0, seed=cfg.seed)
+        loaders[w] = DataLoader(SeededDataset(data.train, cfg.seed), batch_size=cfg.batch_size, sampler=sampler, num_workers=w, drop_last=True, persistent_workers=w > 0)
         iters[w] = iter(loaders[w])
 
     def batch_from(w: int):

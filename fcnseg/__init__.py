@@ -26,11 +26,11 @@ __version__ = "0.1.0"
 _LAZY = {
     "build_model": "fcnseg.models",
     "list_models": "fcnseg.models",
-    "train": "fcnseg.engine.train",
+    "train": "fcnseg.training.train",
     "plan": "fcnseg.plan",  # the package is callable: fcnseg.plan(...) plans
-    "evaluate": "fcnseg.engine.evaluate",
-    "evaluate_checkpoint": "fcnseg.engine.evaluate",
-    "predict": "fcnseg.engine.predict",
+    "evaluate": "fcnseg.inference.evaluate",
+    "evaluate_checkpoint": "fcnseg.inference.evaluate",
+    "predict": "fcnseg.inference.predict",
 }
 
 __all__ = [
@@ -45,11 +45,11 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ loads them
-    from fcnseg.engine.evaluate import evaluate, evaluate_checkpoint
-    from fcnseg.engine.predict import predict
-    from fcnseg.engine.train import train
+    from fcnseg.inference.evaluate import evaluate, evaluate_checkpoint
+    from fcnseg.inference.predict import predict
     from fcnseg.models import build_model, list_models
     from fcnseg.plan import plan
+    from fcnseg.training.train import train
 
 
 def __getattr__(name: str):

@@ -1,6 +1,6 @@
 """Speed, memory and FLOPs benchmark of a segmentation model on synthetic (or real) batches.
 
-``benchmark(...)`` times training steps (the trainer's own step, ``fcnseg.engine.step``:
+``benchmark(...)`` times training steps (the trainer's own step, ``fcnseg.training.step``:
 forward + loss + backward + Adam step, with the same autocast / channels_last policy) and inference batches (eval mode,
 ``inference_mode``), counts FLOPs per image with ``torch.utils.flop_counter.FlopCounterMode``
 and measures the machine's matmul peak in the same dtype, so the achieved TFLOP/s can be read
@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fcnseg.data.base import IGNORE_INDEX
-from fcnseg.engine.precision import Precision, resolve_device, resolve_precision
 from fcnseg.errors import ConfigError
+from fcnseg.precision import Precision, resolve_device, resolve_precision
 from fcnseg.weights import IMAGENET_MEAN, IMAGENET_STD
 
 # ----------------------------------------------------------------------------- memory
@@ -195,9 +195,9 @@ def _sync(device: torch.device) -> None:
 
 
 def make_optimizer(params, lr: float, device: torch.device) -> torch.optim.Optimizer:
-    """Adam as training builds it (``fcnseg.engine.step.build_optimizer``: the fused kernel
+    """Adam as training builds it (``fcnseg.training.step.build_optimizer``: the fused kernel
     where this torch has it for the device, else ``foreach``)."""
-    from fcnseg.engine.step import build_optimizer
+    from fcnseg.training.step import build_optimizer
 
     params = [p for p in params if p.requires_grad]
     return build_optimizer([{"params": params}], name="adam", lr=lr, momentum=0.0, device=device)
@@ -210,12 +210,12 @@ def make_train_step(
     device: torch.device,
     **options: Any,
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The trainer's own training step (``fcnseg.engine.step.TrainStep``: forward and loss
+    """The trainer's own training step (``fcnseg.training.step.TrainStep``: forward and loss
     under autocast, from the coarse scores where the model's last upsampling is fixed,
     backward, (scaled) optimizer step) as ``step(x (N, C, H, W), target (N, H, W) int64) ->
     loss`` (a 0-d tensor: no host synchronisation). ``options``: TrainStep's keywords
     (``class_weight``, ``hard_pixels``, ``aux_loss``, ``copy_paste``, ...)."""
-    from fcnseg.engine.step import TrainStep
+    from fcnseg.training.step import TrainStep
 
     step = TrainStep(model, optimizer, precision=precision, device=device, **options)
     return lambda x, target: step([(x, target)])
@@ -417,8 +417,8 @@ def benchmark(
             def infer() -> None:
                 with torch.inference_mode(), prec.autocast(dev):
                     runner(x)
-        else:  # the engine eval/predict/serve run (fcnseg.engine.loader)
-            from fcnseg.engine.loader import load_engine
+        else:  # the engine eval/predict/serve run (fcnseg.inference.loader)
+            from fcnseg.inference.loader import load_engine
 
             engine = load_engine(net, "torch", prec, dev)
 

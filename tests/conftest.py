@@ -38,7 +38,7 @@ def _auto_backend_without_probe(tmp_path_factory):
     at each new checkpoint: tests of other things (module fixtures included) run it as torch,
     as without the export extra; tests marked ``auto_probe`` let it choose. The cache never
     touches ~/.cache."""
-    from fcnseg.engine import backends
+    from fcnseg.inference import backends
 
     _REAL_AUTO_CANDIDATES[:] = backends.AUTO_CANDIDATES
     mp = pytest.MonkeyPatch()
@@ -51,6 +51,6 @@ def _auto_backend_without_probe(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def _auto_probe(request, monkeypatch):
     if request.node.get_closest_marker("auto_probe") is not None:
-        from fcnseg.engine import backends
+        from fcnseg.inference import backends
 
         monkeypatch.setattr(backends, "AUTO_CANDIDATES", tuple(_REAL_AUTO_CANDIDATES))

@@ -52,7 +52,7 @@ class _Enough(Exception):
 def record(name: str, steps: int = STEPS) -> list[float]:
     """The training loss of each of the first ``steps`` optimizer steps of recording ``name``
     (run from the repository root's point of view: relative data roots resolve there)."""
-    from fcnseg.engine.train import train
+    from fcnseg.training.train import train
 
     config_file, options, _ = RECORDINGS[name]
     losses: list[float] = []
@@ -90,7 +90,7 @@ def cpu() -> dict:
 
 
 def main(names: list[str]) -> None:
-    from fcnseg.engine.precision import resolve_precision
+    from fcnseg.precision import resolve_precision
 
     store = json.loads(STORE.read_text()) if STORE.exists() else {}
     for name in names or list(RECORDINGS):

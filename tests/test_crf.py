@@ -1,11 +1,11 @@
-"""The local dense CRF (fcnseg.engine.crf): against a brute-force dense CRF on the same
+"""The local dense CRF (fcnseg.inference.crf): against a brute-force dense CRF on the same
 window, what its two kernels do to a prediction, its spec, and its use by eval/predict."""
 
 import pytest
 import torch
 
-from fcnseg.engine.crf import CRF, crf_refine, parse_crf
 from fcnseg.errors import ConfigError
+from fcnseg.inference.crf import CRF, crf_refine, parse_crf
 
 
 def _brute_force(probs: torch.Tensor, image: torch.Tensor, crf: CRF) -> torch.Tensor:
@@ -116,8 +116,8 @@ def test_spec_round_trip_and_errors():
 
 
 def test_segment_and_evaluate_apply_it_with_the_images_colours():
-    from fcnseg.engine.evaluate import evaluate
-    from fcnseg.engine.inference import segment
+    from fcnseg.inference.evaluate import evaluate
+    from fcnseg.inference.segment import segment
 
     torch.manual_seed(0)
     model = torch.nn.Conv2d(3, 4, 3, padding=1).eval()

@@ -14,11 +14,11 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 
 def test_train_on_cuda_writes_a_checkpoint_that_scores_the_same_on_cpu(tmp_path):
+    from fcnseg.checkpoint import load_checkpoint, model_from_checkpoint
     from fcnseg.data import build_dataset
     from fcnseg.data.transforms import eval_transforms
-    from fcnseg.engine.checkpoint import load_checkpoint, model_from_checkpoint
-    from fcnseg.engine.evaluate import evaluate
-    from fcnseg.engine.train import train
+    from fcnseg.inference.evaluate import evaluate
+    from fcnseg.training.train import train
 
     run = train(tiny(tmp_path / "run", device="cuda", epochs=4, lr=3e-3))
     result = json.loads((run / "metrics.json").read_text())
@@ -46,8 +46,8 @@ def test_train_on_cuda_writes_a_checkpoint_that_scores_the_same_on_cpu(tmp_path)
 
 
 def test_fp16_run_keeps_its_grad_scaler_and_resumes(tmp_path):
-    from fcnseg.engine.checkpoint import load_checkpoint
-    from fcnseg.engine.train import train
+    from fcnseg.checkpoint import load_checkpoint
+    from fcnseg.training.train import train
 
     run = train(tiny(tmp_path / "run", device="cuda", precision="fp16", epochs=1))
     ckpt = load_checkpoint(run / "last.pt")

@@ -13,9 +13,9 @@ import yaml
 
 
 def test_two_process_gloo_run_validates_like_one_process(tmp_path):
+    from fcnseg.checkpoint import load_checkpoint, model_from_checkpoint
     from fcnseg.data import build_dataset
-    from fcnseg.engine.checkpoint import load_checkpoint, model_from_checkpoint
-    from fcnseg.engine.evaluate import evaluate
+    from fcnseg.inference.evaluate import evaluate
 
     cfg = dict(
         data="synthetic", data_options={"size": 64, "length": 18}, model="fcn8s", backbone="resnet18",
@@ -57,8 +57,8 @@ def test_two_process_gloo_run_validates_like_one_process(tmp_path):
 
 
 def test_more_processes_than_gpus_is_a_config_error_naming_the_fix(monkeypatch):
-    from fcnseg.engine import distributed as ddp
     from fcnseg.errors import ConfigError
+    from fcnseg.training import distributed as ddp
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
@@ -75,7 +75,7 @@ def test_more_processes_than_gpus_is_a_config_error_naming_the_fix(monkeypatch):
 def test_two_process_run_resumes(tmp_path):
     """A 2-process run of 2 steps, resumed under DDP for a second epoch: both ranks continue
     from the checkpoint's step (no step repeated or skipped) and the weights move on."""
-    from fcnseg.engine.checkpoint import load_checkpoint
+    from fcnseg.checkpoint import load_checkpoint
 
     cfg = dict(
         data="synthetic", data_options={"size": 64, "length": 16}, model="fcn8s", backbone="resnet18",

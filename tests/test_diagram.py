@@ -1,12 +1,12 @@
-"""fcnseg.engine.diagram: the stages a diagram draws are the model's real outputs."""
+"""fcnseg.models.diagram: the stages a diagram draws are the model's real outputs."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from fcnseg.engine.diagram import draw_architecture, trace_stages
 from fcnseg.models import build_model
+from fcnseg.models.diagram import draw_architecture, trace_stages
 
 SIZE = (64, 96)
 

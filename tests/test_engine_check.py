@@ -1,5 +1,5 @@
-"""The engine choice of `--backend auto` (fcnseg.engine.loader) and its task check
-(fcnseg.engine.verify): inexact engines (bf16, int8) qualify only on labelled data, within
+"""The engine choice of `--backend auto` (fcnseg.inference.loader) and its task check
+(fcnseg.inference.verify): inexact engines (bf16, int8) qualify only on labelled data, within
 0.3 mean-IU points and 1.0 per class of eager fp32; the evidence is cached and reported; int8
 export keeps the most sensitive layers in fp32 until it passes, else refuses with the figures."""
 
@@ -14,11 +14,11 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
 from fcnseg.cli import main  # noqa: E402
-from fcnseg.engine import backends as B  # noqa: E402
-from fcnseg.engine import loader as L  # noqa: E402
-from fcnseg.engine import verify as V  # noqa: E402
 from fcnseg.errors import ConfigError, FcnsegError  # noqa: E402
 from fcnseg.export import cache as XC  # noqa: E402
+from fcnseg.inference import backends as B  # noqa: E402
+from fcnseg.inference import loader as L  # noqa: E402
+from fcnseg.inference import verify as V  # noqa: E402
 from fcnseg.models import build_model  # noqa: E402
 
 CLASSES = ["pet", "background", "border"]
@@ -173,7 +173,7 @@ def test_onnx_file_of_another_model_or_truncated_is_refused(ckpt, tmp_path, caps
 
 
 def test_int8_export_keeps_sensitive_layers_fp32_until_it_passes_or_refuses(ckpt, tmp_path, monkeypatch, capsys):
-    import fcnseg.engine.verify as verify
+    import fcnseg.inference.verify as verify
     from fcnseg.export import ExportError, export, read_metadata
 
     torch.save(ckpt, tmp_path / "m.pt")
@@ -205,7 +205,7 @@ def test_int8_export_keeps_sensitive_layers_fp32_until_it_passes_or_refuses(ckpt
 def test_tta_views_batched_equal_the_views_one_by_one():
     """The plain and mirrored views of each scale run as one batch; the averaged
     probabilities equal those of the views run one at a time."""
-    from fcnseg.engine.inference import segment
+    from fcnseg.inference.segment import segment
 
     torch.manual_seed(0)
     model = build_model("fcn8s", backbone="resnet18", num_classes=3, upsample="bilinear").eval()
@@ -233,7 +233,7 @@ def test_tta_views_batched_equal_the_views_one_by_one():
 
 
 def test_labels_equal_argmax_including_ties():
-    from fcnseg.engine.inference import labels
+    from fcnseg.inference.segment import labels
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(11, 37, 53, generator=g)

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from fcnseg.engine.evaluate import evaluate
-from fcnseg.engine.inference import TTA, parse_tta, parse_window, segment
 from fcnseg.errors import ConfigError
+from fcnseg.inference.evaluate import evaluate
+from fcnseg.inference.segment import TTA, parse_tta, parse_window, segment
 from fcnseg.metrics import ConfusionMatrix
 
 SIZES = [(37, 53), (40, 40), (29, 61), (37, 53), (50, 33)]
@@ -235,8 +235,8 @@ def _camvid(root, sizes=CAMVID_SIZES, split="val"):
 def _real_checkpoint(path, data_root, **config):
     """fcn8s/resnet18 with random score layers (zero-initialised ones predict one class)."""
     from fcnseg import build_model
+    from fcnseg.checkpoint import save_checkpoint
     from fcnseg.data.camvid import CAMVID_CLASSES, CAMVID_PALETTE
-    from fcnseg.engine.checkpoint import save_checkpoint
 
     model = build_model("fcn8s", backbone="resnet18", num_classes=11)
     with torch.no_grad():
@@ -309,7 +309,7 @@ def test_cli_json_matches_hand_computed_scores_at_label_size(tmp_path, capsys):
 
 
 def test_cli_default_tta_from_checkpoint_and_tta_none(tmp_path, capsys, monkeypatch):
-    from fcnseg.engine.checkpoint import save_checkpoint
+    from fcnseg.checkpoint import save_checkpoint
     from fcnseg.models import MODELS
 
     monkeypatch.setitem(MODELS, "test-pixelnet", lambda *, num_classes, **_: PixelNet(num_classes))
@@ -340,7 +340,7 @@ def test_cli_default_tta_from_checkpoint_and_tta_none(tmp_path, capsys, monkeypa
 
 def test_evaluate_checkpoint_gives_what_the_cli_prints_and_runs_another_callable(tmp_path, capsys, monkeypatch):
     import fcnseg
-    from fcnseg.engine.checkpoint import save_checkpoint
+    from fcnseg.checkpoint import save_checkpoint
     from fcnseg.models import MODELS
 
     monkeypatch.setitem(MODELS, "test-pixelnet", lambda *, num_classes, **_: PixelNet(num_classes))
@@ -379,10 +379,10 @@ def test_evaluate_checkpoint_gives_what_the_cli_prints_and_runs_another_callable
 def test_cli_crf_from_checkpoint_matches_refining_by_hand(tmp_path, capsys, monkeypatch):
     from PIL import Image
 
+    from fcnseg.checkpoint import save_checkpoint
     from fcnseg.data import build_dataset
     from fcnseg.data.transforms import eval_transforms
-    from fcnseg.engine.checkpoint import save_checkpoint
-    from fcnseg.engine.crf import CRF, crf_refine
+    from fcnseg.inference.crf import CRF, crf_refine
     from fcnseg.models import MODELS
 
     monkeypatch.setitem(MODELS, "test-pixelnet", lambda *, num_classes, **_: PixelNet(num_classes))
@@ -424,8 +424,8 @@ def test_cli_crf_from_checkpoint_matches_refining_by_hand(tmp_path, capsys, monk
 def test_cli_text_table_and_plot(tmp_path, capsys, monkeypatch):
     from PIL import Image
 
+    from fcnseg.checkpoint import save_checkpoint
     from fcnseg.cli import main
-    from fcnseg.engine.checkpoint import save_checkpoint
     from fcnseg.models import MODELS
 
     monkeypatch.setitem(MODELS, "test-pixelnet", lambda *, num_classes, **_: PixelNet(num_classes))
@@ -456,8 +456,8 @@ def test_cli_text_table_and_plot(tmp_path, capsys, monkeypatch):
     ],
 )
 def test_cli_bad_arguments_exit_2_with_one_line(argv, message, tmp_path, capsys, monkeypatch):
+    from fcnseg.checkpoint import save_checkpoint
     from fcnseg.cli import main
-    from fcnseg.engine.checkpoint import save_checkpoint
     from fcnseg.models import MODELS
 
     monkeypatch.setitem(MODELS, "test-pixelnet", lambda *, num_classes, **_: PixelNet(num_classes))

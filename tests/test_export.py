@@ -17,9 +17,6 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
 from fcnseg.cli import main  # noqa: E402
-from fcnseg.engine import backends as B  # noqa: E402
-from fcnseg.engine.inference import segment  # noqa: E402
-from fcnseg.engine.loader import load_engine  # noqa: E402
 from fcnseg.errors import ConfigError  # noqa: E402
 from fcnseg.export import (  # noqa: E402
     MIN_AGREEMENT,
@@ -31,6 +28,9 @@ from fcnseg.export import (  # noqa: E402
     read_metadata,
 )
 from fcnseg.export import cache as XC  # noqa: E402
+from fcnseg.inference import backends as B  # noqa: E402
+from fcnseg.inference.loader import load_engine  # noqa: E402
+from fcnseg.inference.segment import segment  # noqa: E402
 from fcnseg.models import build_model  # noqa: E402
 
 SMALL_SIZES = ((65, 79), (96, 128))
@@ -251,7 +251,7 @@ def test_auto_times_the_engines_in_turns():
 
 def test_onnxruntime_sessions_do_not_spin(exported):
     """fcnseg's onnxruntime sessions turn busy-waiting off (experiments/ort_spinning.py)."""
-    from fcnseg.engine.backends import ort_session
+    from fcnseg.inference.backends import ort_session
 
     sess = ort_session(exported[2].path)
     assert sess.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
@@ -302,7 +302,7 @@ def test_auto_is_the_default_of_eval_and_predict(exported, cache, tmp_path, caps
 def test_evaluate_same_mean_iu_on_every_backend(exported):
     """`evaluate` through each backend gives the same mean IU (within 0.05 points)."""
     from fcnseg.data import build_dataset
-    from fcnseg.engine.evaluate import evaluate
+    from fcnseg.inference.evaluate import evaluate
 
     model, ckpt, res = exported
     ds = build_dataset("synthetic", split="val", size=(72, 88), length=4)
@@ -369,8 +369,8 @@ def test_only_the_engine_that_runs_logs_its_precision(exported, caplog, monkeypa
     'precision: fp32 (--precision fp32)' for an engine that runs neither); torch still does."""
     import logging
 
-    import fcnseg.engine.precision as P
-    from fcnseg.engine.evaluate import evaluate_checkpoint
+    import fcnseg.precision as P
+    from fcnseg.inference.evaluate import evaluate_checkpoint
 
     _, ckpt, res = exported
     monkeypatch.setattr(P, "_told", set())

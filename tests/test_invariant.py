@@ -39,7 +39,7 @@ def _check(name: str, steps: int) -> None:
 
 
 def _zero_argument_recording() -> str:
-    from fcnseg.engine.precision import resolve_precision
+    from fcnseg.precision import resolve_precision
 
     auto = resolve_precision("auto", torch.device("cpu")).name
     return "synthetic_default" if STORED["synthetic_default"]["precision"] == auto else "synthetic_fp32"

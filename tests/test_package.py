@@ -47,10 +47,10 @@ def test_help_does_not_import_torch():
     [
         ("build_model", "fcnseg.models"),
         ("list_models", "fcnseg.models"),
-        ("train", "fcnseg.engine.train"),
-        ("evaluate", "fcnseg.engine.evaluate"),
-        ("evaluate_checkpoint", "fcnseg.engine.evaluate"),
-        ("predict", "fcnseg.engine.predict"),
+        ("train", "fcnseg.training.train"),
+        ("evaluate", "fcnseg.inference.evaluate"),
+        ("evaluate_checkpoint", "fcnseg.inference.evaluate"),
+        ("predict", "fcnseg.inference.predict"),
     ],
 )
 def test_public_functions_are_the_library_functions(name, module):

@@ -8,11 +8,11 @@ import torch
 from PIL import Image
 from torch import nn
 
+from fcnseg.checkpoint import save_checkpoint
 from fcnseg.cli import main
 from fcnseg.data.transforms import eval_transforms
-from fcnseg.engine.checkpoint import save_checkpoint
-from fcnseg.engine.predict import PredictFailures, predict, resolve_inputs
 from fcnseg.errors import ConfigError, DataError
+from fcnseg.inference.predict import PredictFailures, predict, resolve_inputs
 from fcnseg.models import MODELS
 
 K = 3
@@ -160,8 +160,8 @@ def test_cli_predict(ckpt_path, images, tmp_path, capsys):
 
 
 def test_cli_predict_with_crf_writes_the_refined_probabilities(ckpt_path, images, tmp_path):
-    from fcnseg.engine.crf import CRF, crf_refine
-    from fcnseg.engine.inference import segment
+    from fcnseg.inference.crf import CRF, crf_refine
+    from fcnseg.inference.segment import segment
 
     out = tmp_path / "crf"
     assert main(["predict", "--checkpoint", str(ckpt_path), str(images / "rgb.png"), "--out", str(out),

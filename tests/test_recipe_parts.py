@@ -22,12 +22,12 @@ def _one_thread():
 
 
 def test_validation_uses_eval_tta_and_eval_crf(tmp_path, monkeypatch):
+    from fcnseg.checkpoint import load_checkpoint
     from fcnseg.data import build_dataset
-    from fcnseg.engine import evaluate as evaluate_module
-    from fcnseg.engine.checkpoint import load_checkpoint
-    from fcnseg.engine.evaluate import evaluate
-    from fcnseg.engine.train import train
+    from fcnseg.inference import evaluate as evaluate_module
+    from fcnseg.inference.evaluate import evaluate
     from fcnseg.models import build_model
+    from fcnseg.training.train import train
 
     seen = []
 
@@ -59,17 +59,17 @@ def test_validation_uses_eval_tta_and_eval_crf(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("name", ["camvid.yaml", "camvid_imagenet.yaml", "oxford_pet_imagenet.yaml"])
 def test_camvid_and_imagenet_configs_resolve(name):
-    from fcnseg.engine.config import resolve_config
+    from fcnseg.config import resolve_config
 
     cfg = resolve_config(config_file=REPO / "configs" / name)
     if name == "camvid.yaml":
-        assert cfg["weights"] is None and cfg["max_minutes"] == 30
+        assert cfg.weights is None and cfg.max_minutes == 30
         # scored with seven scales, plain and mirrored, then the CRF (fcnseg eval's defaults for its runs)
-        assert (cfg["eval_tta"], cfg["eval_crf"]) == ("flip,scales=0.375,0.5,0.75,1,1.25,1.5,1.75", "default")
+        assert (cfg.eval_tta, cfg.eval_crf) == ("flip,scales=0.375,0.5,0.75,1,1.25,1.5,1.75", "default")
         # chosen on val training on train alone; shipped on train + val for the test score
-        assert (cfg["train_split"], cfg["val_split"], cfg["model"]) == ("trainval", "val", "fcn4s")
-        assert cfg["preload"] and cfg["hard_pixels"] == 0.25 and cfg["eval_every"] == 0  # no validation: the whole budget trains; `fcnseg eval` scores best.pt
+        assert (cfg.train_split, cfg.val_split, cfg.model) == ("trainval", "val", "fcn4s")
+        assert cfg.preload and cfg.hard_pixels == 0.25 and cfg.eval_every == 0  # no validation: the whole budget trains; `fcnseg eval` scores best.pt
         # progressive resizing: the first half of the budget on half-resolution crops
-        assert cfg["progressive"] == [{"until": 0.5, "crop": [144, 192], "scale": [0.375, 0.625]}]
+        assert cfg.progressive == [{"until": 0.5, "crop": [144, 192], "scale": [0.375, 0.625]}]
     else:
-        assert cfg["weights"] == "imagenet"
+        assert cfg.weights == "imagenet"

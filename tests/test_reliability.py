@@ -19,6 +19,7 @@ import torch
 from datagen import make_camvid, random_image, truncate, write_gray, write_rgb
 
 from fcnseg.cli import main
+from fcnseg.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -86,7 +87,7 @@ CASES: dict[str, tuple[str, list[str], int, list[str]]] = {
 
 def _tiny_run(out: Path) -> Path:
     """A real training run, as small as the trainer allows (plain SGD: small checkpoints)."""
-    from fcnseg.engine.train import train
+    from fcnseg.training.train import train
 
     return train(dict(
         data="synthetic", data_options={"size": 32, "length": 4}, model="fcn32s", backbone="resnet18",
@@ -202,7 +203,7 @@ def test_crafted_checkpoint_in_a_real_process_runs_nothing(ws):
 
 
 def test_checkpoints_are_plain_data_and_older_ones_still_load(ws):
-    from fcnseg.engine.checkpoint import load_checkpoint, model_from_checkpoint
+    from fcnseg.checkpoint import load_checkpoint, model_from_checkpoint
 
     # today's files read with nothing allow-listed
     ckpt = torch.load(ws / "run" / "last.pt", weights_only=True)
@@ -225,8 +226,8 @@ def test_disk_full_while_writing_a_checkpoint_keeps_the_previous_one(ws, monkeyp
     file and saying what to do, the previous last.pt intact and loadable, no temp file left."""
     import io
 
-    import fcnseg.engine.checkpoint as ckpt_mod
-    from fcnseg.engine.checkpoint import load_checkpoint
+    import fcnseg.checkpoint as ckpt_mod
+    from fcnseg.checkpoint import load_checkpoint
 
     if not (ws / "legacy.pt").exists():
         test_checkpoints_are_plain_data_and_older_ones_still_load(ws)
@@ -269,8 +270,8 @@ def test_disk_full_while_writing_a_checkpoint_keeps_the_previous_one(ws, monkeyp
 def test_ctrl_c_or_sigterm_leaves_a_resumable_last_pt(ws, monkeypatch, capsys, sig, code, said):
     """SIGINT (Ctrl-C) or SIGTERM (a scheduler's stop) in the middle of training: one line,
     exit 130 / 143, the last checkpoint written stays intact and --resume continues from it."""
-    import fcnseg.engine.checkpoint as ckpt_mod
-    from fcnseg.engine.checkpoint import load_checkpoint
+    import fcnseg.checkpoint as ckpt_mod
+    from fcnseg.checkpoint import load_checkpoint
 
     out = ws / f"signal_{sig.name}"
     real_replace = os.replace
@@ -337,7 +338,7 @@ def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path, monkeyp
     the same name, created later, so they shared one)."""
     import threading
 
-    from fcnseg.engine import runlog
+    from fcnseg.training import runlog
 
     class Frozen(runlog.datetime):
         @classmethod
@@ -347,7 +348,7 @@ def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path, monkeyp
     monkeypatch.setattr(runlog, "datetime", Frozen)
     monkeypatch.chdir(tmp_path)
     got: list[Path] = []
-    cfg = {"out": None, "name": None, "resume": None}
+    cfg = TrainConfig()  # out, name, resume: None
     threads = [threading.Thread(target=lambda: got.append(runlog.new_run_dir(cfg))) for _ in range(8)]
     for t in threads:
         t.start()
@@ -384,7 +385,7 @@ def test_a_checkpoint_write_removes_only_its_own_and_dead_writers_temp_files(tmp
     """The old save_checkpoint deleted every last.pt.*.tmp, another live writer's too."""
     import socket
 
-    from fcnseg.engine.checkpoint import save_checkpoint
+    from fcnseg.checkpoint import save_checkpoint
 
     host = socket.gethostname().replace(".", "_")
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -408,7 +409,7 @@ def test_a_checkpoint_write_removes_only_its_own_and_dead_writers_temp_files(tmp
 
 
 def test_equal_stems_from_different_folders_keep_both(ws, tmp_path):
-    from fcnseg.engine.predict import _output_names
+    from fcnseg.inference.predict import _output_names
 
     # the old names: a, a-2, a-2 (the third input's own stem was taken)
     assert _output_names([Path("x/a.jpg"), Path("y/a.jpg"), Path("z/a-2.png"), Path("y/A.png")]) == ["a", "a-3", "a-2", "A-4"]
@@ -471,7 +472,7 @@ def test_write_errors_of_other_verbs_are_one_line(ws, tmp_path, monkeypatch, cap
     full disk at the first file each verb writes: exit 2, one line naming the file."""
     import tempfile
 
-    import fcnseg.engine.checkpoint as ckpt_mod
+    import fcnseg.checkpoint as ckpt_mod
 
     def refuse(*a, **kw):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(kw.get("dir", "")))
@@ -527,7 +528,7 @@ def test_kill_9_soak_resumes_bit_identically(tmp_path):
     ],
 )
 def test_precision_choice_and_its_reason(monkeypatch, features, native, asked, line):
-    import fcnseg.engine.precision as prec
+    import fcnseg.precision as prec
 
     monkeypatch.setattr(prec, "cpu_features", lambda: features)
     monkeypatch.setattr(prec, "cpu_has_fast_bf16", lambda: native)
@@ -542,7 +543,7 @@ def test_precision_choice_and_its_reason(monkeypatch, features, native, asked, l
 def test_eval_prints_the_precision_once_at_the_start(ws, caplog):
     import logging
 
-    import fcnseg.engine.precision as prec
+    import fcnseg.precision as prec
 
     prec._told.clear()
     with caplog.at_level(logging.INFO):

@@ -30,8 +30,8 @@ with warnings.catch_warnings():  # Starlette's TestClient warns that it still us
     warnings.filterwarnings("ignore", message=".*httpx.*deprecated")
     from fastapi.testclient import TestClient  # noqa: E402
 
+from fcnseg.checkpoint import save_checkpoint  # noqa: E402
 from fcnseg.cli import main  # noqa: E402
-from fcnseg.engine.checkpoint import save_checkpoint  # noqa: E402
 from fcnseg.models import build_model  # noqa: E402
 from fcnseg.serve.app import create_app  # noqa: E402
 

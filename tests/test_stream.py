@@ -1,4 +1,4 @@
-"""Streaming helpers of batch prediction (fcnseg.engine.stream): ordered, bounded prefetch and
+"""Streaming helpers of batch prediction (fcnseg.inference.stream): ordered, bounded prefetch and
 background writes that report their errors."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from fcnseg.engine.stream import Writer, prefetch
+from fcnseg.inference.stream import Writer, prefetch
 
 
 def test_prefetch_keeps_order_and_bounds_what_waits():

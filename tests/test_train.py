@@ -3,6 +3,7 @@ end-to-end runs on tiny synthetic data (checkpoints, exact resume, kill -9, time
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -12,12 +13,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fcnseg.config import TrainConfig, resolve_config
 from fcnseg.data.sampling import EpochSampler, sample_seed
-from fcnseg.engine.config import TrainConfig, resolve_config
-from fcnseg.engine.losses import lovasz_softmax_loss, segmentation_loss, upsampled_segmentation_loss
-from fcnseg.engine.schedule import lr_at
-from fcnseg.engine.step import param_groups
 from fcnseg.errors import ConfigError
+from fcnseg.training.losses import (
+    lovasz_softmax_loss,
+    segmentation_loss,
+    upsampled_segmentation_loss,
+)
+from fcnseg.training.schedule import lr_at
+from fcnseg.training.step import param_groups
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -160,9 +165,9 @@ def test_learned_last_upsampling_has_no_coarse_loss():
     the training step computes the loss on full-resolution logits; with bilinear it uses the
     coarse scores (not with the Lovász term, which needs the logits), and two steps on them
     give the same losses and weights as two steps on the full-resolution logits."""
-    from fcnseg.engine.precision import resolve_precision
-    from fcnseg.engine.step import build_train_step
     from fcnseg.models import build_model
+    from fcnseg.precision import resolve_precision
+    from fcnseg.training.step import build_train_step
 
     cpu, fp32 = torch.device("cpu"), resolve_precision("fp32", "cpu")
     cfg = resolve_config({"optimizer": "sgd", "lr": 0.1, "weight_decay": 0.0})
@@ -171,7 +176,7 @@ def test_learned_last_upsampling_has_no_coarse_loss():
     with pytest.raises(ValueError, match="learns"):
         model.upsample_scores(torch.zeros(1, 3, 8, 8), (64, 64))
     assert not build_train_step(model, cfg, device=cpu, precision=fp32, num_classes=3).coarse_loss
-    assert not build_train_step(build_model("fcn8s", backbone="resnet18", num_classes=3, upsample="bilinear"), {**cfg, "lovasz": 0.5}, device=cpu, precision=fp32, num_classes=3).coarse_loss
+    assert not build_train_step(build_model("fcn8s", backbone="resnet18", num_classes=3, upsample="bilinear"), dataclasses.replace(cfg, lovasz=0.5), device=cpu, precision=fp32, num_classes=3).coarse_loss
     x = torch.randn(2, 3, 64, 64)
     y = torch.randint(0, 3, (2, 64, 64))
     runs = {}
@@ -314,29 +319,29 @@ def test_config_precedence_defaults_yaml_flags(tmp_path):
     given = overrides_from_args(args)
     assert given == {"epochs": 9, "data_options": {"length": 16}}  # only what was typed
     cfg = resolve_config(given, config_file=args.config)
-    assert cfg["epochs"] == 9  # flag beats YAML
-    assert cfg["lr"] == 1e-4 and cfg["batch_size"] == 3  # YAML beats defaults ("1e-4" read as float)
-    assert cfg["crop"] == [96, 96]
-    assert cfg["data_options"] == {"size": 64, "length": 16}  # merged per key
-    assert cfg["optimizer"] == TrainConfig().optimizer  # default
-    assert resolve_config({})["crop"] == TrainConfig().crop
+    assert cfg.epochs == 9  # flag beats YAML
+    assert cfg.lr == 1e-4 and cfg.batch_size == 3  # YAML beats defaults ("1e-4" read as float)
+    assert cfg.crop == [96, 96]
+    assert cfg.data_options == {"size": 64, "length": 16}  # merged per key
+    assert cfg.optimizer == TrainConfig().optimizer  # default
+    assert resolve_config({}).crop == TrainConfig().crop
     # --max-minutes 0 lifts the file's time budget (the run then lasts --epochs); a number sets it
     yml.write_text("max_minutes: 30\nepochs: 1000\n")
     for flag, minutes in (["--max-minutes", "0"], None), (["--max-minutes", "2.5"], 2.5), ([], 30):
         args = build_parser().parse_args(["train", "--config", str(yml), "--epochs", "104", *flag])
         cfg = resolve_config(overrides_from_args(args), config_file=yml)
-        assert cfg["max_minutes"] == minutes and cfg["epochs"] == 104
-    assert resolve_config({"max_minutes": 0}, config_file=yml)["max_minutes"] is None  # the library alike
+        assert cfg.max_minutes == minutes and cfg.epochs == 104
+    assert resolve_config({"max_minutes": 0}, config_file=yml).max_minutes is None  # the library alike
     args = build_parser().parse_args(["train", "--scale", "0.75", "1.25", "--eval-tta", "flip,scales=0.75,1", "--class-weights", "median_sqrt"])
     assert overrides_from_args(args) == {"scale": [0.75, 1.25], "eval_tta": "flip,scales=0.75,1", "class_weights": "median_sqrt"}
-    assert resolve_config(overrides_from_args(args))["scale"] == [0.75, 1.25]
+    assert resolve_config(overrides_from_args(args)).scale == [0.75, 1.25]
     # progressive stages: the flag form and the YAML form resolve to the same checked dicts
     args = build_parser().parse_args(["train", "--progressive", "0.25:96x128:0.3-0.5", "0.5:144X192:0.5-0.75"])
-    stages = resolve_config(overrides_from_args(args))["progressive"]
+    stages = resolve_config(overrides_from_args(args)).progressive
     assert stages == [{"until": 0.25, "crop": [96, 128], "scale": [0.3, 0.5]}, {"until": 0.5, "crop": [144, 192], "scale": [0.5, 0.75]}]
     yml.write_text("progressive:\n  - {until: 0.25, crop: [96, 128], scale: [0.3, 0.5]}\n  - {until: 0.5, crop: [144, 192], scale: [0.5, 0.75]}\n")
-    assert resolve_config({}, config_file=yml)["progressive"] == stages
-    assert resolve_config({})["progressive"] == []
+    assert resolve_config({}, config_file=yml).progressive == stages
+    assert resolve_config({}).progressive == []
 
 
 @pytest.mark.parametrize(
@@ -383,7 +388,7 @@ def test_every_shipped_config_resolves():
     assert len(files) >= 5
     for f in files:
         cfg = resolve_config({}, config_file=f)
-        assert cfg["model"] and cfg["epochs"] >= 1, f
+        assert cfg.model and cfg.epochs >= 1, f
 
 
 def test_removed_options_at_their_off_value_still_load(tmp_path, capsys):
@@ -391,13 +396,13 @@ def test_removed_options_at_their_off_value_still_load(tmp_path, capsys):
     value: those load (the key is dropped); a removed flag is refused by the parser, and a
     checkpoint trained with a removed option gets the one-line error on --resume."""
     from fcnseg.cli import main
-    from fcnseg.engine.config import REMOVED
+    from fcnseg.config import REMOVED
 
     yml = tmp_path / "old.yaml"
     yml.write_text("schedule_unit: step\nfreeze_schedule: []\npaste_weights: false\nbalanced_crops: 0\narea_for_downscale: true\ncontext: null\nepochs: 3\n")
     cfg = resolve_config({}, config_file=yml)
-    assert cfg["epochs"] == 3 and not set(REMOVED) & set(cfg)
-    old_checkpoint_config = {**resolve_config({}), **REMOVED}
+    assert cfg.epochs == 3 and not set(REMOVED) & set(cfg.to_dict())
+    old_checkpoint_config = {**resolve_config({}).to_dict(), **REMOVED}
     assert resolve_config({}, base=old_checkpoint_config) == resolve_config({})
     with pytest.raises(ConfigError, match="balanced_crops was removed .* from the checkpoint's config"):
         resolve_config({}, base={**old_checkpoint_config, "balanced_crops": 0.5})
@@ -414,7 +419,7 @@ def test_train_flags_come_from_the_config_definition():
 
     from fcnseg.cli import build_parser
     from fcnseg.cli.train import overrides_from_args
-    from fcnseg.engine.config import CLASS_WEIGHTS, GROUPS, OPTIMIZERS
+    from fcnseg.config import CLASS_WEIGHTS, GROUPS, OPTIMIZERS
 
     parser = build_parser()
     train_parser = next(a for a in parser._subparsers._group_actions[0].choices.values() if a.prog.endswith(" train"))
@@ -453,8 +458,8 @@ def test_overfit_one_batch():
     loss of the best constant prediction (the class prior), so it learned where things are."""
     from fcnseg.data import build_dataset
     from fcnseg.data.transforms import eval_transforms
-    from fcnseg.engine.step import build_optimizer
     from fcnseg.models import build_model
+    from fcnseg.training.step import build_optimizer
 
     ds = build_dataset("synthetic", split="train", size=64, length=2, transforms=eval_transforms(mean=(0.5,) * 3, std=(0.25,) * 3))
     x = torch.stack([ds[i][0] for i in range(2)])
@@ -510,7 +515,7 @@ def keep_step_checkpoints(*, mid_epoch_only: bool = False):
 def train_interrupted_after_first_epoch(cfg: dict) -> Path:
     """Runs ``cfg`` until its first epoch has ended (last.pt written), then stops it as a
     Ctrl-C would; returns the run directory, ready for ``--resume``."""
-    from fcnseg.engine.train import train
+    from fcnseg.training.train import train
 
     def callback(event: dict) -> None:
         if event["event"] == "checkpoint" and event["name"] == "last.pt" and event["epoch"] == 1 and event["batch_in_epoch"] == 0:
@@ -522,8 +527,8 @@ def train_interrupted_after_first_epoch(cfg: dict) -> Path:
 
 
 def test_run_directory_files_and_checkpoint_contents(tmp_path):
-    from fcnseg.engine.checkpoint import load_checkpoint, model_from_checkpoint
-    from fcnseg.engine.train import train
+    from fcnseg.checkpoint import load_checkpoint, model_from_checkpoint
+    from fcnseg.training.train import train
 
     run = train(tiny(tmp_path / "run", tensorboard=True))
     for name in ("config.yaml", "last.pt", "best.pt", "metrics.json", "metrics.jsonl", "curves.png", "samples/epoch_1.png"):
@@ -541,11 +546,11 @@ def test_run_directory_files_and_checkpoint_contents(tmp_path):
     assert sum(p.numel() for p in model.parameters()) > 1e6
     # the saved config resolves to the same run
     saved = resolve_config({}, config_file=run / "config.yaml")
-    assert saved["out"] == str(run) and saved["epochs"] == 1 and saved["crop"] == [64, 64]
+    assert saved.out == str(run) and saved.epochs == 1 and saved.crop == [64, 64]
 
 
 def test_resume_reproduces_an_uninterrupted_run_exactly(tmp_path):
-    from fcnseg.engine import train as train_mod
+    from fcnseg.training import train as train_mod
 
     straight = train_mod.train(tiny(tmp_path / "a", epochs=2, ckpt_every_steps=1), callback=keep_step_checkpoints(mid_epoch_only=True))
     ref = losses(straight)
@@ -568,7 +573,7 @@ def test_resume_reproduces_an_uninterrupted_run_exactly(tmp_path):
 def test_ema_average_ramps_its_decay_and_copies_integer_buffers():
     from torch.optim.swa_utils import AveragedModel
 
-    from fcnseg.engine.step import ema_average
+    from fcnseg.training.step import ema_average
 
     net = nn.BatchNorm1d(1)
     avg = AveragedModel(net, multi_avg_fn=ema_average(0.5), use_buffers=True)
@@ -590,11 +595,11 @@ def test_ema_average_ramps_its_decay_and_copies_integer_buffers():
 
 
 def test_ema_run_saves_the_average_and_resumes_it_exactly(tmp_path):
+    from fcnseg.checkpoint import load_checkpoint, model_from_checkpoint
     from fcnseg.data import build_dataset
     from fcnseg.data.transforms import eval_transforms
-    from fcnseg.engine import train as train_mod
-    from fcnseg.engine.checkpoint import load_checkpoint, model_from_checkpoint
-    from fcnseg.engine.evaluate import evaluate
+    from fcnseg.inference.evaluate import evaluate
+    from fcnseg.training import train as train_mod
 
     straight = train_mod.train(tiny(tmp_path / "a", epochs=2, ema=0.9))
     ckpt = load_checkpoint(straight / "last.pt")
@@ -619,7 +624,7 @@ def test_ema_run_saves_the_average_and_resumes_it_exactly(tmp_path):
 
 
 def test_max_minutes_stops_with_a_complete_run(tmp_path):
-    from fcnseg.engine.train import train
+    from fcnseg.training.train import train
 
     run = train(tiny(tmp_path / "run", epochs=1000, max_minutes=0.2, eval_every=1000, log_every=2))
     result = json.loads((run / "metrics.json").read_text())
@@ -639,8 +644,8 @@ def test_eval_every_0_trains_the_whole_budget_and_saves_the_final_model(tmp_path
     scores it."""
     import logging
 
-    from fcnseg.engine import evaluate as evaluate_mod
-    from fcnseg.engine import train as train_mod
+    from fcnseg.inference import evaluate as evaluate_mod
+    from fcnseg.training import train as train_mod
 
     evaluate = evaluate_mod.evaluate
 
@@ -662,8 +667,8 @@ def test_eval_every_0_trains_the_whole_budget_and_saves_the_final_model(tmp_path
     assert all(torch.equal(best["model"][k], last["model"][k]) for k in last["model"])
     assert "not validated (eval_every 0)" in caplog.text and f"fcnseg eval --checkpoint {run / 'best.pt'} --data synthetic --split val" in caplog.text
     # the checkpoint loads and scores like any other
+    from fcnseg.checkpoint import model_from_checkpoint
     from fcnseg.data import build_dataset
-    from fcnseg.engine.checkpoint import model_from_checkpoint
 
     model = model_from_checkpoint(run / "best.pt")
     metrics = evaluate(model, build_dataset("synthetic", split="val", size=64, length=8), device="cpu", precision="fp32", mean=best["mean"], std=best["std"])
@@ -674,8 +679,8 @@ def test_progressive_stages_switch_crops_and_resume_exactly(tmp_path, monkeypatc
     """Progressive resizing by steps: the first half of the planned steps on 32x32 crops of
     half-scale frames, the rest on the main 64x64 crops; the lr schedule counts steps; a run
     resumed from a checkpoint of either stage continues bit for bit."""
-    from fcnseg.engine import step as step_mod
-    from fcnseg.engine import train as train_mod
+    from fcnseg.training import step as step_mod
+    from fcnseg.training import train as train_mod
 
     seen: list[tuple[int, int]] = []
     orig_loss = step_mod.upsampled_segmentation_loss
@@ -705,7 +710,7 @@ def test_progressive_stages_switch_crops_and_resume_exactly(tmp_path, monkeypatc
 def test_progressive_switch_logs_the_steps_of_the_ended_stage(tmp_path):
     """A stage that ends inside a logging window logs that window's steps first (their mean
     loss, on the ended stage's timing); the windows then restart on the new crops."""
-    from fcnseg.engine.train import train
+    from fcnseg.training.train import train
 
     stage = [{"until": 0.25, "crop": [32, 32], "scale": [0.5, 0.5]}]
     common = dict(data_options={"size": 64, "length": 32}, epochs=2, progressive=stage)
@@ -733,7 +738,7 @@ def test_time_budget_plans_the_steps_of_each_stage():
     """The plan alone: 10 s spent of 100, steps of 0.01 s on the first stage's 10x10 crops;
     4000 of them fit before the stage ends at 50 s, then (99 - 50) s of 0.04 s steps (4x the
     pixels), 1 s being kept for the end; in the last stage only its own step time counts."""
-    from fcnseg.engine.schedule import TimeBudget, stage_at
+    from fcnseg.training.schedule import TimeBudget, stage_at
 
     stages = [{"until": 0.5, "crop": [10, 10], "scale": [1, 1]}, {"until": 1.0, "crop": [20, 20], "scale": [1, 1]}]
     assert [stage_at(stages, f) for f in (0.0, 0.49, 0.5, 0.99, 1.5)] == [0, 0, 1, 1, 1]
@@ -764,7 +769,7 @@ def test_time_budget_plans_the_steps_of_each_stage():
 def test_progressive_budget_splits_the_time_and_fits_the_schedule(tmp_path):
     """Under max_minutes the stage switch and the stop happen in a complete run whose lr
     schedule ended with the budget, the ended stage's steps logged at the switch."""
-    from fcnseg.engine.train import train
+    from fcnseg.training.train import train
 
     run = train(tiny(tmp_path / "run", epochs=1000, max_minutes=0.25, eval_every=1000, log_every=2, progressive=[{"until": 0.5, "crop": [32, 32], "scale": [0.5, 0.5]}]))
     events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -793,8 +798,8 @@ def test_killed_run_leaves_a_loadable_checkpoint_and_resumes(tmp_path):
     import sys
     import time
 
-    from fcnseg.engine.checkpoint import load_checkpoint
-    from fcnseg.engine.train import train
+    from fcnseg.checkpoint import load_checkpoint
+    from fcnseg.training.train import train
 
     out = tmp_path / "run"
     # plain SGD: no optimizer state, so a checkpoint per step stays cheap
@@ -826,8 +831,8 @@ def test_killed_run_leaves_a_loadable_checkpoint_and_resumes(tmp_path):
 
 def test_zero_argument_fcnseg_train(tmp_path, monkeypatch):
     """`fcnseg train` with no arguments, its defaults shortened for the test."""
+    from fcnseg import config as config_mod
     from fcnseg.cli import main
-    from fcnseg.engine import config as config_mod
 
     short = {**config_mod.TrainConfig().to_dict(), **tiny(tmp_path, epochs=1)}
     short["out"] = None  # the default: runs/<timestamp>
@@ -840,18 +845,18 @@ def test_zero_argument_fcnseg_train(tmp_path, monkeypatch):
     # the zero-argument run is time-bounded (its config keeps the budget); here its one epoch
     # ends before the budget does, and the run says so
     assert result["steps"] == 2 and result["stopped"] == "epochs"
-    assert resolve_config({}, config_file=runs[0] / "config.yaml")["max_minutes"] == config_mod.DEFAULT_MINUTES
+    assert resolve_config({}, config_file=runs[0] / "config.yaml").max_minutes == config_mod.DEFAULT_MINUTES
 
 
 def test_default_config_is_the_documented_quick_run():
-    from fcnseg.engine.config import DEFAULT_MINUTES
+    from fcnseg.config import DEFAULT_MINUTES
 
     cfg = TrainConfig()
     assert (cfg.data, cfg.model, cfg.backbone, cfg.upsample) == ("synthetic", "fcn8s", "resnet18", "bilinear")
     assert cfg.max_minutes == DEFAULT_MINUTES == 3.0 and cfg.weights is None and cfg.precision == "auto"
     # the budget is the zero-argument run's: epochs given alone run to their end, as before
-    assert resolve_config({})["max_minutes"] == 3.0 and resolve_config({"epochs": 5})["max_minutes"] is None
-    assert resolve_config({"epochs": 5, "max_minutes": 2})["max_minutes"] == 2 and resolve_config({"max_minutes": 0})["max_minutes"] is None
+    assert resolve_config({}).max_minutes == 3.0 and resolve_config({"epochs": 5}).max_minutes is None
+    assert resolve_config({"epochs": 5, "max_minutes": 2}).max_minutes == 2 and resolve_config({"max_minutes": 0}).max_minutes is None
 
 
 def _five_class_checkpoint(path: Path) -> Path:
@@ -894,9 +899,9 @@ def test_bad_argument_in_a_real_process_prints_one_line(tmp_path):
 def test_aux_loss_lovasz_class_weights_accumulation_and_clipping_run(tmp_path, caplog, monkeypatch):
     import logging
 
-    import fcnseg.engine.step as step_mod
-    from fcnseg.engine.checkpoint import load_checkpoint, model_from_checkpoint
-    from fcnseg.engine.train import train
+    import fcnseg.training.step as step_mod
+    from fcnseg.checkpoint import load_checkpoint, model_from_checkpoint
+    from fcnseg.training.train import train
 
     calls = []
     real = step_mod.lovasz_softmax_loss
@@ -922,7 +927,7 @@ def test_copy_paste_runs_on_the_named_classes_or_the_rare_ones(tmp_path, caplog,
     import fcnseg.data.transforms as tf_mod
     from fcnseg.data import build_dataset
     from fcnseg.data.stats import median_frequency_weights
-    from fcnseg.engine.train import train
+    from fcnseg.training.train import train
 
     calls = []
     real = tf_mod.copy_paste
@@ -951,7 +956,7 @@ def test_square_root_median_class_weights(tmp_path, caplog):
 
     from fcnseg.data import build_dataset
     from fcnseg.data.stats import median_frequency_weights
-    from fcnseg.engine.train import train
+    from fcnseg.training.train import train
 
     caplog.set_level(logging.INFO, logger="fcnseg")
     cfg = tiny(tmp_path / "run", class_weights="median_sqrt")
@@ -970,8 +975,8 @@ def test_staged_init_from_with_frozen_backbone(tmp_path, caplog):
     zero, and a frozen backbone (BN statistics included) stays exactly as loaded."""
     import logging
 
-    from fcnseg.engine.checkpoint import load_checkpoint
-    from fcnseg.engine.train import train
+    from fcnseg.checkpoint import load_checkpoint
+    from fcnseg.training.train import train
 
     first = train(tiny(tmp_path / "fcn32s", model="fcn32s"))
     caplog.set_level(logging.INFO, logger="fcnseg")
@@ -990,8 +995,8 @@ def test_data_check_refuses_bad_files_unless_skip_check(tmp_path, caplog):
 
     from datagen import make_camvid, truncate
 
-    from fcnseg.engine.train import train
     from fcnseg.errors import DataError
+    from fcnseg.training.train import train
 
     root = make_camvid(tmp_path / "camvid", counts={"train": 5, "val": 2}, size=(40, 48))
     bad = sorted((root / "train").glob("*.png"))[1]
@@ -1013,8 +1018,8 @@ def test_preload_and_persistent_workers_train_the_same_model(tmp_path, caplog):
 
     from datagen import make_camvid
 
-    from fcnseg.engine.checkpoint import load_checkpoint
-    from fcnseg.engine.train import train
+    from fcnseg.checkpoint import load_checkpoint
+    from fcnseg.training.train import train
 
     root = make_camvid(tmp_path / "camvid", counts={"train": 4, "val": 2}, size=(40, 48))
     cfg = tiny(tmp_path / "plain", data="camvid", data_root=str(root), data_options={}, crop=[32, 32], batch_size=2, epochs=2, scale=[0.75, 1.25])
@@ -1031,8 +1036,8 @@ def test_preload_and_persistent_workers_train_the_same_model(tmp_path, caplog):
 
 
 def test_zero_init_residual_trains_from_identity_blocks_and_refuses_pretrained_weights(tmp_path):
-    from fcnseg.engine.checkpoint import load_checkpoint
-    from fcnseg.engine.train import train
+    from fcnseg.checkpoint import load_checkpoint
+    from fcnseg.training.train import train
 
     scales = {}
     for zero in (False, True):
@@ -1052,8 +1057,8 @@ def test_diverging_run_stops_with_the_last_good_checkpoint_kept(tmp_path, capsys
     """`fcnseg train --lr 1e6 --optimizer sgd`: the loss turns non-finite; the run stops with
     one line naming the step, the lr and the last good checkpoint (exit 2), writes no
     checkpoint after it, and metrics.json says why."""
+    from fcnseg.checkpoint import load_checkpoint, model_from_checkpoint
     from fcnseg.cli import main
-    from fcnseg.engine.checkpoint import load_checkpoint, model_from_checkpoint
 
     cfg = tiny(tmp_path / "run", epochs=3, ckpt_every_steps=1)
     del cfg["out"]
@@ -1080,9 +1085,9 @@ def test_a_training_file_gone_mid_run_stops_resumably(tmp_path):
     file back, --resume finishes the run."""
     from datagen import make_camvid
 
-    from fcnseg.engine.checkpoint import load_checkpoint
-    from fcnseg.engine.train import train
+    from fcnseg.checkpoint import load_checkpoint
     from fcnseg.errors import DataError
+    from fcnseg.training.train import train
 
     root = make_camvid(tmp_path / "camvid", counts={"train": 4, "val": 2}, size=(40, 48))
     victim = sorted((root / "train").glob("*.png"))[0]

@@ -529,10 +529,10 @@ ARCH_SIZE = (224, 224)  # the tutorial's input size
 
 def fig_architecture(out: Path, data: Path, draw: bool = True) -> dict:
     """FCN-32s, 16s, 8s and the tutorial's ``seed`` net over VGG16 (3 classes, as on Pet),
-    drawn by ``fcnseg.engine.diagram`` from a forward pass of each model on a 224x224 input:
+    drawn by ``fcnseg.models.diagram`` from a forward pass of each model on a 224x224 input:
     one PNG per model (``arch_NAME.png``), every stage's shape in the JSON."""
-    from fcnseg.engine.diagram import draw_architecture, trace_stages
     from fcnseg.models import build_model
+    from fcnseg.models.diagram import draw_architecture, trace_stages
 
     numbers = {"input": list(ARCH_SIZE), "backbone": "vgg16", "num_classes": 3, "models": {}}
     for name in ARCH_MODELS:

@@ -136,11 +136,11 @@ def _save(fig, path: Path, dpi: int) -> None:
 def camvid(data: Path, minutes: float, reuse: bool, out: Path, recipe_eval: bool) -> dict:
     import torch
 
+    from fcnseg.checkpoint import checkpoint_meta, load_checkpoint, model_from_checkpoint
     from fcnseg.data import build_dataset
     from fcnseg.data.show import colorize
-    from fcnseg.engine.checkpoint import checkpoint_meta, load_checkpoint, model_from_checkpoint
-    from fcnseg.engine.evaluate import evaluate, evaluate_checkpoint
-    from fcnseg.engine.inference import segment
+    from fcnseg.inference.evaluate import evaluate, evaluate_checkpoint
+    from fcnseg.inference.segment import segment
 
     root = data / "camvid"
     if not (REPO / root / "val").is_dir():
@@ -280,11 +280,11 @@ def pet_baseline(data: Path) -> dict:
 def pet(data: Path, minutes: float, reuse: bool, out: Path) -> dict:
     import torch
 
+    from fcnseg.checkpoint import checkpoint_meta, load_checkpoint, model_from_checkpoint
     from fcnseg.data import build_dataset
     from fcnseg.data.show import colorize
-    from fcnseg.engine.checkpoint import checkpoint_meta, load_checkpoint, model_from_checkpoint
-    from fcnseg.engine.evaluate import evaluate
-    from fcnseg.engine.inference import segment
+    from fcnseg.inference.evaluate import evaluate
+    from fcnseg.inference.segment import segment
 
     root = data / "oxford-pet-mini"
     args = ["--data", "oxford-pet", "--data-root", str(root), "--train-split", "trainval", "--val-split", "test",

@@ -3,7 +3,7 @@
 * The CLI reference is generated at build time from ``fcnseg.cli.build_parser()``: the page
   ``reference/cli.md`` holds ``<!-- fcnseg-cli-help -->`` where every verb's (and
   sub-verb's) ``--help`` goes, so it can never be stale.
-* API entries may name alternatives: ``::: fcnseg.train | fcnseg.engine.train.train`` becomes
+* API entries may name alternatives: ``::: fcnseg.train | fcnseg.training.train.train`` becomes
   ``::: <the first that imports>`` (a function that moves keeps its page); an entry with a
   trailing ``?`` (``::: fcnseg.evaluate_checkpoint ?``) is left out while it does not exist.
   Nothing that resolves is left out, and an entry none of whose names resolve fails the build.

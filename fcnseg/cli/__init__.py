@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         import errno
 
-        from fcnseg.engine.checkpoint import write_error
+        from fcnseg.checkpoint import write_error
 
         if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
             message = str(write_error(e.filename, e))

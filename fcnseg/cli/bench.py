@@ -120,8 +120,8 @@ def _profile(args: argparse.Namespace, options: dict) -> str:
     import torch
 
     from fcnseg.bench import profile_train_step, synthetic_batch
-    from fcnseg.engine.precision import resolve_device, resolve_precision
     from fcnseg.models import build_model
+    from fcnseg.precision import resolve_device, resolve_precision
 
     dev = resolve_device(args.device)
     prec = resolve_precision(args.precision, dev)

@@ -1,5 +1,5 @@
 """`fcnseg eval`: argument parsing over `fcnseg.evaluate_checkpoint` (in
-`fcnseg.engine.evaluate`), which scores a checkpoint on a dataset split at the labels'
+`fcnseg.inference.evaluate`), which scores a checkpoint on a dataset split at the labels'
 original resolution.
 
 Without data flags the checkpoint's own validation data and split are used. A default
@@ -34,7 +34,7 @@ def add_inference_args(p: argparse.ArgumentParser, *, batch_size: int) -> None:
         metavar="SPEC",
         help="refine the probabilities with a local dense CRF (mean-field, Potts, appearance kernel over "
         "position and colour): 'default' or key=value pairs, e.g. 'appearance=2,theta_b=5' "
-        "(fcnseg.engine.crf.CRF); 'none' turns off a default saved in the checkpoint",
+        "(fcnseg.inference.crf.CRF); 'none' turns off a default saved in the checkpoint",
     )
     p.add_argument(
         "--sliding-window",
@@ -80,7 +80,7 @@ def add_engine_check_args(p: argparse.ArgumentParser) -> None:
 
 def engine_check_kwargs(args: argparse.Namespace) -> dict:
     """``calib_data``, ``calib_root``, ``calib_split``, ``tolerance`` from the flags above."""
-    from fcnseg.engine.verify import Tolerance
+    from fcnseg.inference.verify import Tolerance
 
     root = args.calib_root
     if root is None and args.calib_data is None:
@@ -127,7 +127,7 @@ def _clean(v):
 
 
 def run(args: argparse.Namespace) -> int:
-    from fcnseg.engine.evaluate import evaluate_checkpoint
+    from fcnseg.inference.evaluate import evaluate_checkpoint
 
     batch_size = 1 if args.batch_size is None else args.batch_size
     if batch_size < 1:

@@ -36,9 +36,9 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from fcnseg.engine.checkpoint import _os_error, write_error
-    from fcnseg.engine.verify import Tolerance
+    from fcnseg.checkpoint import _os_error, write_error
     from fcnseg.export import DEFAULT_OPSET, export
+    from fcnseg.inference.verify import Tolerance
 
     try:
         res = export(
@@ -65,8 +65,8 @@ def run(args: argparse.Namespace) -> int:
 
     card = json.loads(res.card.read_text())
     if args.verify:  # auto's engine check now, cached for eval/predict/serve on this machine
-        from fcnseg.engine.loader import engine_evidence, load_engine
         from fcnseg.export import write_card
+        from fcnseg.inference.loader import engine_evidence, load_engine
 
         engine = load_engine(
             args.checkpoint, "auto", "auto", "cpu", data=args.calib_data, data_root=args.data_root,

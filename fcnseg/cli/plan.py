@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from fcnseg.cli.data import dataset_options
-    from fcnseg.engine.config import DEFAULT_MINUTES
+    from fcnseg.config import DEFAULT_MINUTES
     from fcnseg.errors import ConfigError
     from fcnseg.plan import describe, plan
 

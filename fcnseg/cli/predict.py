@@ -1,4 +1,4 @@
-"""`fcnseg predict`: argument parsing over `fcnseg.predict` (in `fcnseg.engine.predict`),
+"""`fcnseg predict`: argument parsing over `fcnseg.predict` (in `fcnseg.inference.predict`),
 which segments image files with a checkpoint.
 
 Writes NAME.png (palette PNG of class indices at the input's size), NAME_overlay.jpg (the
@@ -36,7 +36,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fcnseg.engine.predict import PredictFailures, predict
+    from fcnseg.inference.predict import PredictFailures, predict
 
     try:
         written = predict(

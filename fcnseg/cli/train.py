@@ -1,7 +1,7 @@
-"""`fcnseg train`: a thin layer over `fcnseg.engine.train.train`.
+"""`fcnseg train`: a thin layer over `fcnseg.training.train.train`.
 
 The flags, their help, metavars and choices come from the fields of
-`fcnseg.engine.config.TrainConfig` (written once, there). Only the flags given on the command
+`fcnseg.config.TrainConfig` (written once, there). Only the flags given on the command
 line override the config file (`--config`), which overrides the TrainConfig defaults."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import typing
 def add_config_flags(p: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field (``--batch-size`` for ``batch_size``), in the groups of
     the fields' metadata; a flag given sets its key, the others stay unset."""
-    from fcnseg.engine.config import FIELDS, GROUPS, TrainConfig
+    from fcnseg.config import FIELDS, GROUPS, TrainConfig
 
     groups = {name: p.add_argument_group(name) for name in GROUPS}
     groups["run"].add_argument("--config", metavar="FILE", help="YAML config (keys as the flags, underscored); flags override it")
@@ -61,7 +61,7 @@ def register(subparsers) -> None:
 def overrides_from_args(args: argparse.Namespace) -> dict:
     """The TrainConfig keys given on the command line (nothing else)."""
     from fcnseg.cli.data import dataset_options
-    from fcnseg.engine.config import FIELDS
+    from fcnseg.config import FIELDS
 
     given = {k: v for k, v in vars(args).items() if k in FIELDS and v is not None}
     if getattr(args, "data_option", None):
@@ -72,16 +72,16 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from fcnseg.engine.train import train
+    from fcnseg.training.train import train
 
     given = overrides_from_args(args)
     config_file = getattr(args, "config", None)
     planned = None
     # real data, no config file, not a resumed run: train the plan (the flags given win over it)
     if config_file is None and not args.no_plan and not given.get("resume") and given.get("data", "synthetic") != "synthetic":
-        from fcnseg.engine.distributed import env_dist_info
         from fcnseg.errors import DataError
         from fcnseg.plan import describe, plan_for_train
+        from fcnseg.training.distributed import env_dist_info
 
         try:
             planned, given = plan_for_train(given)

@@ -76,7 +76,7 @@ __all__ = [
 
 
 def _load(checkpoint) -> dict:
-    from fcnseg.engine.checkpoint import load_checkpoint
+    from fcnseg.checkpoint import load_checkpoint
 
     return checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
 
@@ -101,10 +101,10 @@ def export(
     int8 calibrates on the run's training images (``calib_data``/``data_root``: another
     dataset's training split) and is scored against eager fp32 on the run's validation split
     (``calib_split``: another split). It passes when it is within ``tolerance``
-    (``fcnseg.engine.verify.Tolerance``); otherwise the most sensitive layers (measured per
+    (``fcnseg.inference.verify.Tolerance``); otherwise the most sensitive layers (measured per
     layer, ``layer_sensitivity``) stay fp32, 1, 2, 4 ... 16 of them, until it passes; else
     ``ExportError`` with the figures and nothing written."""
-    from fcnseg.engine.verify import Tolerance
+    from fcnseg.inference.verify import Tolerance
 
     if format not in FORMATS:
         raise ConfigError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
@@ -128,9 +128,9 @@ def _export_int8(ckpt, out: Path, opset, calib_data, data_root, calib_split, cal
 
     import torch
 
-    from fcnseg.engine.backends import OnnxRuntimeBackend
-    from fcnseg.engine.checkpoint import model_from_checkpoint
-    from fcnseg.engine.verify import judge, score_engine, task_data, train_data
+    from fcnseg.checkpoint import model_from_checkpoint
+    from fcnseg.inference.backends import OnnxRuntimeBackend
+    from fcnseg.inference.verify import judge, score_engine, task_data, train_data
 
     if calib_data:
         calib = calibration_images(ckpt, calib_data, data_root, count=calib_images)
@@ -146,8 +146,8 @@ def _export_int8(ckpt, out: Path, opset, calib_data, data_root, calib_split, cal
     model = model_from_checkpoint(ckpt).float().eval()
     fp32 = out.with_name(out.name.removesuffix(".onnx").removesuffix(".int8") + ".fp32.onnx")
     res = export_onnx(ckpt, fp32, opset=opset, model=model)
-    from fcnseg.engine.backends import TorchBackend
-    from fcnseg.engine.precision import resolve_precision
+    from fcnseg.inference.backends import TorchBackend
+    from fcnseg.precision import resolve_precision
 
     reference = score_engine(TorchBackend(model, resolve_precision("fp32", "cpu", quiet=True), torch.device("cpu")), check)
     tries = []
@@ -199,8 +199,8 @@ def write_card(out: Path, card: dict) -> Path:
     import time
 
     from fcnseg import __version__
-    from fcnseg.engine.backends import cpu_fingerprint, versions
     from fcnseg.export.onnx import _write_atomic
+    from fcnseg.inference.backends import cpu_fingerprint, versions
 
     card = {"fcnseg": __version__, "written": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": cpu_fingerprint(), "versions": versions(), **card}
     path = out.with_name(out.name.removesuffix(".onnx") + ".card.json")

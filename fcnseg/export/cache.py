@@ -1,5 +1,5 @@
 """The ONNX files ``--backend auto`` and the ONNX backends run, exported once per model and
-kept in ``fcnseg.engine.backends.cache_dir()/onnx/``: ``<model hash>.onnx`` (verified fp32) and
+kept in ``fcnseg.inference.backends.cache_dir()/onnx/``: ``<model hash>.onnx`` (verified fp32) and
 ``<model hash>.int8.onnx``, each with its SHA-256 beside it (``.sha256``). An entry whose bytes
 do not match (truncated, or replaced by whoever can write the cache folder) is exported again.
 ``check_onnx_matches`` refuses an ``--onnx`` file exported from another model.
@@ -16,12 +16,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fcnseg.engine.backends import cache_dir, model_hash
 from fcnseg.errors import ConfigError
 from fcnseg.export.onnx import export_onnx, read_metadata
 from fcnseg.export.quantize import quantize_onnx
+from fcnseg.inference.backends import cache_dir, model_hash
 
-log = logging.getLogger("fcnseg.engine.backends")
+log = logging.getLogger("fcnseg.inference.backends")
 
 
 def sha256_file(path: Path) -> str:

@@ -62,7 +62,7 @@ class _Logits(nn.Module):
 
 
 def _checkpoint(checkpoint) -> dict:
-    from fcnseg.engine.checkpoint import load_checkpoint
+    from fcnseg.checkpoint import load_checkpoint
 
     return checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
 
@@ -70,7 +70,7 @@ def _checkpoint(checkpoint) -> dict:
 def checkpoint_metadata(ckpt: dict) -> dict[str, str]:
     """The ONNX ``metadata_props`` for a checkpoint (strings; JSON where structured)."""
     from fcnseg import __version__
-    from fcnseg.engine.checkpoint import checkpoint_meta
+    from fcnseg.checkpoint import checkpoint_meta
 
     classes, palette, mean, std = checkpoint_meta(ckpt)
     return {
@@ -218,7 +218,7 @@ def export_onnx(
     the caller has it already. ``sizes``: the (h, w) checked (batch 1, plus batch 2 at the
     first size). Raises ``ExportError`` (nothing written) if the exporter fails or the check
     does not pass."""
-    from fcnseg.engine.checkpoint import model_from_checkpoint
+    from fcnseg.checkpoint import model_from_checkpoint
 
     if not isinstance(opset, int) or not 17 <= opset <= 23:
         raise ConfigError(f"--opset {opset}: the exporter writes opsets 17 to 23 (default {DEFAULT_OPSET})")
@@ -235,7 +235,7 @@ def export_onnx(
     data = proto.SerializeToString()
     inputs = parity_inputs(sizes, in_ch)
     inputs.insert(1, torch.cat([inputs[0], inputs[0].flip(-1)]))  # batch 2
-    from fcnseg.engine.backends import model_hash, ort_session
+    from fcnseg.inference.backends import model_hash, ort_session
 
     parity = check_parity(model, ort_runner(ort_session(data)), inputs)
     bad = [p for p in parity if not p.ok]

@@ -1,6 +1,6 @@
 """int8: post-training static quantization of a verified fp32 ONNX file (onnxruntime's
 ``quantize_static``: QDQ, per-channel int8 weights, uint8 activations calibrated with min-max on
-training images), judged on the task (``fcnseg.engine.verify``)."""
+training images), judged on the task (``fcnseg.inference.verify``)."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from fcnseg.engine.backends import ort_session
 from fcnseg.export.onnx import _quiet_torch_onnx, _write_atomic, ort_runner, require
 from fcnseg.export.parity import Parity, check_parity
+from fcnseg.inference.backends import ort_session
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def calibration_images(
     ckpt: dict, data: str, data_root: str | os.PathLike | None, *, split: str = "train", count: int = 100, seed: int = 0
 ) -> list[torch.Tensor]:
     """``count`` normalised training images (an even spread over the split), at their size."""
-    from fcnseg.engine.verify import task_data
+    from fcnseg.inference.verify import task_data
 
     return task_data(ckpt, data, data_root, split, count=count, required=True).images
 

@@ -65,7 +65,7 @@ def plan_for_train(given: dict) -> tuple[Plan, dict]:
     """``fcnseg train`` without a config on real data: the plan for the options ``given``
     (they win), and the options to train with. The budget planned for is ``max_minutes``, else
     the default's; ``epochs`` given without ``max_minutes`` still lifts the budget."""
-    from fcnseg.engine.config import DEFAULT_MINUTES
+    from fcnseg.config import DEFAULT_MINUTES
 
     minutes = given.get("max_minutes") or DEFAULT_MINUTES
     result = plan(

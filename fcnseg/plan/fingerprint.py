@@ -30,7 +30,7 @@ MAX_COMPONENT_IMAGES = 200
 
 
 def cache_dir() -> Path:
-    from fcnseg.engine.backends import cache_dir as fcnseg_cache
+    from fcnseg.inference.backends import cache_dir as fcnseg_cache
 
     return fcnseg_cache()
 

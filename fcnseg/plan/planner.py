@@ -17,6 +17,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from fcnseg.training.test_time import CHOICE_IMAGES, CHOICE_SHARE, CHOICE_UNITS
+
 MODEL, BACKBONE = "fcn4s", "resnet18"
 # a class is thin when a 3x3 erosion removes at least this share of its pixels (lines of
 # about 8 px or less: membranes, poles, wires, vessels): it keeps its resolution
@@ -198,8 +200,10 @@ def plan_config(fp: dict, probe: dict, max_minutes: float, *, workers: int = 2) 
     # at full size; at most 4 of them and at most ~10 % of the budget (the final one always runs)
     eval_once = n_val * probe["pixel_s"] / 3 * h * w + 1.0
     validations = int(min(4, max(1, 0.1 * budget_s // eval_once)))
-    # what is left for training: less the validations, checkpoints, pictures and start-up
-    train_s = budget_s * 0.95 - validations * eval_once - 5.0
+    # the test-time choice at the end (eval_tta/eval_crf auto): its views on up to 48 val images
+    choice_s = min(CHOICE_SHARE * budget_s, CHOICE_UNITS * (eval_once - 1.0) * min(CHOICE_IMAGES, n_val) / max(n_val, 1))
+    # what is left for training: less the validations, the choice, checkpoints, pictures and start-up
+    train_s = budget_s * 0.95 - validations * eval_once - choice_s - 5.0
     small_data = n < 2 * 8
     max_batch = max(2, min(8, n // 2))
     # half resolution first even with thin classes: CamVid's poles learn at full resolution in
@@ -259,9 +263,9 @@ def plan_config(fp: dict, probe: dict, max_minutes: float, *, workers: int = 2) 
     epochs = res["steps"] * res["batch"] / max(n, 1)
     every = max(1, math.ceil(epochs / validations))
     put("eval_every", every, f"~{validations} validation(s) of ~{eval_once:.0f}s in ~{epochs:.0f} epochs (best.pt is the best of them; the last one always runs)")
-    tta = f"scales={s:g}" if s < 1 else None
-    put("eval_tta", tta, f"evaluate at the training scale {s:g}" if tta else "none: not chosen without a measured gain (try `fcnseg eval --tta flip` on the val split)")
-    put("eval_crf", None, "none: not chosen without a measured gain (`fcnseg eval --crf default` tries it)")
+    put("eval_tta", "auto", f"chosen on {min(CHOICE_IMAGES, n_val)} validation images at the end of the run (~{choice_s:.0f}s held back): one view at the training scale {s:g}, "
+        "then mirrored views at 1, 3 and 7 scales, each kept only if it adds >= 0.3 mean IU")
+    put("eval_crf", "auto", "the local dense CRF on the best views, kept only if it adds >= 0.3 mean IU (CamVid: +0.7)")
 
     # machine
     put("precision", "auto", f"{probe['machine']['precision']} on this machine")

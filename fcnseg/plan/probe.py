@@ -1,7 +1,7 @@
 """The machine probe: what one training step costs here, measured.
 
 ``probe()`` times the trainer's own step (``fcnseg.bench.benchmark``, which runs
-``fcnseg.engine.step.TrainStep``) for the planner's model at two crop sizes, in the precision
+``fcnseg.training.step.TrainStep``) for the planner's model at two crop sizes, in the precision
 and memory layout this machine trains in (``precision="auto"``), and fits
 ``seconds per step = overhead + per_pixel x (batch x H x W)``. On a CPU a step's time is read
 from the process's CPU time (``fcnseg.bench``'s ``train_img_s_cpu``): what the step costs on
@@ -34,7 +34,7 @@ def machine_key(device: str = "auto", precision: str = "auto") -> dict:
     import torch
 
     from fcnseg.bench import cpu_name
-    from fcnseg.engine.precision import resolve_device, resolve_precision
+    from fcnseg.precision import resolve_device, resolve_precision
 
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev, quiet=True)

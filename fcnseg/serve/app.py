@@ -12,7 +12,7 @@ Endpoints (the app publishes its OpenAPI spec at ``/openapi.json``, browsable at
 - ``GET /healthz`` (the process answers), ``GET /readyz`` (the model is loaded).
 - ``GET /``: a web page (``fcnseg/serve/static``) to try the model in a browser.
 
-Inference is ``fcnseg.engine.predict.Predictor``, the code ``fcnseg predict`` runs, so a
+Inference is ``fcnseg.inference.predict.Predictor``, the code ``fcnseg predict`` runs, so a
 served mask equals ``predict``'s for the same file and settings. Limits: bodies over
 ``max_upload_mb`` → 413 (read no further); images whose header declares more than
 ``max_image_pixels`` → 413 before any pixel is decoded; not an image → 415; an image that
@@ -79,7 +79,7 @@ except ModuleNotFoundError as e:  # pragma: no cover - depends on the environmen
         'install them with: pip install -e ".[serve]"'
     ) from None
 
-from fcnseg.engine.predict import Predictor, overlay_with_legend, palette_png
+from fcnseg.inference.predict import Predictor, overlay_with_legend, palette_png
 
 log = logging.getLogger(__name__)
 
@@ -422,7 +422,7 @@ def create_app(
 
     ``tta``/``crf``: as ``fcnseg.predict`` ("auto": the checkpoint's saved default; None or
     "none": off; else a spec). ``backend``/``onnx_path``: the inference engine, as
-    ``fcnseg.engine.loader.load_engine`` (torch, compile, onnxruntime, openvino, auto);
+    ``fcnseg.inference.loader.load_engine`` (torch, compile, onnxruntime, openvino, auto);
     ``engine_check``: ``calib_data``, ``calib_root``, ``calib_split``, ``tolerance`` of auto's
     task check, as ``Predictor``.
     ``workers``: images in inference at once; ``max_queue``: more requests admitted to wait;
@@ -432,7 +432,7 @@ def create_app(
     token ``/v1/*`` and ``/metrics`` require (None: none); ``allowed_hosts``: the Host header
     values served (``"*"`` or None: any). Bad settings raise ConfigError/WeightsError before
     anything is served."""
-    from fcnseg.engine.checkpoint import load_checkpoint
+    from fcnseg.checkpoint import load_checkpoint
 
     for name, value, low in (("workers", workers, 1), ("max_queue", max_queue, 0), ("max_image_pixels", max_image_pixels, 1), ("max_inference_pixels", max_inference_pixels, 1)):
         if not isinstance(value, int) or value < low:

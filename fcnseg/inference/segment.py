@@ -14,7 +14,7 @@ prediction) whose argmax is the prediction. Options:
   turned into **softmax probabilities**, which are averaged. (Averaging probabilities, not
   logits, keeps one over-confident scale from dominating; the argmax is what is scored.)
 - **CRF** (``crf``): the (averaged) probabilities at the output size are refined by the local
-  dense CRF of ``fcnseg.engine.crf``, guided by the image's colours, which are recovered from
+  dense CRF of ``fcnseg.inference.crf``, guided by the image's colours, which are recovered from
   the normalised input with the normalisation's ``std``.
 - **sliding window**: the image (at each scale) is tiled with windows of a fixed size at a
   stride of 2/3 of the window, tiles are run in batches and their logits averaged where they
@@ -34,10 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fcnseg.engine.crf import crf_refine
-from fcnseg.engine.precision import Precision, resolve_precision
-from fcnseg.engine.specs import CRF, TTA, parse_crf, parse_tta, parse_window  # noqa: F401 (re-exported)
 from fcnseg.errors import ConfigError
+from fcnseg.inference.crf import crf_refine
+from fcnseg.inference.specs import CRF, TTA, parse_crf, parse_tta, parse_window, run_crf, run_tta  # noqa: F401 (re-exported)
+from fcnseg.precision import Precision, resolve_precision
 
 # what segment() runs: a module, or a backend (any callable (N, C, H, W) -> logits (N, K, H, W))
 Model = nn.Module | Callable[[torch.Tensor], torch.Tensor]
@@ -50,6 +50,7 @@ def checkpoint_inference(
     saved (config ``eval_tta`` / ``eval_crf``, set by ``fcnseg train --eval-tta/--eval-crf``),
     ``None`` or ``"none"`` turns it off, anything else is parsed as a spec."""
     config = ckpt.get("config") or {}
+    saved = {"eval_tta": run_tta(config.get("eval_tta"), config.get("scale")), "eval_crf": run_crf(config.get("eval_crf"))}
     chosen = []
     for value, key, flag, parse in (
         (tta, "eval_tta", "--tta", parse_tta),
@@ -59,7 +60,7 @@ def checkpoint_inference(
             chosen.append(parse(value))
             continue
         try:
-            chosen.append(parse(config.get(key)))
+            chosen.append(parse(saved[key]))
         except ConfigError as e:
             raise ConfigError(f"checkpoint config {key}: {e}; override it with {flag}") from None
     return chosen[0], chosen[1]
@@ -79,7 +80,7 @@ def _positions(length: int, window: int) -> list[int]:
 def _run(model: Model, x: torch.Tensor, precision: Precision, device: torch.device) -> torch.Tensor:
     """One forward: ``x`` (N, C, H, W) → float32 logits (N, K, H, W) (resized to H, W if the
     model returns another size). A module runs here in ``precision``; any other callable (a
-    ``fcnseg.engine.backends`` backend) is called as it is."""
+    ``fcnseg.inference.backends`` backend) is called as it is."""
     x = x.to(device, non_blocking=True)
     if not isinstance(model, nn.Module):
         out = model(x)
@@ -184,10 +185,10 @@ def segment(
     interpolation. Returns float32 tensors (K, H_i, W_i) on ``device``: logits when neither
     TTA nor ``probs`` nor ``crf`` is asked for, otherwise softmax probabilities (averaged over
     the TTA views). ``crf`` (a ``CRF`` or its spec): refine each probability map with the local
-    dense CRF of ``fcnseg.engine.crf``, guided by the image's colours at the output size, which
+    dense CRF of ``fcnseg.inference.crf``, guided by the image's colours at the output size, which
     it recovers from the normalised input with the normalisation's ``std`` (required then).
     ``model``: a module (the caller sets ``model.eval()``) or a backend from
-    ``fcnseg.engine.backends.load_backend`` (then ``precision`` is the backend's business).
+    ``fcnseg.inference.backends.load_backend`` (then ``precision`` is the backend's business).
     """
     device = torch.device(device)
     if isinstance(precision, str):  # an engine (not a module) runs its own precision: quiet

@@ -114,9 +114,9 @@ def task_data(
     """The labelled images to check engines on (module doc). ``None`` when the data cannot be
     loaded here (no files, another machine), unless ``required`` (the user named it: then the
     error is raised)."""
+    from fcnseg.checkpoint import checkpoint_data, checkpoint_meta
     from fcnseg.data import build_dataset
     from fcnseg.data.transforms import eval_transforms
-    from fcnseg.engine.checkpoint import checkpoint_data, checkpoint_meta
 
     if count < 1:
         raise ConfigError(f"--calib-images {count}: must be >= 1")
@@ -154,7 +154,7 @@ def train_data(ckpt: Mapping, count: int) -> TaskData | None:
 def score_engine(engine: Callable[[torch.Tensor], torch.Tensor], data: TaskData, *, batch: int = 4) -> dict:
     """Mean IU (percent) and per-class IoU (percent, None where the class is absent from the
     labels) of ``engine`` on ``data``; images of one size run ``batch`` at a time."""
-    from fcnseg.engine.inference import labels, segment
+    from fcnseg.inference.segment import labels, segment
     from fcnseg.metrics import ConfusionMatrix
 
     k = len(data.classes)

@@ -100,7 +100,7 @@ def _finite(x) -> bool:
 
 def _save(fig, path: str | os.PathLike) -> None:
     """Writes through a temporary name so a reader never sees half a PNG."""
-    from fcnseg.engine.checkpoint import write_error
+    from fcnseg.checkpoint import write_error
 
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp.png")
@@ -153,7 +153,7 @@ def draw_samples(model, dataset, n: int, path: str | os.PathLike, *, mean, std, 
     ``model``'s prediction (in eval mode; the caller restores train mode)."""
     import torch
 
-    from fcnseg.engine.inference import labels, segment
+    from fcnseg.inference.segment import labels, segment
 
     mean_t = torch.tensor(mean).view(3, 1, 1)
     std_t = torch.tensor(std).view(3, 1, 1)

@@ -36,18 +36,19 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from fcnseg.data.base import IMAGE_EXTENSIONS, image_to_rgb, list_images, make_palette, open_image
-from fcnseg.data.show import overlay
-from fcnseg.data.transforms import eval_transforms
-from fcnseg.engine.checkpoint import (
+from fcnseg.checkpoint import (
     atomic_write,
     check_output_dir,
     checkpoint_meta,
     ensure_output_dir,
     load_checkpoint,
 )
-from fcnseg.engine.crf import CRF, parse_crf
-from fcnseg.engine.inference import (
+from fcnseg.data.base import IMAGE_EXTENSIONS, image_to_rgb, list_images, make_palette, open_image
+from fcnseg.data.show import overlay
+from fcnseg.data.transforms import eval_transforms
+from fcnseg.errors import ConfigError, DataError
+from fcnseg.inference.crf import CRF, parse_crf
+from fcnseg.inference.segment import (
     TTA,
     checkpoint_inference,
     labels,
@@ -55,11 +56,10 @@ from fcnseg.engine.inference import (
     parse_window,
     segment,
 )
-from fcnseg.engine.precision import resolve_device, resolve_precision
-from fcnseg.engine.stream import Writer, prefetch
-from fcnseg.errors import ConfigError, DataError
+from fcnseg.inference.stream import Writer, prefetch
+from fcnseg.precision import resolve_device, resolve_precision
 
-IO_WORKERS = 2  # threads decoding ahead of the model and encoding behind it (fcnseg.engine.stream)
+IO_WORKERS = 2  # threads decoding ahead of the model and encoding behind it (fcnseg.inference.stream)
 log = logging.getLogger(__name__)
 
 
@@ -232,7 +232,7 @@ class Predictor:
     checkpoint's network, any callable (N, 3, H, W) normalised float → (N, K, H, W) logits
     (e.g. another inference backend); the checkpoint still gives classes, palette and
     normalisation. ``backend``: the engine that runs the checkpoint's network when ``model`` is
-    not given (``fcnseg.engine.backends``: auto (default), torch, compile, onnxruntime,
+    not given (``fcnseg.inference.backends``: auto (default), torch, compile, onnxruntime,
     openvino; the non-torch ones run fp32), ``onnx_path`` an exported file for the ONNX ones. Attributes: ``classes``, ``palette`` (uint8 (K, 3)), ``mean``/``std``,
     ``model``, ``device``, ``precision``, ``tta``, ``crf``, ``window``, ``checkpoint`` (dict)."""
 
@@ -268,7 +268,7 @@ class Predictor:
             self.precision = resolve_precision(precision, self.device)
             model = model.to(self.device).eval()
         elif model is None:
-            from fcnseg.engine.loader import load_engine
+            from fcnseg.inference.loader import load_engine
 
             model = load_engine(
                 ckpt, backend, precision, self.device, onnx_path=onnx_path, data=calib_data,
@@ -282,7 +282,7 @@ class Predictor:
     @property
     def backend(self) -> str:
         """The engine that runs: ``torch``, a backend's name, ``auto (onnxruntime)`` for auto."""
-        from fcnseg.engine.backends import backend_name
+        from fcnseg.inference.backends import backend_name
 
         return backend_name(self.model)
 
@@ -295,8 +295,8 @@ class Predictor:
 
     @property
     def engine(self) -> dict:
-        """How the engine was chosen (``fcnseg.engine.loader.engine_evidence``)."""
-        from fcnseg.engine.loader import engine_evidence
+        """How the engine was chosen (``fcnseg.inference.loader.engine_evidence``)."""
+        from fcnseg.inference.loader import engine_evidence
 
         return engine_evidence(self.model)
 
@@ -416,7 +416,7 @@ def predict(
             if bar is not None:
                 bar.update(1)
 
-    # Decoding runs ahead of the model and encoding behind it, in threads (fcnseg.engine.stream);
+    # Decoding runs ahead of the model and encoding behind it, in threads (fcnseg.inference.stream);
     # images wait in per-size groups (at most 4 batches' worth in all) until a group fills a
     # batch, so a batch only holds images of one size and results do not depend on the batch.
     ahead = 4 * batch_size

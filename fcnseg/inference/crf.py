@@ -23,7 +23,7 @@ import math
 
 import torch
 
-from fcnseg.engine.specs import CRF, parse_crf  # noqa: F401 (re-exported)
+from fcnseg.inference.specs import CRF, parse_crf  # noqa: F401 (re-exported)
 
 
 def _offsets(radius: int, dilation: int) -> list[tuple[int, int]]:

@@ -94,3 +94,11 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(t)
     return t
+
+
+def any_rank(info: DistInfo, device: torch.device, flag: bool) -> bool:
+    """True on every rank when it is on one (every rank must stop or switch at the same step)."""
+    if not info.enabled:
+        return flag
+    t = torch.tensor([int(flag)], device=device if device.type == "cuda" else "cpu")
+    return bool(all_reduce_sum(t).item())

@@ -11,7 +11,7 @@ left to right by stride; per-tap layers in the middle; the decoder below, right 
 and writes a PNG.
 
     from fcnseg import build_model
-    from fcnseg.engine.diagram import draw_architecture
+    from fcnseg.models.diagram import draw_architecture
     draw_architecture(build_model("fcn8s", backbone="vgg16", num_classes=21), "fcn8s.png")
 """
 

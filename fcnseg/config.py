@@ -122,8 +122,8 @@ class TrainConfig:
     max_minutes: float | None = option(DEFAULT_MINUTES, "run", f"wall-clock budget, final validation (if any) included; the lr schedule fits it (default {DEFAULT_MINUTES:g} unless --epochs is given; 0: none, e.g. to run a config's recipe for --epochs)", metavar="M")
     eval_every: int = option(1, "run", "validate every N epochs (0: never: the whole budget trains, best.pt is the final model; score it with `fcnseg eval`)", metavar="N")
     eval_batch_size: int = option(1, "run", metavar="B")
-    eval_tta: str | None = option(None, "run", "test-time augmentation of validation (and the default of `fcnseg eval`/`predict` for this run), e.g. 'flip,scales=0.75,1,1.25'; 'none': off", metavar="SPEC")
-    eval_crf: str | None = option(None, "run", "CRF refinement of validation (and the default of `fcnseg eval`/`predict` for this run): 'default' or key=value pairs, e.g. 'appearance=2,theta_b=5'; 'none': off", metavar="SPEC")
+    eval_tta: str | None = option(None, "run", "test-time augmentation of validation (and the default of `fcnseg eval`/`predict` for this run), e.g. 'flip,scales=0.75,1,1.25'; 'none': off; 'auto': chosen on the validation split at the end of the run, kept only where it pays", metavar="SPEC")
+    eval_crf: str | None = option(None, "run", "CRF refinement of validation (and the default of `fcnseg eval`/`predict` for this run): 'default' or key=value pairs, e.g. 'appearance=2,theta_b=5'; 'none': off; 'auto': chosen with --eval-tta auto", metavar="SPEC")
     ckpt_every_steps: int = option(0, "run", "also write last.pt every N steps (0: at epoch ends only)", metavar="N")
     log_every: int = option(20, "run", "steps between loss reads (each read is a host sync)", metavar="N")
     num_samples: int = option(4, "run", "images in samples/epoch_N.png", metavar="N")
@@ -148,7 +148,7 @@ def _unknown_key(key: str, source: str) -> ConfigError:
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return ConfigError(
         f"unknown config key {key!r} in {source}{hint}; the valid keys are the `fcnseg train --help` "
-        "flags, underscored (fcnseg.engine.config.TrainConfig)"
+        "flags, underscored (fcnseg.config.TrainConfig)"
     )
 
 
@@ -204,7 +204,7 @@ def merge(base: dict, overrides: dict, source: str) -> dict:
     for key, value in overrides.items():
         key = key.replace("-", "_")
         if key in REMOVED:
-            check_removed(key, value, source)
+            migrate({key: value}, source)  # an error unless it holds the value that meant "off"
             continue
         if key not in FIELDS:
             raise _unknown_key(key, source)
@@ -215,13 +215,20 @@ def merge(base: dict, overrides: dict, source: str) -> dict:
     return out
 
 
-def check_removed(key: str, value: Any, source: str) -> None:
-    """A removed option is accepted only at the value that meant "off" (checkpoints of
-    earlier versions hold every key)."""
-    off = REMOVED[key]
-    if value == off or (isinstance(off, list) and not value):
-        return
-    raise ConfigError(f"{key} was removed from fcnseg (an ablation measured no gain; docs/experiments has the figures); drop {key}: {value!r} from {source}")
+def migrate(cfg: dict, source: str) -> dict:
+    """The one place where configs of earlier versions become today's: a checkpoint's or a
+    file's keys with the removed options dropped (accepted only at the value that meant "off";
+    any other value is a ConfigError that names it) and the keys added since filled with their
+    defaults."""
+    out = {}
+    for key, value in cfg.items():
+        if key in REMOVED:
+            off = REMOVED[key]
+            if not (value == off or (isinstance(off, list) and not value)):
+                raise ConfigError(f"{key} was removed from fcnseg (an ablation measured no gain; docs/experiments has the figures); drop {key}: {value!r} from {source}")
+        elif key in FIELDS:
+            out[key] = value
+    return {**default_config(), **out}
 
 
 def load_yaml(path: str | os.PathLike) -> dict:
@@ -243,17 +250,12 @@ def load_yaml(path: str | os.PathLike) -> dict:
     return data
 
 
-def resolve_config(overrides: dict | TrainConfig | None = None, *, config_file: str | os.PathLike | None = None, base: dict | None = None) -> dict:
+def resolve_config(overrides: dict | TrainConfig | None = None, *, config_file: str | os.PathLike | None = None, base: dict | TrainConfig | None = None) -> TrainConfig:
     """Defaults (or ``base``, e.g. a checkpoint's config) < ``config_file`` < ``overrides``,
-    validated. Returns a plain dict with every TrainConfig key."""
-    cfg = dict(base) if base is not None else default_config()
-    # a checkpoint from an older version may lack newer keys
-    for key, value in default_config().items():
-        cfg.setdefault(key, value)
-    for key in REMOVED:
-        if key in cfg:
-            check_removed(key, cfg[key], "the checkpoint's config")
-    cfg = {k: v for k, v in cfg.items() if k in FIELDS}
+    validated: the ``TrainConfig`` a run reads its options from."""
+    if isinstance(base, TrainConfig):
+        base = base.to_dict()
+    cfg = migrate(base, "the checkpoint's config") if base is not None else default_config()
     given: set[str] = set()  # the keys a file or the caller set
     if config_file is not None:
         loaded = load_yaml(config_file)
@@ -274,7 +276,7 @@ def resolve_config(overrides: dict | TrainConfig | None = None, *, config_file: 
     if cfg["max_minutes"] == 0:  # 0 lifts a time budget (e.g. a config file's): --epochs decides
         cfg["max_minutes"] = None
     validate(cfg)
-    return cfg
+    return TrainConfig(**cfg)
 
 
 def parse_stage(spec: str | dict) -> dict:
@@ -354,17 +356,15 @@ def validate(cfg: dict) -> None:
     for key in ("model", "backbone"):
         if cfg[key] in REMOVED_MODELS:
             raise ConfigError(f"{key} {cfg[key]!r} was removed from fcnseg (an ablation measured no gain; docs/experiments has the figures); {REMOVED_MODELS[cfg[key]]}")
-    from fcnseg.engine.specs import parse_tta
+    from fcnseg.inference.specs import parse_crf, parse_tta, run_crf, run_tta
 
-    parse_tta(cfg["eval_tta"])  # a bad spec fails now, not at the first validation
-    from fcnseg.engine.specs import parse_crf
-
-    parse_crf(cfg["eval_crf"])
+    parse_tta(run_tta(cfg["eval_tta"], cfg["scale"]))  # a bad spec fails now, not at the first validation
+    parse_crf(run_crf(cfg["eval_crf"]))
 
 
-def save_yaml(cfg: dict, path: str | os.PathLike) -> None:
+def save_yaml(cfg: dict | TrainConfig, path: str | os.PathLike) -> None:
     """Writes ``cfg`` as YAML atomically; ``OutputError`` naming the file when it cannot."""
-    from fcnseg.engine.checkpoint import atomic_write
+    from fcnseg.checkpoint import atomic_write
 
-    text = yaml.safe_dump(cfg, sort_keys=False).encode()
+    text = yaml.safe_dump(cfg.to_dict() if isinstance(cfg, TrainConfig) else cfg, sort_keys=False).encode()
     atomic_write(path, lambda f: f.write(text), what="run config", fix="or train into another --out")

@@ -2,7 +2,7 @@
 
 ``load_backend(name, model_or_checkpoint, ...)`` returns a ``Backend``: called with normalised
 images ``(N, C, H, W)`` (float32, any N, H, W >= 32) it returns float32 logits
-``(N, K, H, W)`` on the CPU (or the torch device). ``fcnseg.engine.inference.segment`` (and so
+``(N, K, H, W)`` on the CPU (or the torch device). ``fcnseg.inference.segment.segment`` (and so
 ``evaluate``, ``predict``, TTA, sliding windows and the CRF) accepts one wherever it accepts a
 model.
 
@@ -13,7 +13,7 @@ model.
 ``onnxruntime`` the model exported to ONNX (verified, ``fcnseg.export``), onnxruntime CPU
 ``openvino``   the same ONNX file compiled by OpenVINO's CPU plugin, f32 inference precision
                (OpenVINO would otherwise pick bf16 on CPUs that have it)
-``auto``       (the default) chosen by ``fcnseg.engine.loader.load_engine``: the fastest engine
+``auto``       (the default) chosen by ``fcnseg.inference.loader.load_engine``: the fastest engine
                verified for this model on this machine, exact fp32 ones on the logits, bf16
                and int8 ones on the task (mean IU on labelled images)
 =============  ==============================================================================
@@ -41,8 +41,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fcnseg.engine.precision import Precision
 from fcnseg.errors import ConfigError
+from fcnseg.precision import Precision
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ class Backend:
         raise NotImplementedError
 
     precision_name = "fp32"  # what it computes in: fp32, bf16 or int8
-    evidence: dict | None = None  # how it was chosen (fcnseg.engine.loader)
+    evidence: dict | None = None  # how it was chosen (fcnseg.inference.loader)
 
     def __repr__(self) -> str:
         return f"<fcnseg backend {self.name}>"

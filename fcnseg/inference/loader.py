@@ -2,7 +2,7 @@
 
 ``Predictor`` (and so ``fcnseg predict`` and ``fcnseg serve``), ``evaluate_checkpoint``
 (``fcnseg eval``), ``fcnseg export --verify`` and the benchmarks call it; it returns a
-``Backend`` (``fcnseg.engine.backends``): ``engine(x (N, C, H, W) float32) -> logits``.
+``Backend`` (``fcnseg.inference.backends``): ``engine(x (N, C, H, W) float32) -> logits``.
 
 An explicit ``backend`` runs as asked (``torch`` in ``precision``; the others fp32, or the
 ``--onnx`` file given). ``auto`` (the default) chooses per machine and checkpoint:
@@ -12,7 +12,7 @@ An explicit ``backend`` runs as asked (``torch`` in ``precision``; the others fp
 - **inexact candidates**: torch bf16 + channels_last and OpenVINO bf16 where the CPU has native
   bf16 (AVX512-BF16, AMX), onnxruntime int8 and OpenVINO int8 (the same QDQ file, calibrated
   on the run's training images; VNNI / AMX-INT8 where present) — each qualifies only after
-  the **task check** (``fcnseg.engine.verify``): scored against eager fp32 on labelled images
+  the **task check** (``fcnseg.inference.verify``): scored against eager fp32 on labelled images
   (the run's validation split by default), mean IU at most 0.3 points lower and no class IoU
   more than 1.0 lower;
 - the fastest qualified candidate runs, timed on this machine in interleaved rounds.
@@ -42,9 +42,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fcnseg.engine import backends as B
-from fcnseg.engine.precision import Precision, cpu_has_fast_bf16, describe, resolve_precision, tell
-from fcnseg.engine.verify import (
+from fcnseg.errors import ConfigError
+from fcnseg.export.cache import cached_int8, cached_onnx, check_onnx_matches
+from fcnseg.export.parity import compare, parity_inputs, switch_flips_allowed
+from fcnseg.inference import backends as B
+from fcnseg.inference.verify import (
     VERIFY_IMAGES,
     TaskData,
     Tolerance,
@@ -53,9 +55,7 @@ from fcnseg.engine.verify import (
     task_data,
     train_data,
 )
-from fcnseg.errors import ConfigError
-from fcnseg.export.cache import cached_int8, cached_onnx, check_onnx_matches
-from fcnseg.export.parity import compare, parity_inputs, switch_flips_allowed
+from fcnseg.precision import Precision, cpu_has_fast_bf16, describe, resolve_precision, tell
 
 log = logging.getLogger("fcnseg")
 
@@ -120,7 +120,7 @@ class Engines:
 
 
 def _as_model(model_or_checkpoint) -> tuple[nn.Module, dict | None]:
-    from fcnseg.engine.checkpoint import load_checkpoint, model_from_checkpoint
+    from fcnseg.checkpoint import load_checkpoint, model_from_checkpoint
 
     if isinstance(model_or_checkpoint, nn.Module):
         return model_or_checkpoint, None

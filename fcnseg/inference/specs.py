@@ -67,6 +67,28 @@ def parse_tta(spec: str | TTA | None) -> TTA | None:
     return TTA(flip=flip, scales=tuple(scales) if scales else (1.0,))
 
 
+def training_scale(scale: Sequence[float] | None) -> float:
+    """The image scale a run trained at: the middle of its ``scale`` range ([0.75, 1.25]: 1)."""
+    if not scale:
+        return 1.0
+    return float(f"{(float(scale[0]) + float(scale[-1])) / 2:.4g}")
+
+
+def run_tta(spec: str | None, scale: Sequence[float] | None) -> str | None:
+    """A run's ``eval_tta`` as it evaluates: ``"auto"`` (chosen on the validation split at the
+    end of the run; until then, and in a checkpoint saved before the choice) is one view at the
+    training scale."""
+    if isinstance(spec, str) and spec.strip().lower() == "auto":
+        s = training_scale(scale)
+        return None if abs(s - 1.0) < 1e-3 else f"scales={s:g}"
+    return spec
+
+
+def run_crf(spec: str | None) -> str | None:
+    """A run's ``eval_crf`` as it evaluates: ``"auto"`` (not yet chosen) is none."""
+    return None if isinstance(spec, str) and spec.strip().lower() == "auto" else spec
+
+
 def parse_window(spec: int | str | Sequence[int] | None) -> tuple[int, int] | None:
     """``512`` / ``"512"`` → (512, 512); ``"512x1024"`` or ``(512, 1024)`` → (h, w); None → None."""
     if spec is None:

@@ -1,11 +1,14 @@
-"""Checkpoints: atomic writes, safe reads, rebuilding a model from one; output folders.
+"""Checkpoints: the schema, atomic writes, safe reads, rebuilding a model from one; output folders.
 
-A checkpoint is a dict (docs/design.md): ``model`` (state dict, unwrapped from DDP and
-torch.compile), ``model_config`` (``build_model`` kwargs), ``optimizer``, ``scheduler``,
-``scaler``, ``epoch``, ``step``, ``best_miou``, ``config`` (resolved train config),
-``classes``, ``palette``, ``mean``, ``std``, ``rng``. With ``ema`` training, ``model`` is
-the weight average (what validation scored) and ``train_model`` the optimiser's weights,
-with ``ema_updates`` the number of steps averaged (for resuming).
+A checkpoint is a dict (docs/design.md), written by ``training_state`` and read back into a
+run by ``restore_training`` (the two are the schema): ``model`` (state dict, unwrapped from
+DDP and torch.compile), ``model_config`` (``build_model`` kwargs), ``optimizer``,
+``scheduler``, ``scaler``, ``aux_head``, the run's position (``PROGRESS``: ``epoch``,
+``batch_in_epoch``, ``step``, ``total_steps``, ``best_miou``, ``best``, ``last_eval``),
+``config`` (the resolved TrainConfig as a dict), ``classes``, ``palette``, ``mean``, ``std``,
+``rng``, ``train_time_s``. With ``ema`` training, ``model`` is the weight average (what
+validation scored) and ``train_model`` the optimiser's weights, with ``ema_updates`` the
+number of steps averaged (for resuming).
 """
 
 from __future__ import annotations
@@ -29,6 +32,64 @@ from torch import nn
 from fcnseg.errors import ConfigError, OutputError, WeightsError
 
 log = logging.getLogger("fcnseg.checkpoint")
+
+
+PROGRESS = ("epoch", "batch_in_epoch", "step", "total_steps", "best_miou", "best", "last_eval")
+
+
+def training_state(model: nn.Module, step, schedule, progress: dict, *, config: dict, data, train_time_s: float) -> dict:
+    """The checkpoint of a training run: ``model`` (the trained module), ``step`` (its
+    ``TrainStep``: optimizer, scaler, weight average, auxiliary head), ``schedule`` (its
+    ``LRSchedule``), ``progress`` (the ``PROGRESS`` counters), ``data`` (classes, palette,
+    mean, std)."""
+    from fcnseg.data.sampling import rng_state
+
+    ema = step.ema
+    return {
+        "model": (ema.module if ema is not None else model).state_dict(),  # what validation scored
+        "train_model": model.state_dict() if ema is not None else None,
+        "ema_updates": int(ema.n_averaged) if ema is not None else 0,
+        "model_config": dict(model.config),
+        "aux_head": step.net.aux_head.state_dict() if step.net.aux_head is not None else None,
+        "optimizer": step.optimizer.state_dict(), "scheduler": schedule.state_dict(), "scaler": step.scaler.state_dict(),
+        **{key: progress[key] for key in PROGRESS},
+        "config": config, "classes": list(data.classes), "palette": data.palette.tolist(), "mean": data.mean, "std": data.std,
+        "rng": rng_state(), "train_time_s": train_time_s,
+    }
+
+
+def restore_training(ckpt: dict, model: nn.Module, step, schedule) -> dict:
+    """Loads a ``training_state`` checkpoint into a run's model, step and schedule and the
+    process's RNGs; returns its ``PROGRESS`` counters (older checkpoints: defaults)."""
+    from fcnseg.data.sampling import set_rng_state
+
+    model.load_state_dict(ckpt.get("train_model") or ckpt["model"])
+    if step.ema is not None:
+        if ckpt.get("ema_updates"):
+            step.ema.module.load_state_dict(ckpt["model"])
+            step.ema.n_averaged.fill_(int(ckpt["ema_updates"]))
+        else:  # resumed from a run without ema: the average starts here
+            log.info("ema: the checkpoint has no weight average; it starts from the resumed weights")
+    if step.net.aux_head is not None and ckpt.get("aux_head") is not None:
+        step.net.aux_head.load_state_dict(ckpt["aux_head"])
+    step.optimizer.load_state_dict(ckpt["optimizer"])
+    schedule.load_state_dict(ckpt["scheduler"])
+    if ckpt.get("scaler"):
+        step.scaler.load_state_dict(ckpt["scaler"])
+    set_rng_state(ckpt["rng"])
+    return {
+        "epoch": int(ckpt["epoch"]), "step": int(ckpt["step"]), "batch_in_epoch": int(ckpt.get("batch_in_epoch", 0)),
+        # older checkpoints: the schedule's length was the step count
+        "total_steps": int(ckpt.get("total_steps", ckpt["scheduler"]["total_steps"])),
+        "best_miou": ckpt.get("best_miou", -float("inf")), "best": ckpt.get("best"), "last_eval": ckpt.get("last_eval"),
+    }
+
+
+def set_config(path: str | os.PathLike, config: dict) -> None:
+    """Rewrites the run config inside the checkpoint ``path`` (atomically)."""
+    ckpt = load_checkpoint(path)
+    ckpt["config"] = config
+    save_checkpoint(ckpt, path)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

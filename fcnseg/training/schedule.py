@@ -90,7 +90,7 @@ class TimeBudget:
         self.stage_steps, self.stage_step_s = 0, 0.0  # the current stage's
         self.px_step_s: float | None = None  # seconds per step per crop pixel, as last measured
         self.eval_s: float | None = None
-        self.save_s = self.draw_s = 0.0
+        self.save_s = self.draw_s = self.choice_s = 0.0
         self.epoch_end_s: list[float] = []
 
     def add_steps(self, steps: int, seconds: float, stage: int) -> None:
@@ -112,8 +112,9 @@ class TimeBudget:
         return self.px_step_s * h * w if self.px_step_s else 0.0
 
     def reserve_s(self) -> float:
-        """Time kept for the end: the final evaluation, ``saves`` checkpoints and the pictures."""
-        return 1.1 * (self.eval_s or 0.0) + self.saves * self.save_s + self.draw_s + 1.0
+        """Time kept for the end: the final evaluation, the test-time choice (``choice_s``),
+        ``saves`` checkpoints and the pictures."""
+        return 1.1 * (self.eval_s or 0.0) + self.choice_s + self.saves * self.save_s + self.draw_s + 1.0
 
     def out_of_time(self, elapsed: float, stage: int) -> bool:
         return self.seconds is not None and elapsed + self.reserve_s() + self.step_time(stage) >= self.seconds

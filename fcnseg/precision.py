@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from fcnseg.engine.config import PRECISIONS
+from fcnseg.config import PRECISIONS
 from fcnseg.errors import ConfigError
 
 # fp32 on a CPU without native bf16 (there fp32 is the production path): channels_last,

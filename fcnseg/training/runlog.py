@@ -9,6 +9,7 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
+from fcnseg.config import TrainConfig
 from fcnseg.errors import ConfigError
 
 
@@ -52,18 +53,26 @@ class RunLog:
         if self.callback is not None and self.path is not None:
             self.callback(event)
 
+    def end(self, result: dict, event: dict) -> None:
+        """The run's last words: ``metrics.json`` (``result``; its only writer), the ``end``
+        ``event`` in metrics.jsonl, then the log is closed."""
+        if self.path is not None:
+            (self.path.parent / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+            self.record({"event": "end", **event})
+        self.close()
+
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
 
 
-def find_resume(cfg: dict) -> Path:
+def find_resume(cfg: TrainConfig) -> Path:
     """The checkpoint ``resume`` names: a path, or ``auto`` → OUT/last.pt (OUT: ``out``, or
     the newest run under runs/ with a last.pt)."""
-    if cfg["resume"] != "auto":
-        return Path(cfg["resume"])
-    if cfg["out"]:
-        return Path(cfg["out"]) / "last.pt"
+    if cfg.resume != "auto":
+        return Path(cfg.resume)
+    if cfg.out:
+        return Path(cfg.out) / "last.pt"
     candidates = sorted(Path("runs").glob("*/last.pt"), key=lambda p: p.stat().st_mtime)
     if not candidates:
         raise ConfigError("--resume without a path needs --out RUN_DIR (or a run under runs/ with a last.pt)")
@@ -92,18 +101,18 @@ def free_name(path: Path) -> Path:
     return free
 
 
-def new_run_dir(cfg: dict, *, overwrite: bool = False, create: bool = True) -> Path:
+def new_run_dir(cfg: TrainConfig, *, overwrite: bool = False, create: bool = True) -> Path:
     """The run's folder. ``out`` (or runs/``name``) as given: a ``ConfigError`` when it holds
     a run, unless the run continues it (``resume`` from a checkpoint in it) or ``overwrite``.
     Without either: runs/<timestamp>, created here exclusively (``create``; DDP rank 0), so
     two runs started in the same second get two folders (``-1``, ``-2``, ...)."""
-    if cfg["out"] or cfg["name"]:
-        path = Path(cfg["out"]) if cfg["out"] else Path("runs") / cfg["name"]
+    if cfg.out or cfg.name:
+        path = Path(cfg.out) if cfg.out else Path("runs") / cfg.name
         found = holds_run(path) if path.is_dir() else None
-        continues = cfg.get("resume") and Path(cfg["resume"]).resolve().parent == path.resolve()
+        continues = cfg.resume and Path(cfg.resume).resolve().parent == path.resolve()
         if found and not continues and not overwrite:
-            flag = f"--out {path}" if cfg["out"] else f"--name {cfg['name']}"
-            other = f"--out {free_name(path)}" if cfg["out"] else f"--name {free_name(path).name}"
+            flag = f"--out {path}" if cfg.out else f"--name {cfg.name}"
+            other = f"--out {free_name(path)}" if cfg.out else f"--name {free_name(path).name}"
             raise ConfigError(
                 f"{flag} holds a run ({path / found}); continue it with `fcnseg train --resume --out {path}`, "
                 f"start a new one with {other}, or pass --overwrite to replace it"
@@ -135,3 +144,22 @@ def remove_run(path: Path) -> None:
             (path / name).unlink()
     for name in ("samples", "tensorboard"):
         shutil.rmtree(path / name, ignore_errors=True)
+
+
+def diverged(run_dir: Path, *, loss: float, step: int, steps: int, lr: float, log_every: int) -> tuple[dict, str]:
+    """A loss that became NaN or infinite within the last ``steps`` steps (up to ``step``):
+    metrics.json's record of it, and the message that names the last good checkpoint kept
+    (last.pt or best.pt, whichever is later) and the fix."""
+    from fcnseg.checkpoint import load_checkpoint
+
+    first = step - steps + 1
+    at = f"step {step}" if steps == 1 else f"steps {first}-{step} (the loss is read every {log_every} steps)"
+    good = [(p, load_checkpoint(p)["step"]) for p in (run_dir / "last.pt", run_dir / "best.pt") if p.is_file()]
+    if good:
+        path, k = max(good, key=lambda g: g[1])
+        kept = f"the last good checkpoint {path} (step {k}) is kept as it was; lower --lr (or set --clip-grad) and train again, or --resume {path} --lr SMALLER"
+    else:
+        path, k, kept = None, None, "no checkpoint was written before it; lower --lr (or set --clip-grad) and train again"
+    result = {"stopped": "non-finite loss", "loss": str(loss), "step": step, "first_step": first, "lr": lr,
+              "last_good_checkpoint": str(path) if path else None, "last_good_step": k}
+    return result, f"the training loss became {loss} at {at}, lr {lr:.3g}: the run diverged and stopped; {kept}"

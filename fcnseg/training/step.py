@@ -19,9 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fcnseg.engine.losses import lovasz_softmax_loss, segmentation_loss, upsampled_segmentation_loss
-from fcnseg.engine.precision import Precision
+from fcnseg.config import TrainConfig
 from fcnseg.errors import ConfigError
+from fcnseg.precision import Precision
+from fcnseg.training.losses import (
+    lovasz_softmax_loss,
+    segmentation_loss,
+    upsampled_segmentation_loss,
+)
 
 
 def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
@@ -205,7 +210,7 @@ class TrainStep:
 
 def build_train_step(
     model: nn.Module,
-    cfg: dict,
+    cfg: TrainConfig,
     *,
     device: torch.device,
     precision: Precision,
@@ -221,10 +226,10 @@ def build_train_step(
     precision asks for it), the optimizer (two parameter groups, no weight decay on biases
     and norms), the grad scaler, and ``torch.compile`` / DDP wrapping."""
     ema = None
-    if cfg["ema"]:  # made before TrainNet hooks the model and DDP converts its BatchNorm layers
-        ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=ema_average(cfg["ema"]), use_buffers=True)
+    if cfg.ema:  # made before TrainNet hooks the model and DDP converts its BatchNorm layers
+        ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=ema_average(cfg.ema), use_buffers=True)
         ema.module.eval()
-    net = TrainNet(model, num_classes, aux=cfg["aux_loss"] > 0)
+    net = TrainNet(model, num_classes, aux=cfg.aux_loss > 0)
     if distributed and device.type == "cuda":
         net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
     net.to(device)
@@ -234,22 +239,22 @@ def build_train_step(
         ema.to(device)
         if precision.channels_last:
             ema.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(param_groups(net, cfg["weight_decay"]), name=cfg["optimizer"], lr=cfg["lr"], momentum=cfg["momentum"], device=device)
+    optimizer = build_optimizer(param_groups(net, cfg.weight_decay), name=cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum, device=device)
     runner: nn.Module = net
-    if cfg["compile"]:
+    if cfg.compile:
         runner = torch.compile(runner)
     if distributed:
         runner = nn.parallel.DistributedDataParallel(runner, device_ids=[device.index] if device.type == "cuda" else None)
     return TrainStep(
         net, optimizer, precision=precision, device=device, runner=runner,
-        class_weight=class_weight, hard_pixels=cfg["hard_pixels"], lovasz=cfg["lovasz"], aux_loss=cfg["aux_loss"],
-        accum_steps=cfg["accum_steps"], clip_grad=cfg["clip_grad"], copy_paste=cfg["copy_paste"],
-        paste_classes=paste_classes if cfg["copy_paste"] else (), ema=ema,
-        coarse_loss=bool(getattr(model, "fixed_upsampling", False)) and not cfg["lovasz"] and not cfg["compile"],
+        class_weight=class_weight, hard_pixels=cfg.hard_pixels, lovasz=cfg.lovasz, aux_loss=cfg.aux_loss,
+        accum_steps=cfg.accum_steps, clip_grad=cfg.clip_grad, copy_paste=cfg.copy_paste,
+        paste_classes=paste_classes if cfg.copy_paste else (), ema=ema,
+        coarse_loss=bool(getattr(model, "fixed_upsampling", False)) and not cfg.lovasz and not cfg.compile,
     )
 
 
-def build_model_for_training(cfg: dict, num_classes: int, *, init_from: bool = True) -> nn.Module:
+def build_model_for_training(cfg: TrainConfig, num_classes: int, *, init_from: bool = True) -> nn.Module:
     """The model of ``cfg`` as training starts it: ``build_model`` (with ``weights``), then
     ``zero_init_residual``, the tensors of ``init_from`` whose name and shape match (when
     ``init_from``; a resumed run loads its checkpoint instead) and ``freeze_backbone``."""
@@ -260,30 +265,30 @@ def build_model_for_training(cfg: dict, num_classes: int, *, init_from: bool = T
     from fcnseg.weights import load_matching
 
     log = logging.getLogger("fcnseg.train")
-    weights = cfg["weights"]
+    weights = cfg.weights
     if weights and weights != "imagenet" and Path(weights).is_file():
-        _check_weights_classes(Path(weights), num_classes, cfg["data"])
+        _check_weights_classes(Path(weights), num_classes, cfg.data)
     model = build_model(
-        cfg["model"], backbone=cfg["backbone"], num_classes=num_classes, weights=weights,
-        upsample=cfg["upsample"], align=cfg["align"], output_stride=cfg["output_stride"],
+        cfg.model, backbone=cfg.backbone, num_classes=num_classes, weights=weights,
+        upsample=cfg.upsample, align=cfg.align, output_stride=cfg.output_stride,
     )
-    if cfg["zero_init_residual"]:
+    if cfg.zero_init_residual:
         from fcnseg.models.backbones.resnet import ResNet, zero_init_residual
 
         if not isinstance(getattr(model, "backbone", None), ResNet):
-            raise ConfigError(f"zero_init_residual needs a ResNet backbone, not {cfg['backbone']!r} (set zero_init_residual: false)")
+            raise ConfigError(f"zero_init_residual needs a ResNet backbone, not {cfg.backbone!r} (set zero_init_residual: false)")
         log.info("zero_init_residual: %d residual branches start at zero", zero_init_residual(model.backbone))
-    if cfg["init_from"] and init_from:
-        from fcnseg.engine.checkpoint import load_checkpoint
+    if cfg.init_from and init_from:
+        from fcnseg.checkpoint import load_checkpoint
 
-        loaded, left, unused = load_matching(model, load_checkpoint(cfg["init_from"])["model"])
-        log.info("init-from %s: loaded %d/%d tensors", cfg["init_from"], len(loaded), len(loaded) + len(left))
+        loaded, left, unused = load_matching(model, load_checkpoint(cfg.init_from)["model"])
+        log.info("init-from %s: loaded %d/%d tensors", cfg.init_from, len(loaded), len(loaded) + len(left))
         short = lambda names: ", ".join(names[:6]) + (f", ... ({len(names)} in all)" if len(names) > 6 else "")  # noqa: E731
         if left:
             log.info("  left at their initialisation: %s", short(left))
         if unused:
             log.info("  not used from the checkpoint: %s", short(unused))
-    if cfg["freeze_backbone"]:
+    if cfg.freeze_backbone:
         for p in model.backbone.parameters():
             p.requires_grad_(False)
     return model

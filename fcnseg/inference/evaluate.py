@@ -1,7 +1,7 @@
 """Scoring a model on a dataset at the labels' original resolution.
 
 Each image goes through the model (optionally at several scales, mirrored, or tiled with a
-sliding window; see ``fcnseg.engine.inference``), the logits are resized back to the label's
+sliding window; see ``fcnseg.inference.segment``), the logits are resized back to the label's
 own size with bilinear interpolation and only then argmaxed: the ground truth is never
 resized. One ``ConfusionMatrix`` accumulates every scored pixel; under ``distributed`` each
 rank scores the shard ``indices[rank::world]`` and the matrices are summed.
@@ -29,10 +29,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from fcnseg.checkpoint import checkpoint_data  # noqa: F401 (re-exported)
 from fcnseg.data.base import IGNORE_INDEX
-from fcnseg.engine.checkpoint import checkpoint_data  # noqa: F401 (re-exported)
-from fcnseg.engine.crf import CRF, parse_crf
-from fcnseg.engine.inference import (
+from fcnseg.errors import ConfigError
+from fcnseg.inference.crf import CRF, parse_crf
+from fcnseg.inference.segment import (
     TTA,
     checkpoint_inference,
     labels,
@@ -40,9 +41,8 @@ from fcnseg.engine.inference import (
     parse_window,
     segment,
 )
-from fcnseg.engine.precision import Precision, resolve_device, resolve_precision
-from fcnseg.errors import ConfigError
 from fcnseg.metrics import ConfusionMatrix
+from fcnseg.precision import Precision, resolve_device, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -89,14 +89,14 @@ def evaluate(
     std: Sequence[float] | None = None,
     crf: str | CRF | None = None,
 ) -> dict:
-    """Scores ``model`` (a module, or a backend from ``fcnseg.engine.backends``) on
+    """Scores ``model`` (a module, or a backend from ``fcnseg.inference.backends``) on
     ``dataset`` and returns the paper's metrics.
 
     ``dataset[i]`` gives (image (3, h, w) float normalised, mask (H, W) int) — or the raw
     uint8 pair, normalised here with ``mean``/``std``. ``batch_size`` > 1 batches images of
     equal size together (never padding), so the numbers do not depend on the batch size. ``tta``: e.g. ``"flip,scales=0.75,1,1.25"``
     (softmax probabilities averaged). ``sliding_window``: window size (int or (h, w)).
-    ``crf``: refine the probabilities with the local dense CRF (``fcnseg.engine.crf``); it needs
+    ``crf``: refine the probabilities with the local dense CRF (``fcnseg.inference.crf``); it needs
     the normalisation's ``std`` (and ``mean``, which only raw datasets use).
     ``distributed``: score ``indices[rank::world]`` on each rank and sum the matrices.
     ``model`` may also be any callable (N, 3, H, W) float → (N, K, H, W) logits (e.g. another
@@ -144,7 +144,7 @@ def evaluate(
             persistent_workers=False,
         )
     else:  # decoding in threads ahead of the model (Pillow releases the GIL), no processes
-        from fcnseg.engine.stream import prefetch
+        from fcnseg.inference.stream import prefetch
 
         loader = ([item] for item in prefetch(subset.__getitem__, range(len(subset)), workers=2, ahead=4 * batch_size))
     # DDP would broadcast buffers on every forward, which hangs when ranks hold unequal
@@ -269,25 +269,25 @@ def evaluate_checkpoint(
     callable (N, 3, H, W) normalised float → (N, K, H, W) logits (e.g. another inference
     backend); the checkpoint still gives data, classes, normalisation and defaults.
     ``backend``: the engine that runs the checkpoint's network when ``model`` is not given
-    (``fcnseg.engine.backends``: auto (default), torch, compile, onnxruntime, openvino; the
+    (``fcnseg.inference.backends``: auto (default), torch, compile, onnxruntime, openvino; the
     non-torch ones run fp32), ``onnx_path`` an exported file (e.g. int8) for the ONNX ones.
     ``calib_data``/``calib_root``/``calib_split``/``tolerance``: the labelled data and limits of
-    auto's task check (``fcnseg.engine.loader.load_engine``; default: the run's validation split).
+    auto's task check (``fcnseg.inference.loader.load_engine``; default: the run's validation split).
 
     Returns ``checkpoint``, ``data``, ``split``, ``num_images``, ``tta``, ``crf``,
     ``sliding_window`` (specs as strings, None when off), ``precision``, ``pixel_acc``,
     ``mean_acc``, ``mean_iou``, ``fw_iou`` (fractions), ``per_class`` ({name: {"iou",
     "acc"}}, NaN for a class absent from labels and predictions), ``classes``, ``confusion``
     (K x K, rows = truth), ``backend`` (for ``auto``: with the engine it chose), ``engine``
-    (how it was chosen: the task check's figures, ``fcnseg.engine.loader.engine_evidence``) and, with ``plots``, ``plots`` (the written paths). A dataset
+    (how it was chosen: the task check's figures, ``fcnseg.inference.loader.engine_evidence``) and, with ``plots``, ``plots`` (the written paths). A dataset
     whose class count differs from the checkpoint's is a ConfigError; differing class names
     only warn.
     """
+    from fcnseg.checkpoint import checkpoint_meta, load_checkpoint
     from fcnseg.data import build_dataset
     from fcnseg.data.transforms import eval_transforms
-    from fcnseg.engine.backends import backend_name
-    from fcnseg.engine.checkpoint import checkpoint_meta, load_checkpoint
-    from fcnseg.engine.loader import engine_evidence
+    from fcnseg.inference.backends import backend_name
+    from fcnseg.inference.loader import engine_evidence
 
     if batch_size < 1:
         raise ConfigError(f"batch_size={batch_size}: must be >= 1")
@@ -324,7 +324,7 @@ def evaluate_checkpoint(
         prec = resolve_precision(precision, dev)
         model = model.to(dev)
     elif model is None:
-        from fcnseg.engine.loader import load_engine
+        from fcnseg.inference.loader import load_engine
 
         model = load_engine(
             ckpt, backend, precision, dev, onnx_path=onnx_path, data=calib_data, data_root=calib_root,
@@ -368,7 +368,7 @@ def evaluate_checkpoint(
         "confusion": res["confusion"],
     }
     if plots is not None:
-        from fcnseg.engine.visualize import plot_confusion
+        from fcnseg.inference.visualize import plot_confusion
 
         out["plots"] = [str(plot_confusion(res["confusion"], classes, Path(plots)))]
     return out

@@ -1,0 +1,84 @@
+"""The end-of-run test-time choice of ``eval_tta``/``eval_crf`` "auto": a pure rule over
+measured scores (no torch here, so the planner reads its costs without importing it).
+
+At the end of the run one view at the training scale, then mirrored views at 1, 3 and 7
+multiples of it, then the CRF on the best of them, are scored on (up to) ``CHOICE_IMAGES``
+validation images spread over the split, cheapest first; a costlier setting is kept only when
+it adds at least ``MIN_GAIN`` mean IU, and none is started that would overrun the choice's
+share of the budget (``CHOICE_SHARE`` of max_minutes). What it measured goes to metrics.json
+(``test_time``); the choice goes into the run's config, so ``fcnseg eval``/``predict``/``serve``
+apply it (``Validation.settle``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from fcnseg.config import TrainConfig
+from fcnseg.inference.specs import parse_tta, run_crf, run_tta, training_scale
+
+# eval_tta "auto": one view at the training scale, then mirrored views at these multiples of it;
+# the last is the CamVid recipe's seven scales (+3.7 mean IU there: docs/experiments/camvid.md)
+TTA_FACTORS = ((1.0,), (0.75, 1.0, 1.25), (0.375, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75))
+MIN_GAIN = 0.003  # a costlier test-time setting stays when it adds >= 0.3 mean IU points
+CHOICE_SHARE = 0.08  # of max_minutes: what the choice may take (the time budget holds it back)
+CHOICE_IMAGES = 48  # validation images it is measured on, spread over the split
+# the local dense CRF's cost in units of one plain view (~0.45 s against ~0.07 s a CamVid frame
+# on 2 cores); an estimate, used only to decide whether it still fits the choice's share
+CRF_UNITS = 6.0
+# the choice's total cost in views at the training scale: 1 + 2 + 6.25 + 17.6 views, then the
+# CRF on the best of them
+CHOICE_UNITS = 1 + 2 + 6.25 + 17.6 + 17.6 + CRF_UNITS
+
+
+def tta_units(spec: str | None) -> float:
+    """The cost of a TTA spec in plain full-size views (a view's pixels go with scale^2)."""
+    tta = parse_tta(spec)
+    if tta is None:
+        return 1.0
+    return sum(s * s for s in tta.scales) * (2 if tta.flip else 1)
+
+
+def choice_options(cfg: TrainConfig) -> tuple[list[str | None], list[str | None]]:
+    """The TTA and CRF settings the end-of-run choice scores, cheapest first (the first of
+    each is what the run validated with); a fixed ``eval_tta``/``eval_crf`` is the only option."""
+    base = run_tta(cfg.eval_tta, cfg.scale)
+    if str(cfg.eval_tta).lower() == "auto":
+        s = training_scale(cfg.scale)
+        ttas = [base] + ["flip,scales=" + ",".join(f"{f * s:.4g}" for f in factors) for factors in TTA_FACTORS]
+    else:
+        ttas = [base]
+    crfs = [None, "default"] if str(cfg.eval_crf).lower() == "auto" else [run_crf(cfg.eval_crf)]
+    return ttas, crfs
+
+
+def choose_test_time(ttas: list, crfs: list, score: Callable[[str | None, str | None], float], *, allowance_s: float | None = None, min_gain: float = MIN_GAIN) -> tuple[dict, list[dict]]:
+    """Scores ``ttas`` (each alone, cheapest first), then ``crfs[1:]`` on the best of them, with
+    ``score(tta, crf) -> mean IU`` (timed here); keeps a setting only when it beats the best so
+    far by ``min_gain``, and skips those whose estimated cost would overrun ``allowance_s``.
+    Returns the chosen ``{"tta", "crf", "mean_iou", "seconds"}`` and every row measured or skipped."""
+    table: list[dict] = []
+    spent = 0.0
+
+    def run(tta, crf) -> dict:
+        nonlocal spent
+        t0 = time.monotonic()
+        miou = float(score(tta, crf))
+        row = {"tta": tta, "crf": crf, "mean_iou": miou, "seconds": time.monotonic() - t0}
+        spent += row["seconds"]
+        table.append(row)
+        return row
+
+    best = run(ttas[0], crfs[0])
+    unit_s = best["seconds"] / tta_units(ttas[0])
+    for tta, crf, units in [(t, crfs[0], tta_units(t)) for t in ttas[1:]] + [(None, c, CRF_UNITS) for c in crfs[1:]]:
+        tta = best["tta"] if tta is None else tta  # the CRF refines the best views
+        units += tta_units(tta) if crf is not crfs[0] else 0.0
+        if allowance_s is not None and spent + unit_s * units > allowance_s:
+            table.append({"tta": tta, "crf": crf, "skipped": f"~{unit_s * units:.0f}s would overrun the choice's {allowance_s:.0f}s"})
+            continue
+        row = run(tta, crf)
+        if row["mean_iou"] >= best["mean_iou"] + min_gain:
+            best = row
+    return best, table

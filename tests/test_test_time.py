@@ -1,0 +1,110 @@
+"""The end-of-run test-time choice (eval_tta / eval_crf "auto"): the pure rule with scripted
+scores, the options built from a run's config, and a real run that writes the choice where
+`fcnseg eval` reads it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from fcnseg.config import resolve_config
+from fcnseg.inference.specs import run_crf, run_tta, training_scale
+from fcnseg.training.test_time import CHOICE_UNITS, choose_test_time, choice_options, tta_units
+
+
+def scripted(table: dict):
+    """score(tta, crf) from a table {(tta, crf): mean IU}; records the calls."""
+    calls = []
+
+    def score(tta, crf):
+        calls.append((tta, crf))
+        return table[(tta, crf)]
+
+    return score, calls
+
+
+def test_a_costlier_setting_is_kept_only_when_it_pays_min_gain():
+    ttas = ["scales=0.5", "flip,scales=0.5", "flip,scales=0.375,0.5,0.625"]
+    crfs = [None, "default"]
+    # flip adds 0.2 points (< 0.3: not kept), three scales add 1.5 over the base, the CRF 0.1 more
+    score, calls = scripted({(ttas[0], None): 0.600, (ttas[1], None): 0.602, (ttas[2], None): 0.615, (ttas[2], "default"): 0.616})
+    best, table = choose_test_time(ttas, crfs, score)
+    assert (best["tta"], best["crf"]) == (ttas[2], None)  # the CRF's +0.1 did not pay
+    assert calls == [(ttas[0], None), (ttas[1], None), (ttas[2], None), (ttas[2], "default")]  # the CRF on the best views
+    assert [round(r["mean_iou"], 3) for r in table] == [0.6, 0.602, 0.615, 0.616]
+    # a CRF that pays is kept
+    score, _ = scripted({(ttas[0], None): 0.600, (ttas[1], None): 0.590, (ttas[2], None): 0.599, (ttas[0], "default"): 0.607})
+    best, _ = choose_test_time(ttas, crfs, score)
+    assert (best["tta"], best["crf"]) == (ttas[0], "default")  # no views paid: the CRF refines the base
+
+
+def test_the_choice_skips_what_would_overrun_its_allowance(monkeypatch):
+    import fcnseg.training.test_time as V
+
+    now = [0.0]
+    monkeypatch.setattr(V.time, "monotonic", lambda: now[0])
+    ttas = [None, "flip,scales=1", "flip,scales=0.75,1,1.25"]  # 1, 2 and 6.25 units
+
+    def score(tta, crf):
+        now[0] += tta_units(tta)  # one second per unit of views
+        return {None: 0.5, "flip,scales=1": 0.6, "flip,scales=0.75,1,1.25": 0.9}[tta]
+
+    best, table = choose_test_time(ttas, [None], score, allowance_s=5.0)
+    assert best["tta"] == "flip,scales=1"  # the 6.25-unit candidate would end at 9.25 s > 5 s
+    assert "skipped" in table[-1] and "overrun" in table[-1]["skipped"]
+    best, _ = choose_test_time(ttas, [None], score, allowance_s=None)
+    assert best["tta"] == "flip,scales=0.75,1,1.25"
+
+
+def test_options_follow_the_training_scale_and_fixed_settings_stay():
+    cfg = resolve_config({"eval_tta": "auto", "eval_crf": "auto", "scale": [0.375, 0.625]})
+    assert training_scale(cfg.scale) == 0.5
+    ttas, crfs = choice_options(cfg)
+    assert ttas[0] == "scales=0.5" == run_tta(cfg.eval_tta, cfg.scale)  # validation during the run
+    assert ttas[1] == "flip,scales=0.5" and ttas[-1] == "flip,scales=0.1875,0.25,0.375,0.5,0.625,0.75,0.875"
+    assert crfs == [None, "default"] and run_crf(cfg.eval_crf) is None
+    assert [tta_units(t) for t in ttas] == pytest.approx([0.25, 0.5, 1.5625, 4.4140625])
+    cfg = resolve_config({"eval_tta": "flip", "eval_crf": "none"})
+    assert choice_options(cfg) == (["flip"], ["none"])
+    assert CHOICE_UNITS > sum(tta_units(t) for t in choice_options(resolve_config({"eval_tta": "auto"}))[0])
+
+
+@pytest.mark.parametrize("eval_every", [0, 1])
+def test_a_run_with_auto_writes_its_choice_where_eval_reads_it(tmp_path, eval_every):
+    from test_train import tiny
+
+    from fcnseg.checkpoint import load_checkpoint
+    from fcnseg.inference.segment import checkpoint_inference
+    from fcnseg.training.train import train
+
+    run = train(tiny(tmp_path / "run", eval_tta="auto", eval_crf="auto", eval_every=eval_every, num_samples=0))
+    result = json.loads((run / "metrics.json").read_text())
+    tt = result["test_time"]
+    measured = [r for r in tt["rows"] if "mean_iou" in r]
+    assert len(measured) == 5 and tt["images"] == 8  # base, 3 view sets, the CRF on the best; 8 val images
+    chosen = tt["chosen"]
+    expect = measured[0]  # the rule, replayed on what the run measured
+    for i, row in enumerate(measured[1:], 1):
+        if i == 4:  # the CRF ran on the views chosen so far
+            assert (row["tta"], row["crf"]) == (expect["tta"], "default")
+        if row["mean_iou"] >= expect["mean_iou"] + 0.003:
+            expect = row
+    assert (chosen["eval_tta"], chosen["eval_crf"]) == (expect["tta"] or "none", expect["crf"] or "none")
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert (saved["eval_tta"], saved["eval_crf"]) == (chosen["eval_tta"], chosen["eval_crf"])
+    for name in ("best.pt", "last.pt"):
+        ckpt = load_checkpoint(run / name)
+        assert (ckpt["config"]["eval_tta"], ckpt["config"]["eval_crf"]) == (chosen["eval_tta"], chosen["eval_crf"]), name
+        tta, crf = checkpoint_inference(ckpt)
+        assert (str(tta) if tta else "none", "default" if crf else "none") == (chosen["eval_tta"], chosen["eval_crf"])
+
+
+def test_a_checkpoint_saved_before_the_choice_evaluates_with_one_view():
+    from fcnseg.inference.segment import checkpoint_inference
+
+    tta, crf = checkpoint_inference({"config": {"eval_tta": "auto", "eval_crf": "auto", "scale": [0.375, 0.625]}})
+    assert str(tta) == "scales=0.5" and crf is None
+    tta, crf = checkpoint_inference({"config": {"eval_tta": "auto", "eval_crf": "auto", "scale": [0.75, 1.25]}})
+    assert tta is None and crf is None
