@@ -11,7 +11,7 @@ import yaml
 
 from fcnseg.config import resolve_config
 from fcnseg.inference.specs import run_crf, run_tta, training_scale
-from fcnseg.training.test_time import CHOICE_UNITS, choose_test_time, choice_options, tta_units
+from fcnseg.training.test_time import CHOICE_UNITS, choice_options, choose_test_time, tta_units
 
 
 def scripted(table: dict):

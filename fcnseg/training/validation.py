@@ -20,8 +20,8 @@ from fcnseg.training.test_time import (
     CHOICE_SHARE,
     CHOICE_UNITS,
     MIN_GAIN,
-    choose_test_time,
     choice_options,
+    choose_test_time,
 )
 
 log = logging.getLogger("fcnseg.train")
