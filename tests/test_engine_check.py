@@ -241,3 +241,23 @@ def test_labels_equal_argmax_including_ties():
     tied = torch.zeros(4, 5, 6)
     tied[1:3] = 1.0  # classes 1 and 2 tie everywhere: the first maximum, as argmax
     assert torch.equal(labels(tied), tied.argmax(0)) and int(labels(tied).max()) == 1
+
+
+def test_the_bf16_candidate_leaves_the_fp32_reference_as_it_was():
+    """torch (bf16) runs channels_last: it gets its own copy of the model, so the eager fp32
+    reference that every inexact candidate is scored against keeps its layout and weights."""
+    from fcnseg.precision import resolve_precision
+
+    try:
+        resolve_precision("bf16", torch.device("cpu"), quiet=True)
+    except ConfigError:
+        pytest.skip("this CPU does not run bf16")
+    model = build_model("fcn8s", backbone="resnet18", num_classes=3, upsample="bilinear").eval()
+    engines = L.Engines(model, None, torch.device("cpu"))
+    fp32 = engines("torch")
+    conv = fp32.model.backbone.conv1.weight
+    before = (conv.is_contiguous(), conv.is_contiguous(memory_format=torch.channels_last), conv.clone())
+    engines("torch (bf16)")
+    conv = fp32.model.backbone.conv1.weight
+    assert (conv.is_contiguous(), conv.is_contiguous(memory_format=torch.channels_last)) == before[:2]
+    assert torch.equal(conv, before[2]) and engines.built["torch (bf16)"].model is not fp32.model

@@ -1,6 +1,6 @@
 """The documentation's trained figures, made by training real models with the fcnseg CLI.
 
-    python docs/figures/make_trained.py                 # trains 5 models (~40 min on 2 cores), draws all
+    python docs/figures/make_trained.py                 # trains 5 models (~47 min on 2 cores), draws all
     python docs/figures/make_trained.py --reuse         # keep runs/figures/* that already have best.pt
     python docs/figures/make_trained.py --only pet      # only the Pet figures (skips, gallery: camvid)
 
@@ -365,7 +365,7 @@ def pet(data: Path, minutes: float, reuse: bool, out: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", nargs="+", choices=("camvid", "pet"), default=["camvid", "pet"])
-    p.add_argument("--minutes", type=float, default=8.0, help="training budget of each CamVid model (default 8)")
+    p.add_argument("--minutes", type=float, default=10.0, help="training budget of each CamVid model (default 10)")
     p.add_argument("--pet-minutes", type=float, default=5.0, help="training budget of the Pet model (default 5)")
     p.add_argument("--reuse", action="store_true", help="keep runs that already have best.pt (redraw only)")
     p.add_argument("--recipe-eval", action="store_true", help="also score the FCN-4s run with the recipe's TTA + CRF (slow)")

@@ -32,6 +32,7 @@ and ``/v1/model`` return it, ``fcnseg export`` writes it as a model card.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import os
@@ -104,8 +105,8 @@ class Engines:
     def _build(self, name: str) -> B.Backend:
         if name == "torch":
             return B.TorchBackend(self.model, resolve_precision("fp32", self.device, quiet=True), self.device)
-        if name == "torch (bf16)":
-            return B.TorchBackend(self.model, resolve_precision("bf16", self.device, quiet=True), self.device)
+        if name == "torch (bf16)":  # its own copy: channels_last would change the fp32 reference's layout in place
+            return B.TorchBackend(copy.deepcopy(self.model), resolve_precision("bf16", self.device, quiet=True), self.device)
         if name in ("onnxruntime", "openvino", "openvino (bf16)"):
             path = cached_onnx(self.model, self.ckpt)
             if name == "onnxruntime":
