@@ -122,3 +122,40 @@ def test_the_trained_figures_are_committed_and_small():
     for name in ("skips_camvid", "camvid_gallery", "pet_samples", "pet_curves"):
         png = DOCS / "figures" / f"{name}.png"
         assert png.is_file() and png.stat().st_size < 1_000_000, name
+
+
+def test_the_budget_curve_hangs_together_and_the_guide_quotes_it():
+    """docs/figures/budget.json (make_budget.py): planned ISBI EM runs at several budgets."""
+    budget = json.loads((DOCS / "figures" / "budget.json").read_text())
+    assert budget["minutes"] == sorted(budget["minutes"]) and len(budget["minutes"]) >= 2
+    for m in budget["minutes"]:
+        r = budget["by_minutes"][f"{m:g}"]
+        assert r["minutes"] == m and f"--max-minutes {m:g}" in r["command"] and r["command"].startswith("fcnseg train --data folder")
+        assert r["steps"] > 0 and r["wall_seconds"] <= 60 * m + 90  # the budget holds (start-up included)
+        assert abs(np.mean(list(r["per_class"].values())) - r["mean_iou"]) <= 0.02  # two classes, rounded
+        assert 0 < r["mean_iou"] <= r["pixel_acc"] <= 100
+        chosen = r["test_time"]
+        measured = [row for row in r["test_time_rows"] if "mean_iou" in row]
+        assert chosen and measured and (chosen["eval_tta"], chosen["eval_crf"]) in {(row["tta"] or "none", row["crf"] or "none") for row in measured}
+    steps = [budget["by_minutes"][f"{m:g}"]["steps"] for m in budget["minutes"]]
+    assert steps == sorted(steps)  # more minutes, more steps
+    raw = (DOCS / "how-to" / "own-data.md").read_text(encoding="utf-8")
+    assert "fig.budget." in raw
+    rendered = _rendered("how-to/own-data.md")
+    assert "{{" not in rendered
+    for m in budget["minutes"]:
+        assert budget["by_minutes"][f"{m:g}"]["command"] in rendered
+    png = DOCS / "figures" / "own_data_budget.png"
+    assert png.is_file() and png.stat().st_size < 500_000
+
+
+def test_the_gallery_is_the_recipes_own_run_and_the_pages_quote_it():
+    g = TRAINED["gallery"]
+    assert g["command"].startswith("fcnseg train --config configs/camvid.yaml") and "--max-minutes 30" in g["command"]
+    assert "--train-split train" in g["command"] and g["frames"] == TRAINED["camvid"]["frames"]
+    assert abs(np.mean(list(g["per_class"].values())) - g["mean_iou"]) <= 0.01 and len(g["per_class"]) == 11
+    assert g["tta"] and g["crf"] == "default"  # as `fcnseg eval` scores the recipe
+    assert len(g["frame_scores"]) == len(g["frames"]) and all(0 < f["mean_iou"] <= 100 for f in g["frame_scores"])
+    for page in ("results.md", "tutorial/skips.md", "zh/tutorial/skips.md"):
+        text = _rendered(page)
+        assert g["command"] in text and "fig.trained.gallery." in (DOCS / page).read_text(encoding="utf-8"), page

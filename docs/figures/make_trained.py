@@ -2,7 +2,7 @@
 
     python docs/figures/make_trained.py                 # trains 5 models (~47 min on 2 cores), draws all
     python docs/figures/make_trained.py --reuse         # keep runs/figures/* that already have best.pt
-    python docs/figures/make_trained.py --only pet      # only the Pet figures (skips, gallery: camvid)
+    python docs/figures/make_trained.py --only pet      # only the Pet figures (or camvid: the skips; gallery)
 
 What it makes (PNG + the numbers in ``docs/figures/trained.json``, which the pages quote
 through ``{{ fig.trained.* }}`` and ``tests/test_docs_trained.py`` checks):
@@ -10,8 +10,9 @@ through ``{{ fig.trained.* }}`` and ``tests/test_docs_trained.py`` checks):
 * ``skips_camvid.png``: FCN-32s, 16s, 8s (and 4s, the shipped recipe's model) trained with
   ``configs/camvid.yaml`` for the same time budget on CamVid train, predictions on val
   frames with poles and signs; per-class val IoU in the JSON.
-* ``camvid_gallery.png``: the FCN-4s run of ``configs/camvid.yaml``: image / ground truth /
-  prediction / errors, with each frame's scores.
+* ``camvid_gallery.png``: the CamVid recipe itself (``configs/camvid.yaml``, 30 minutes on the
+  train split, the run ``benchmarks/plan_vs_recipe.py`` makes; ``--recipe``), with its saved
+  test-time settings: image / ground truth / prediction / errors on the skips figure's frames.
 * ``pet_samples.png`` and ``pet_curves.png``: a small FCN-8s trained from scratch on the 26
   Oxford-IIIT Pet images (20 trainval, scored on the 6 test images), and the all-background
   baseline on every trimap (the seed tutorial's "89 % after one epoch").
@@ -219,29 +220,6 @@ def camvid(data: Path, minutes: float, reuse: bool, out: Path, recipe_eval: bool
     _legend(fig, classes, palette, y=-0.01)
     _save(fig, out / "skips_camvid.png", dpi=72)
 
-    # gallery: the recipe's model (FCN-4s), image / truth / prediction / errors
-    fig = Figure(figsize=(2.45 * 4, 1.95 * len(frames) + 0.5))
-    axes = fig.subplots(len(frames), 4, squeeze=False)
-    for r, i in enumerate(frames):
-        image, mask = val.load(i)
-        pred = preds["fcn4s"][r]
-        sc = frame_scores["fcn4s"][r]
-        axes[r][0].imshow(image)
-        axes[r][0].set_ylabel(names[r], fontsize=8)
-        axes[r][1].imshow(colorize(mask, palette))
-        axes[r][2].imshow(colorize(pred, palette))
-        axes[r][2].set_xlabel(f"mean IU {sc['mean_iou']}, pixel acc {sc['pixel_acc']}", fontsize=8)
-        axes[r][3].imshow(_errors(image, pred, mask))
-        axes[r][3].set_xlabel(f"{100 - sc['pixel_acc']:.1f} % of scored pixels wrong", fontsize=8)
-    for c, title in enumerate(["val image", "ground truth", "prediction (FCN-4s)", "errors (red; void cream)"]):
-        axes[0][c].set_title(title, fontsize=10)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.subplots_adjust(wspace=0.03, hspace=0.25, bottom=0.06)
-    _legend(fig, classes, palette, y=-0.06, ncol=6)
-    _save(fig, out / "camvid_gallery.png", dpi=72)
-
     return {
         "source": "CamVid 11 classes, 360x480 (../shared/data/camvid): trained on the 367 train frames, scored on the 101 val frames",
         "budget_minutes": minutes,
@@ -254,6 +232,61 @@ def camvid(data: Path, minutes: float, reuse: bool, out: Path, recipe_eval: bool
         "eval": "at scale 0.5 (the training resolution), no flip, no CRF, precision auto; scores upsampled to the labels' 360x480",
         "eval_command": f"fcnseg eval --checkpoint {RUNS}/camvid-NAME/best.pt --data camvid --data-root {root} --split val --tta {CAMVID_TTA} --crf none",
     }
+
+
+def gallery(data: Path, out: Path, recipe: Path, frames: list[str]) -> dict:
+    """camvid_gallery.png: the CamVid recipe's own run (``configs/camvid.yaml``, 30 minutes on
+    the train split: ``benchmarks/plan_vs_recipe.py`` writes it to ``RECIPE/recipe``) on the
+    skips figure's frames, with the test-time settings it saved (the recipe's 14 views + CRF),
+    as ``fcnseg eval``/``predict`` run it; its val scores from ``RECIPE/plan_vs_recipe.json``."""
+    import torch
+
+    from fcnseg.checkpoint import checkpoint_meta, load_checkpoint, model_from_checkpoint
+    from fcnseg.data import build_dataset
+    from fcnseg.data.show import colorize
+    from fcnseg.inference.segment import checkpoint_inference, segment
+
+    scores = json.loads((REPO / recipe / "plan_vs_recipe.json").read_text())["recipe"]
+    ckpt = load_checkpoint(REPO / recipe / "recipe" / "best.pt")
+    model = model_from_checkpoint(ckpt).eval()
+    _, _, mean, std = checkpoint_meta(ckpt)
+    tta, crf = checkpoint_inference(ckpt)
+    root = data / "camvid"
+    val = build_dataset("camvid", root=REPO / root, split="val")
+    classes, palette = list(val.classes), np.asarray(val.palette, np.uint8)
+    stems = [val.samples[i][0].stem for i in range(len(val))]
+    idx = [stems.index(f) for f in frames]
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(2.45 * 4, 1.95 * len(idx) + 0.5))
+    axes = fig.subplots(len(idx), 4, squeeze=False)
+    frame_scores = []
+    for r, i in enumerate(idx):
+        image, mask = val.load(i)
+        x = (torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255.0 - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+        with torch.no_grad():
+            pred = segment(model, [x], tta=tta, crf=crf, std=std, precision=EVAL_PRECISION)[0].argmax(0).numpy()
+        sc = _frame_scores(pred, np.asarray(mask), len(classes))
+        frame_scores.append(sc)
+        axes[r][0].imshow(image)
+        axes[r][0].set_ylabel(frames[r], fontsize=8)
+        axes[r][1].imshow(colorize(mask, palette))
+        axes[r][2].imshow(colorize(pred, palette))
+        axes[r][2].set_xlabel(f"mean IU {sc['mean_iou']}, pixel acc {sc['pixel_acc']}", fontsize=8)
+        axes[r][3].imshow(_errors(image, pred, np.asarray(mask)))
+        axes[r][3].set_xlabel(f"{100 - sc['pixel_acc']:.1f} % of scored pixels wrong", fontsize=8)
+    for c, title in enumerate(["val image", "ground truth", "prediction (recipe, 30 min)", "errors (red; void cream)"]):
+        axes[0][c].set_title(title, fontsize=10)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.subplots_adjust(wspace=0.03, hspace=0.25, bottom=0.06)
+    _legend(fig, classes, palette, y=-0.06, ncol=6)
+    _save(fig, out / "camvid_gallery.png", dpi=72)
+    return {"command": scores["command"], "eval_command": scores["eval_command"], "steps": scores["steps"],
+            "train_seconds": scores["train_s"], "eval_seconds": scores["eval_s"], "mean_iou": scores["mean_iou"],
+            "pixel_acc": scores["pixel_acc"], "per_class": scores["per_class"], "tta": str(tta) if tta else None,
+            "crf": "default" if crf else None, "frames": frames, "frame_scores": frame_scores}
 
 
 # --------------------------------------------------------------------------- Oxford-IIIT Pet
@@ -364,7 +397,7 @@ def pet(data: Path, minutes: float, reuse: bool, out: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", nargs="+", choices=("camvid", "pet"), default=["camvid", "pet"])
+    p.add_argument("--only", nargs="+", choices=("camvid", "gallery", "pet"), default=["camvid", "gallery", "pet"])
     p.add_argument("--minutes", type=float, default=10.0, help="training budget of each CamVid model (default 10)")
     p.add_argument("--pet-minutes", type=float, default=5.0, help="training budget of the Pet model (default 5)")
     p.add_argument("--reuse", action="store_true", help="keep runs that already have best.pt (redraw only)")
@@ -372,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--out", type=Path, default=HERE)
     p.add_argument("--runs", type=Path, default=RUNS, help="where the training runs go (default runs/figures)")
+    p.add_argument("--recipe", type=Path, default=Path("runs/plan-vs-recipe"),
+                   help="benchmarks/plan_vs_recipe.py's --work folder: its 30-minute recipe run draws camvid_gallery.png")
     a = p.parse_args(argv)
     globals()["RUNS"] = a.runs
     a.out.mkdir(parents=True, exist_ok=True)
@@ -381,12 +416,15 @@ def main(argv: list[str] | None = None) -> int:
     if "camvid" in a.only:
         numbers["camvid"] = camvid(a.data, a.minutes, a.reuse, a.out, a.recipe_eval)
         numbers["camvid"]["made_utc"] = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
+    if "gallery" in a.only:
+        numbers["gallery"] = gallery(a.data, a.out, a.recipe, numbers["camvid"]["frames"])
+        numbers["gallery"]["made_utc"] = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
     if "pet" in a.only:
         numbers["pet"] = pet(a.data, a.pet_minutes, a.reuse, a.out)
         numbers["pet"]["made_utc"] = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
     command = "python docs/figures/make_trained.py" + "".join(f" {v}" for v in (argv if argv is not None else sys.argv[1:]))
     for part in a.only:
-        numbers[part]["command"] = command
+        numbers[part]["figure_command" if part == "gallery" else "command"] = command
     numbers["machine"] = _machine()
     numbers["command"] = "python docs/figures/make_trained.py"
     path.write_text(json.dumps(numbers, indent=1, sort_keys=True) + "\n")
