@@ -46,9 +46,11 @@ def fcnseg(args: list[str], log: Path | None = None) -> tuple[float, str]:
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     print("$ fcnseg " + " ".join(args), flush=True)
     t0 = time.perf_counter()
-    with open(log, "w") if log else open(os.devnull, "w") as f:
-        out = subprocess.run([sys.executable, "-m", "fcnseg", *args], cwd=REPO, env=env, check=True,
-                             stdout=f if log else subprocess.PIPE, stderr=subprocess.STDOUT if log else None, text=True)
+    if log is None:  # stdout returned (eval --json), stderr shown
+        out = subprocess.run([sys.executable, "-m", "fcnseg", *args], cwd=REPO, env=env, check=True, stdout=subprocess.PIPE, text=True)
+    else:  # everything into the log
+        with open(log, "w") as f:
+            out = subprocess.run([sys.executable, "-m", "fcnseg", *args], cwd=REPO, env=env, check=True, stdout=f, stderr=subprocess.STDOUT, text=True)
     return time.perf_counter() - t0, out.stdout or ""
 
 

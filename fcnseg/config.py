@@ -204,7 +204,7 @@ def merge(base: dict, overrides: dict, source: str) -> dict:
     for key, value in overrides.items():
         key = key.replace("-", "_")
         if key in REMOVED:
-            migrate({key: value}, source)  # an error unless it holds the value that meant "off"
+            _check_removed(key, value, source)
             continue
         if key not in FIELDS:
             raise _unknown_key(key, source)
@@ -223,12 +223,17 @@ def migrate(cfg: dict, source: str) -> dict:
     out = {}
     for key, value in cfg.items():
         if key in REMOVED:
-            off = REMOVED[key]
-            if not (value == off or (isinstance(off, list) and not value)):
-                raise ConfigError(f"{key} was removed from fcnseg (an ablation measured no gain; docs/experiments has the figures); drop {key}: {value!r} from {source}")
+            _check_removed(key, value, source)
         elif key in FIELDS:
             out[key] = value
     return {**default_config(), **out}
+
+
+def _check_removed(key: str, value: Any, source: str) -> None:
+    """A removed option is accepted only at the value that meant "off" (then dropped)."""
+    off = REMOVED[key]
+    if not (value == off or (isinstance(off, list) and not value)):
+        raise ConfigError(f"{key} was removed from fcnseg (an ablation measured no gain; docs/experiments has the figures); drop {key}: {value!r} from {source}")
 
 
 def load_yaml(path: str | os.PathLike) -> dict:

@@ -3,13 +3,13 @@ docs/figures/make_trained.py) against the pages that quote them and against them
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+from test_docs_site import hook as hooks  # the site's own hooks module, loaded once
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
@@ -19,15 +19,6 @@ MODELS = ("fcn32s", "fcn16s", "fcn8s", "fcn4s")
 PAGES = ("tutorial/skips.md", "tutorial/pet.md", "tutorial/index.md", "results.md",
          "zh/tutorial/skips.md", "zh/tutorial/pet.md", "zh/tutorial/index.md")
 
-
-def _hooks():
-    spec = importlib.util.spec_from_file_location("fcnseg_docs_hooks", DOCS / "hooks" / "fcnseg_docs.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-hooks = _hooks()
 
 
 def _rendered(page: str) -> str:

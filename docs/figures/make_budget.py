@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 DEFAULT_DATA = Path("../shared/data")
@@ -49,7 +51,7 @@ def run_budget(root: Path, minutes: float, reuse: bool) -> dict:
         record.write_text(json.dumps({"wall_seconds": round(seconds, 1), "finished_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}))
     info = json.loads(record.read_text())
     metrics = json.loads((REPO / out / "metrics.json").read_text())
-    plan = json.loads(json.dumps(__import__("yaml").safe_load((REPO / out / "plan.yaml").read_text())))
+    plan = yaml.safe_load((REPO / out / "plan.yaml").read_text())
     evaluate = ["eval", "--checkpoint", str(out / "best.pt"), "--json"]
     t0 = time.perf_counter()
     _, text = _fcnseg(evaluate)

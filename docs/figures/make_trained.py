@@ -61,7 +61,10 @@ def _machine() -> str:
         pass
     import torch
 
-    return f"{model}, {os.cpu_count()} CPUs, torch {torch.__version__}"
+    from fcnseg.precision import cpu_features
+
+    flags = [f for f in ("amx_tile", "avx512_bf16", "avx512f") if f in cpu_features()] or ["avx2" if "avx2" in cpu_features() else "no avx2"]
+    return f"{model} [{' '.join(flags)}], {os.cpu_count()} CPUs, torch {torch.__version__}"
 
 
 def _train(args: list[str], out: Path, reuse: bool) -> dict:

@@ -97,7 +97,8 @@ class TaskData:
         return f"{self.name}/{self.split}/{len(self.indices)}/{h.hexdigest()[:12]}"
 
 
-def _spread(n: int, count: int) -> list[int]:
+def spread(n: int, count: int) -> list[int]:
+    """Up to ``count`` indices of ``0..n-1``, evenly spread (first and last included)."""
     return np.unique(np.linspace(0, n - 1, min(count, n)).round().astype(int)).tolist() if n else []
 
 
@@ -127,7 +128,7 @@ def task_data(
         k = int(ckpt["model_config"].get("num_classes", 0))
         if k and ds.num_classes != k:
             raise ConfigError(f"{name}/{split} has {ds.num_classes} classes, the checkpoint {k}; name the data it was trained on with --calib-data")
-        indices = _spread(len(ds), count)
+        indices = spread(len(ds), count)
     except FcnsegError as e:
         if required:
             raise

@@ -27,9 +27,10 @@ CHOICE_IMAGES = 48  # validation images it is measured on, spread over the split
 # the local dense CRF's cost in units of one plain view (~0.45 s against ~0.07 s a CamVid frame
 # on 2 cores); an estimate, used only to decide whether it still fits the choice's share
 CRF_UNITS = 6.0
-# the choice's total cost in views at the training scale: 1 + 2 + 6.25 + 17.6 views, then the
-# CRF on the best of them
-CHOICE_UNITS = 1 + 2 + 6.25 + 17.6 + 17.6 + CRF_UNITS
+# the choice's total cost in views at the training scale: the one view, each mirrored set
+# (2, 6.25, 17.7 views), then the CRF on the costliest set at worst
+_SETS = [2 * sum(f * f for f in factors) for factors in TTA_FACTORS]
+CHOICE_UNITS = 1 + sum(_SETS) + max(_SETS) + CRF_UNITS
 
 
 def tta_units(spec: str | None) -> float:
@@ -70,15 +71,19 @@ def choose_test_time(ttas: list, crfs: list, score: Callable[[str | None, str | 
         table.append(row)
         return row
 
-    best = run(ttas[0], crfs[0])
-    unit_s = best["seconds"] / tta_units(ttas[0])
-    for tta, crf, units in [(t, crfs[0], tta_units(t)) for t in ttas[1:]] + [(None, c, CRF_UNITS) for c in crfs[1:]]:
-        tta = best["tta"] if tta is None else tta  # the CRF refines the best views
-        units += tta_units(tta) if crf is not crfs[0] else 0.0
+    def consider(tta, crf, units: float) -> None:
+        nonlocal best
         if allowance_s is not None and spent + unit_s * units > allowance_s:
             table.append({"tta": tta, "crf": crf, "skipped": f"~{unit_s * units:.0f}s would overrun the choice's {allowance_s:.0f}s"})
-            continue
+            return
         row = run(tta, crf)
         if row["mean_iou"] >= best["mean_iou"] + min_gain:
             best = row
+
+    best = run(ttas[0], crfs[0])
+    unit_s = best["seconds"] / tta_units(ttas[0])  # seconds of one full-size view over the images
+    for tta in ttas[1:]:
+        consider(tta, crfs[0], tta_units(tta))
+    for crf in crfs[1:]:  # the CRF refines the best views (which it runs again)
+        consider(best["tta"], crf, tta_units(best["tta"]) + CRF_UNITS)
     return best, table

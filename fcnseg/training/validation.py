@@ -10,11 +10,11 @@ import logging
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from fcnseg.config import TrainConfig
 from fcnseg.inference.specs import run_crf, run_tta
+from fcnseg.inference.verify import spread
 from fcnseg.training.test_time import (
     CHOICE_IMAGES,
     CHOICE_SHARE,
@@ -72,7 +72,7 @@ class Validation:
         from fcnseg.config import save_yaml
 
         best = run_dir / "best.pt"
-        test_time = self.choose(model if model is not None else model_from_checkpoint(best).to(self.device), allowance_s or None)
+        test_time = self.choose(model if model is not None else model_from_checkpoint(best).to(self.device), allowance_s)
         for key, value in test_time["chosen"].items():
             setattr(self.cfg, key, value)
         save_yaml(self.cfg, run_dir / "config.yaml")
@@ -84,8 +84,7 @@ class Validation:
         """The end-of-run choice of eval_tta/eval_crf (module docstring), scored with ``model``
         (best.pt's weights) on this process alone. Returns metrics.json's ``test_time``."""
         ttas, crfs = choice_options(self.cfg)
-        n = len(self.data.val)
-        idx = np.unique(np.linspace(0, n - 1, min(CHOICE_IMAGES, n)).round().astype(int)).tolist()
+        idx = spread(len(self.data.val), CHOICE_IMAGES)
         subset = _Images(self.data.val, idx)
 
         def score(tta, crf) -> float:
