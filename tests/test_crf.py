@@ -39,7 +39,15 @@ def _brute_force(probs: torch.Tensor, image: torch.Tensor, crf: CRF) -> torch.Te
         CRF(iterations=2, appearance=1.0, theta_a=2.0, theta_b=30.0, smoothness=2.0, theta_s=2.0, radius=3, dilation=1),
     ],
 )
-def test_matches_a_brute_force_dense_crf_on_the_window(crf):
+@pytest.mark.parametrize("loop", ["compiled", "torch"])
+def test_matches_a_brute_force_dense_crf_on_the_window(crf, loop, monkeypatch):
+    """Both message loops: the compiled one (numba, the CPU default) and torch's (GPUs, no numba)."""
+    import fcnseg.inference.crf as crf_module
+
+    if loop == "torch":
+        monkeypatch.setattr(crf_module, "_kernel", lambda: None)
+    else:
+        assert crf_module._kernel() is not None, "numba is a dependency: the compiled loop must be there"
     g = torch.Generator().manual_seed(0)
     probs = torch.rand(4, 9, 11, generator=g).softmax(0)
     image = torch.randint(0, 256, (3, 9, 11), generator=g).float()
