@@ -154,3 +154,21 @@ def test_segment_and_evaluate_apply_it_with_the_images_colours():
     assert res["pixel_acc"] == 1.0 and plain["pixel_acc"] < 1.0
     with pytest.raises(ConfigError, match=r"evaluate\(crf=...\) needs the normalisation's std="):
         evaluate(model, Pairs(), crf=crf)
+
+
+def test_compiled_loops_that_cannot_compile_fall_back_to_torch(monkeypatch, caplog):
+    """A machine where numba cannot compile or cache (no writable folder, say) still refines:
+    the warm-up's failure is logged and the torch loop runs."""
+    import fcnseg.inference.crf as crf_module
+
+    def no_compile(*args, **kwargs):
+        raise RuntimeError("cannot cache function: no locator available")
+
+    monkeypatch.setattr(crf_module, "_compiled_messages", no_compile)
+    with caplog.at_level("WARNING", logger="fcnseg.inference.crf"):
+        assert crf_module._kernel.__wrapped__() is None
+    assert "compiled loops are unavailable (RuntimeError: cannot cache function" in caplog.text
+    monkeypatch.setattr(crf_module, "_kernel", crf_module._kernel.__wrapped__)  # uncached: the failing one
+    probs = torch.rand(3, 6, 7).softmax(0)
+    out = crf_refine(probs, torch.zeros(3, 6, 7), CRF(radius=2, dilation=1))
+    assert out.shape == probs.shape and torch.allclose(out.sum(0), torch.ones(6, 7), atol=1e-5)

@@ -29,6 +29,7 @@ CRF on the window):
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
 import threading
@@ -38,6 +39,8 @@ import numpy as np
 import torch
 
 from fcnseg.inference.specs import CRF, parse_crf  # noqa: F401 (re-exported)
+
+log = logging.getLogger(__name__)
 
 
 def _offsets(radius: int, dilation: int) -> list[tuple[int, int]]:
@@ -245,7 +248,14 @@ def _kernel():
                             k2[a2 + i] * s2[b2 + i] + k3[a3 + i] * s3[b3 + i]
                         )
 
-    return SimpleNamespace(exponents=exponents, norms=norms, finalise=finalise, messages=messages)
+    compiled = SimpleNamespace(exponents=exponents, norms=norms, finalise=finalise, messages=messages)
+    try:  # compile (or load from the disk cache) now, on a tiny frame: a failure here falls back to torch
+        image = torch.arange(3 * 8 * 8, dtype=torch.float32).reshape(3, 8, 8)
+        _compiled_messages(compiled, image, _offsets(2, 1), CRF(radius=2, dilation=1))(torch.full((2, 8, 8), 0.5))
+    except Exception as e:  # e.g. no writable cache folder, an unsupported CPU or numpy
+        log.warning("the CRF's compiled loops are unavailable (%s: %s); it runs as torch operations", type(e).__name__, e)
+        return None
+    return compiled
 
 
 @functools.cache
