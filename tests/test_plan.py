@@ -99,6 +99,16 @@ def test_tiny_dataset_small_batch():
     assert plan.config["batch_size"] <= 3 and plan.config["val_split"] == "train"
 
 
+def test_the_epoch_cap_never_ends_a_long_budget_on_a_small_dataset():
+    """26 images, 30 minutes, a fast machine: the time budget must end the run, not the epochs
+    (a 1000-epoch cap once stopped such a run 20 minutes into its 30)."""
+    for n, minutes in ((26, 30), (26, 120), (300, 3), (8, 60)):
+        plan = plan_config(fp_of(STREET, n=n), FAST, minutes)
+        steps_per_epoch = max(1, n // plan.config["batch_size"])  # fewer still with a val carve
+        assert plan.config["epochs"] * steps_per_epoch >= 5 * plan.estimate["steps"], (n, minutes)
+        assert plan.config["epochs"] >= 1000
+
+
 def test_large_odd_images_are_scaled_and_evaluated_at_that_scale():
     plan = plan_config(fp_of(STREET[:2], size=(1999, 3001)), FAST, 30)
     s = plan.config["scale"][0] / 0.75

@@ -256,11 +256,14 @@ def plan_config(fp: dict, probe: dict, max_minutes: float, *, workers: int = 2) 
     put("schedule", "poly", "poly decay fitted to the time budget")
     warm = int(min(100, max(10, res["steps"] // 10)))
     put("warmup_steps", warm, f"~10 % of the ~{res['steps']} planned steps (at most 100)")
-    put("epochs", 1000, "the time budget ends the run")
+    # the epoch cap must never end the run first, even on a machine much faster than the probe
+    # said: a 30-minute plan of 26 images (3 steps an epoch) once stopped at 1000 epochs, 20 minutes in
+    epochs = res["steps"] * res["batch"] / max(n, 1)
+    cap = max(1000, 10 * math.ceil(epochs))
+    put("epochs", cap, f"10x the ~{epochs:.0f} epochs planned (at least 1000): the time budget ends the run")
     put("max_minutes", float(max_minutes), "the budget, final validation included")
 
     # validation and evaluation
-    epochs = res["steps"] * res["batch"] / max(n, 1)
     every = max(1, math.ceil(epochs / validations))
     put("eval_every", every, f"~{validations} validation(s) of ~{eval_once:.0f}s in ~{epochs:.0f} epochs (best.pt is the best of them; the last one always runs)")
     put("eval_tta", "auto", f"chosen on {min(CHOICE_IMAGES, n_val)} validation images at the end of the run (~{choice_s:.0f}s held back): one view at the training scale {s:g}, "
