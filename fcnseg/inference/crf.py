@@ -21,7 +21,8 @@ CRF on the window):
 - **compiled loops** (numba; on the CPU, the default): the kernels of all offsets in one padded
   table, and per iteration, per row and class, the row's message summed over four offsets per
   pass while it sits in the L1 cache, the rows split over the threads. 235 ms for a 360x480
-  frame, 11 classes, the default window, on 2 Zen 4 cores (the torch loop: 425 ms);
+  frame, 11 classes, the default window, on 2 cores of an AMD EPYC [avx512_bf16 avx512f] (the
+  torch loop: 425 ms; ``benchmarks/crf_loops.py``);
 - **torch operations**, a few per offset (GPUs, and installs without numba): each streams the
   whole (K, H, W) arrays through memory, 288 times an iteration at the default window.
 """

@@ -24,9 +24,10 @@ TTA_FACTORS = ((1.0,), (0.75, 1.0, 1.25), (0.375, 0.5, 0.75, 1.0, 1.25, 1.5, 1.7
 MIN_GAIN = 0.003  # a costlier test-time setting stays when it adds >= 0.3 mean IU points
 CHOICE_SHARE = 0.08  # of max_minutes: what the choice may take (the time budget holds it back)
 CHOICE_IMAGES = 48  # validation images it is measured on, spread over the split
-# the local dense CRF's cost in units of one plain view (~0.45 s against ~0.07 s a CamVid frame
-# on 2 cores); an estimate, used only to decide whether it still fits the choice's share
-CRF_UNITS = 6.0
+# the local dense CRF's cost in units of one plain view (its compiled loops: ~0.24 s against
+# ~0.07 s a CamVid frame on 2 AMD EPYC [avx512_bf16 avx512f] cores; the torch loop took ~0.43 s);
+# an estimate, used only to decide whether it still fits the choice's share
+CRF_UNITS = 3.5
 # the choice's total cost in views at the training scale: the one view, each mirrored set
 # (2, 6.25, 17.7 views), then the CRF on the costliest set at worst
 _SETS = [2 * sum(f * f for f in factors) for factors in TTA_FACTORS]
