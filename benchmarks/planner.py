@@ -28,7 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 # the TrainConfig keys the planner chooses: the defaults side spells each one out
 PLANNED_KEYS = (
-    "model", "backbone", "weights", "crop", "scale", "progressive", "batch_size", "hflip", "color_jitter",
+    "model", "backbone", "weights", "crop", "scale", "progressive", "batch_size", "hflip", "rotate90", "color_jitter",
     "class_weights", "copy_paste", "hard_pixels", "optimizer", "lr", "weight_decay", "schedule",
     "warmup_steps", "eval_every", "precision", "workers", "preload", "seed",
 )

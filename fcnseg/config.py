@@ -88,6 +88,7 @@ class TrainConfig:
     crop: list = option([128, 128], "augmentation", "training crop: H [W]", nargs="+", type=int, metavar="PX")
     scale: list = option([1.0, 1.0], "augmentation", "random rescaling of training images before the crop (e.g. 0.5 2.0)", nargs=2, type=float, metavar=("MIN", "MAX"))
     hflip: bool = option(True, "augmentation", "random horizontal flips")
+    rotate90: bool = option(False, "augmentation", "random rotations by 0, 90, 180 or 270 degrees (with --hflip all eight symmetries of the square): for data without an up, such as microscopy, aerial or satellite images")
     color_jitter: float = option(0.2, "augmentation", "brightness, contrast and saturation of training crops scaled by factors in [1 - S, 1 + S] (0: off)", metavar="S")
     copy_paste: float = option(0.0, "augmentation", "class copy-paste: with probability P a training crop receives, at the same place, the --paste-classes pixels of another crop of its batch (0: off)", metavar="P")
     paste_classes: list | None = option(None, "augmentation", "the classes --copy-paste moves, by name or index (default: those rarer than the median class)", nargs="+", metavar="NAME")

@@ -261,3 +261,17 @@ def test_the_bf16_candidate_leaves_the_fp32_reference_as_it_was():
     conv = fp32.model.backbone.conv1.weight
     assert (conv.is_contiguous(), conv.is_contiguous(memory_format=torch.channels_last)) == before[:2]
     assert torch.equal(conv, before[2]) and engines.built["torch (bf16)"].model is not fp32.model
+
+
+def test_a_costly_model_is_checked_on_fewer_images_but_never_under_the_minimum():
+    from fcnseg.data import build_dataset
+
+    ds = build_dataset("synthetic", size=[16, 16], length=60)
+    task = V.TaskData("synthetic", "val", ds, V.spread(len(ds), 48))
+    assert L.fit_check(task, 0.05, 4) is task  # a CamVid-sized model: all 48
+    slow = L.fit_check(task, 2.0, 4)  # ~2 s an image: 120 s / (2 s x (1 + 4 x 0.6)) = 17 images
+    assert len(slow.indices) == 17 and slow.indices[0] == task.indices[0] and slow.indices[-1] == task.indices[-1]
+    assert set(slow.indices) <= set(task.indices) and slow.describe()["of"] == 60
+    crawl = L.fit_check(task, 100.0, 4)
+    assert len(crawl.indices) == V.MIN_CHECK_IMAGES
+    assert [int(m.sum()) for m in crawl.masks] == [int(task.masks[task.indices.index(i)].sum()) for i in crawl.indices]

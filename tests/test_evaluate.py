@@ -134,6 +134,28 @@ def test_flip_tta_on_flip_equivariant_model_changes_nothing():
     assert torch.allclose(p.sum(0), torch.ones(()), atol=1e-5)
 
 
+def test_rot90_tta_turns_each_view_back_onto_the_image():
+    # a pixelwise model is turn-equivariant: the 8 views average to the plain probabilities;
+    # a strided one is not, and its 8-view average equals the views turned back by hand
+    im = torch.randn(3, 24, 40)  # not square: the turned views are 40x24
+    pix = PixelNet()
+    p = segment(pix, [im], precision="fp32", tta="flip,rot90")[0]
+    torch.testing.assert_close(p, pix(im[None])[0].softmax(0), rtol=0, atol=1e-6)
+    model = StrideNet()
+    p = segment(model, [im], precision="fp32", tta="flip,rot90")[0]
+    views = []
+    for k in range(4):
+        for flip in (False, True):
+            x = torch.rot90(im, k, dims=(-2, -1))
+            x = x.flip(-1) if flip else x
+            lg = model(x[None])[0]
+            lg = lg.flip(-1) if flip else lg
+            views.append(torch.rot90(lg, -k, dims=(-2, -1)).softmax(0))
+    torch.testing.assert_close(p, torch.stack(views).mean(0), rtol=0, atol=1e-5)
+    assert not torch.allclose(p, model(im[None])[0].softmax(0), atol=1e-3)  # the views differ
+    assert parse_tta("flip,rot90").views == 8 and parse_tta("rot90,scales=0.5,1").views == 8
+
+
 def test_multi_scale_tta_scores_at_label_size_and_differs_for_a_strided_model():
     model, ds = StrideNet(), ToyDataset()
     plain = evaluate(model, ds, precision="fp32")
@@ -149,6 +171,8 @@ def test_tta_parsing():
     assert parse_tta("scales=1,2,flip") == TTA(True, (1.0, 2.0))
     assert parse_tta("none") is None and parse_tta(None) is None and parse_tta("") is None
     assert str(parse_tta("flip,scales=0.75,1,1.25")) == "flip,scales=0.75,1,1.25"
+    assert parse_tta("flip,rot90,scales=0.75,1") == TTA(True, (0.75, 1.0), rot90=True)
+    assert str(parse_tta("rot90,flip")) == "flip,rot90" and not parse_tta("rot90").trivial
     for bad in ("flop", "scales=", "scales=a", "scales=-1", "0.5"):
         with pytest.raises(ConfigError):
             parse_tta(bad)

@@ -29,13 +29,16 @@ def cls(name, freq, weight, *, edge=0.05, objects=0.2):
             "median_component_area": objects, "p10_component_area": objects / 4, "pixel_median_component_area": objects, "edge_share": edge}
 
 
-def fp_of(classes, *, n=300, size=(360, 480), val=None, data="folder"):
+STREET_LAYOUT = {"upside_down": 0.55, "mirrored": 0.05, "turned": 0.45, "bands": 8}
+
+
+def fp_of(classes, *, n=300, size=(360, 480), val=None, data="folder", layout=STREET_LAYOUT):
     return {
         "data": data, "root": "/data/x", "options": {}, "split": "train", "num_images": n, "num_classes": len(classes),
         "classes": [c["name"] for c in classes], "per_class": classes, "unmapped_values": {},
         "image_sizes": {"median": list(size), "min_side": min(size), "distinct": 1},
         "channels": {"mean": [0.5] * 3, "std": [0.2] * 3, "grayscale": False},
-        "val": val or {"split": "val", "images": 100, "carved": False, "exists": True},
+        "val": val or {"split": "val", "images": 100, "carved": False, "exists": True}, "layout": layout,
     }
 
 
@@ -65,6 +68,23 @@ def test_slower_machine_gets_fewer_pixels_per_step():
     assert slow.estimate["steps"] >= MIN_STEPS and fast.estimate["steps"] >= MIN_STEPS
     # the fast machine at 30 minutes: the recipe's full-resolution CamVid crops
     assert plan_config(fp_of(STREET), FAST, 30).config["crop"] == [288, 384]
+
+
+def test_the_class_layout_decides_the_flips_and_quarter_turns():
+    two = [cls("membrane", 0.2, 2.0, edge=0.4, objects=0.2), cls("cell", 0.8, 0.6)]
+    street = plan_config(fp_of(STREET), FAST, 10)
+    assert street.config["hflip"] is True and street.config["rotate90"] is False
+    assert "has an up" in street.reasons["rotate90"]
+    em = dict(n=26, size=(512, 512), val={"split": "val", "images": 4, "carved": True, "exists": True})
+    free = plan_config(fp_of(two, **em, layout={"upside_down": 0.02, "mirrored": 0.02, "turned": 0.03, "bands": 8}), FAST, 10)
+    assert free.config["rotate90"] is True and free.config["hflip"] is True and "no up" in free.reasons["rotate90"]
+    sided = plan_config(fp_of(two, layout={"upside_down": 0.4, "mirrored": 0.5, "turned": 0.4, "bands": 8}), FAST, 10)
+    assert sided.config["hflip"] is False and sided.config["rotate90"] is False and "one side" in sided.reasons["hflip"]
+    # a fingerprint from before the layout was measured: the old rules
+    old = plan_config(fp_of(two, layout=None), FAST, 10)
+    assert old.config["hflip"] is True and old.config["rotate90"] is False
+    # the turned views of the test-time choice are held back from the training time
+    assert free.estimate["train_seconds"] < plan_config(fp_of(two, **em), FAST, 10).estimate["train_seconds"]
 
 
 def test_very_slow_machine_lowers_the_scale():
@@ -167,11 +187,44 @@ def test_fingerprint_of_a_folder_and_its_cache(tmp_path, monkeypatch):
     assert line["frequency"] == pytest.approx(1 - cell["frequency"])
     assert 0 < line["frequency"] < 0.2 and line["presence"] == 1.0
     assert fp["val"]["carved"] and fp["val"]["images"] >= 1
+    lay = fp["layout"]  # vertical lines at every column offset and one row: less layout than a street
+    assert 0 <= lay["upside_down"] < 0.5 and 0 <= lay["turned"] <= 1 and lay["bands"] == 8
+    assert "layout" in format_fingerprint(fp)
     again = fingerprint("folder", root, LINES_OPTS)
     assert again["cache"]["hit"] is True and again["per_class"] == fp["per_class"]
     # a changed file changes the key
     os.utime(root / "masks" / "0.png", ns=(1, 1))
     assert fingerprint("folder", root, LINES_OPTS)["cache"]["hit"] is False
+
+
+def test_layout_reads_an_up_in_street_like_masks_and_none_in_turned_ones():
+    from fcnseg.plan.fingerprint import BANDS, _add_bands, _layout
+
+    rng = np.random.default_rng(0)
+
+    def layout_of(masks, k):
+        rows, cols = np.zeros((k, BANDS)), np.zeros((k, BANDS))
+        for m in masks:
+            _add_bands(m, k, rows, cols)
+        freq = rows.sum(1) / rows.sum()
+        return _layout(rows, cols, freq)
+
+    street = []
+    for _ in range(6):  # sky on top, road below, a car on the left; a few ignored pixels
+        m = np.zeros((48, 64), np.uint8)
+        m[int(rng.integers(18, 26)):] = 1
+        m[30:40, 4:20] = 2
+        m[0, :3] = 255
+        street.append(m)
+    lay = layout_of(street, 3)
+    assert lay["upside_down"] > 0.6 and lay["turned"] > 0.3
+    # the same masks turned by a random quarter and mirrored at random: no up, no side left
+    turned = [np.rot90(m, k).copy() for m in street for k in range(4)]
+    turned += [t[:, ::-1].copy() for t in turned]
+    free = layout_of(turned, 3)
+    assert free["upside_down"] < 0.05 and free["turned"] < 0.05 and free["mirrored"] < 0.05
+    one_side = layout_of([np.where(np.arange(64)[None, :] < 20, 2, 0).repeat(48, 0).astype(np.uint8)], 3)
+    assert one_side["mirrored"] > 0.5  # the left class all of its share, the right one part
 
 
 def test_fingerprint_of_a_read_only_folder_goes_to_the_cache_dir(tmp_path, monkeypatch):

@@ -11,7 +11,13 @@ import yaml
 
 from fcnseg.config import resolve_config
 from fcnseg.inference.specs import run_crf, run_tta, training_scale
-from fcnseg.training.test_time import CHOICE_UNITS, choice_options, choose_test_time, tta_units
+from fcnseg.training.test_time import (
+    CHOICE_UNITS,
+    choice_options,
+    choice_units,
+    choose_test_time,
+    tta_units,
+)
 
 
 def scripted(table: dict):
@@ -69,6 +75,17 @@ def test_options_follow_the_training_scale_and_fixed_settings_stay():
     cfg = resolve_config({"eval_tta": "flip", "eval_crf": "none"})
     assert choice_options(cfg) == (["flip"], ["none"])
     assert CHOICE_UNITS > sum(tta_units(t) for t in choice_options(resolve_config({"eval_tta": "auto"}))[0])
+
+
+def test_a_rotate90_run_also_tries_turned_views_in_order_of_cost():
+    cfg = resolve_config({"eval_tta": "auto", "rotate90": True, "scale": [0.75, 1.25]})
+    ttas, _ = choice_options(cfg)
+    assert "flip,rot90,scales=1" in ttas and "flip,rot90,scales=0.75,1,1.25" in ttas
+    units = [tta_units(t) for t in ttas]
+    assert units == sorted(units) and units[ttas.index("flip,rot90,scales=1")] == 8
+    assert ttas[:3] == [None, "flip,scales=1", "flip,scales=0.75,1,1.25"]  # the mirrored sets come first where cheaper
+    assert choice_units(True) > sum(units) and choice_units(False) == CHOICE_UNITS
+    assert not any("rot90" in (t or "") for t in choice_options(resolve_config({"eval_tta": "auto"}))[0])
 
 
 @pytest.mark.parametrize("eval_every", [0, 1])

@@ -130,6 +130,32 @@ def test_train_preset_output():
         assert -3 < float(x.min()) and float(x.max()) < 3
 
 
+def test_rotate90_turns_image_and_mask_together_and_keeps_the_crop_shape():
+    # the top-left quadrant marked in mask and image: after a quarter turn they still agree,
+    # and over a few draws the mark lands in all four corners (never, without rotate90)
+    mask = np.zeros((40, 40), np.uint8)
+    mask[:20, :20] = 1
+    image = np.repeat((mask * 200)[..., None], 3, axis=2).astype(np.uint8)
+
+    def corners(**kw):
+        t = train_transforms((40, 40), mean=MEAN, std=STD, scale=None, hflip=False, color_jitter=0, **kw)
+        t.set_random_seed(0)
+        seen = set()
+        for _ in range(40):
+            x, y = t(image, mask)
+            assert torch.equal(x[0] > 0, y == 1) and int(y.sum()) == 400  # turned together
+            seen.add((bool(y[0].any()), bool(y[:, 0].any())))  # (mark on top, mark on the left)
+        return seen
+
+    assert corners(rotate90=True) == {(True, True), (True, False), (False, True), (False, False)}
+    assert corners() == {(True, True)}
+    # a non-square image is turned before the crop: crops keep their shape
+    t = train_transforms((32, 48), mean=MEAN, std=STD, scale=None, rotate90=True, color_jitter=0)
+    for _ in range(8):
+        x, y = t(np.zeros((40, 60, 3), np.uint8), np.zeros((40, 60), np.uint8))
+        assert x.shape == (3, 32, 48) and y.shape == (32, 48)
+
+
 def test_train_preset_pads_to_normalised_zero():
     t = train_transforms(64, mean=MEAN, std=STD, scale=None, hflip=False, color_jitter=0)
     x, y = t(np.full((10, 10, 3), 128, np.uint8), np.zeros((10, 10), np.uint8))

@@ -220,10 +220,12 @@ def train_transforms(
     std: Sequence[float],
     scale: tuple[float, float] | None = (0.5, 2.0),
     hflip: bool = True,
+    rotate90: bool = False,
     color_jitter: float = 0.2,
     base_size: int | None = None,
 ) -> Compose:
-    """Training preset: random scale (INTER_AREA for frames that shrink) -> random crop (mask
+    """Training preset: random scale (INTER_AREA for frames that shrink) -> random quarter
+    turn (``rotate90``; before the crop, so crops keep their shape) -> random crop (mask
     padded 255) -> flip -> colour jitter -> normalise -> tensors `(3, H, W)` float32 and
     `(H, W)` int64 of `crop_size`."""
     ops: list = []
@@ -231,6 +233,8 @@ def train_transforms(
         ops += RandomScale(scale, base_size).compose.transforms
     elif base_size is not None:
         ops += RandomScale((1.0, 1.0), base_size).compose.transforms[:1]
+    if rotate90:
+        ops.append(_albumentations().RandomRotate90(p=1.0))
     fill = tuple(float(round(m * 255)) for m in mean)  # pads normalise to ~0
     ops += RandomCrop(crop_size, fill=fill).compose.transforms
     if hflip:

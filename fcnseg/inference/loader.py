@@ -48,6 +48,8 @@ from fcnseg.export.cache import cached_int8, cached_onnx, check_onnx_matches
 from fcnseg.export.parity import compare, parity_inputs, switch_flips_allowed
 from fcnseg.inference import backends as B
 from fcnseg.inference.verify import (
+    CHECK_SECONDS,
+    MIN_CHECK_IMAGES,
     VERIFY_IMAGES,
     TaskData,
     Tolerance,
@@ -255,6 +257,22 @@ def _write_store(key: str, entry: dict) -> None:
         os.replace(tmp, path)
 
 
+# an inexact candidate's scoring in units of eager fp32's (bf16 and int8 run ~1.5-3x faster)
+INEXACT_UNITS = 0.6
+
+
+def fit_check(task: TaskData, per_image_s: float, inexact: int, seconds: float = CHECK_SECONDS) -> TaskData:
+    """``task``, or fewer of its images (at least MIN_CHECK_IMAGES) where scoring eager fp32
+    and ``inexact`` candidates on all of them at ``per_image_s`` would take over ``seconds``."""
+    n = len(task.indices)
+    fit = int(seconds / max(per_image_s * (1 + INEXACT_UNITS * inexact), 1e-9))
+    if fit >= n or n <= MIN_CHECK_IMAGES:
+        return task
+    count = max(MIN_CHECK_IMAGES, fit)
+    log.info("engine check: eager fp32 takes %.2f s an image here: %d of the %d images keep the check near %.0f s", per_image_s, count, n, seconds)
+    return task.subset(count)
+
+
 def check_candidates(model: nn.Module, ckpt: dict, engines: Engines, names: list[str], task: TaskData, tolerance: Tolerance) -> dict:
     """Scores eager fp32 and every candidate on ``task``, judges the inexact ones, times all
     that run on one check image (interleaved rounds), and returns the evidence; cached."""
@@ -264,6 +282,13 @@ def check_candidates(model: nn.Module, ckpt: dict, engines: Engines, names: list
         hit["cached"] = True
         return hit
     t0 = time.perf_counter()
+    probe = task.images[0][None]
+    with torch.no_grad():
+        ref_logits = engines("torch")(probe)  # the first call warms up
+        t = time.perf_counter()
+        ref_logits = engines("torch")(probe)
+        per_image = time.perf_counter() - t
+    task = fit_check(task, per_image, sum(n in INEXACT for n in names))
     log.info(
         "engine check (once per checkpoint and machine): scoring %d candidates against eager fp32 on %s/%s (%d of %d images)",
         len(names), task.name, task.split, len(task.indices), task.total,
@@ -272,9 +297,6 @@ def check_candidates(model: nn.Module, ckpt: dict, engines: Engines, names: list
     reference = score_engine(engines("torch"), task)
     figures["torch"] = {"exact": True, "mean_iou": reference["mean_iou"], "qualified": True}
     runs: dict[str, B.Backend] = {"torch": engines("torch")}
-    probe = task.images[0][None]
-    with torch.no_grad():
-        ref_logits = engines("torch")(probe)
     for name in names:
         if name == "torch":
             continue

@@ -309,7 +309,7 @@ class Predictor:
     @property
     def views(self) -> int:
         """Forward passes per image for the TTA (1 without)."""
-        return 1 if self.tta is None else len(self.tta.scales) * (2 if self.tta.flip else 1)
+        return 1 if self.tta is None else self.tta.views
 
     @torch.no_grad()
     def scores(self, images: Sequence[np.ndarray], *, probs: bool = False) -> list[torch.Tensor]:

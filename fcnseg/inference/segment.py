@@ -224,16 +224,20 @@ def segment(
                 _resize(im.float(), (max(1, round(h * scale)), max(1, round(w * scale))))
                 for im, (h, w) in zip(images, sizes, strict=True)
             ]
-        # the plain and mirrored views of a scale run as one batch (same sizes: no new padding)
-        inputs = scaled + [im.flip(-1) for im in scaled] if tta.flip else scaled
-        logits = _logits_at(model, inputs, window, precision, device, tiles_per_batch)
-        for j, lg in enumerate(logits):
-            i, flip = j % n, j >= n
-            if flip:
-                lg = lg.flip(-1)
-            p = _resize(lg, out_sizes[i]).softmax(0)
-            acc[i] = p if acc[i] is None else acc[i].add_(p)
-        views += 2 if tta.flip else 1
+        for k in range(4) if tta.rot90 else (0,):
+            turned = [torch.rot90(im, k, dims=(-2, -1)).contiguous() for im in scaled] if k else scaled
+            # the plain and mirrored views of a scale (and turn) run as one batch (same sizes: no new padding)
+            inputs = turned + [im.flip(-1) for im in turned] if tta.flip else turned
+            logits = _logits_at(model, inputs, window, precision, device, tiles_per_batch)
+            for j, lg in enumerate(logits):
+                i, flip = j % n, j >= n
+                if flip:
+                    lg = lg.flip(-1)
+                if k:
+                    lg = torch.rot90(lg, -k, dims=(-2, -1))
+                p = _resize(lg, out_sizes[i]).softmax(0)
+                acc[i] = p if acc[i] is None else acc[i].add_(p)
+            views += 2 if tta.flip else 1
     acc = [a.div_(views) for a in acc]
     return acc if crf is None else _refine(acc, images, crf, std)
 

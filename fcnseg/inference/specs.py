@@ -15,43 +15,53 @@ from fcnseg.errors import ConfigError
 
 @dataclass(frozen=True)
 class TTA:
-    """Test-time augmentation: average over ``scales`` (x) ``flip`` (plain and mirrored)."""
+    """Test-time augmentation: average over ``scales`` (x) ``flip`` (plain and mirrored) (x)
+    ``rot90`` (the four quarter turns: for data without an up, trained with ``rotate90``)."""
 
     flip: bool = False
     scales: tuple[float, ...] = (1.0,)
+    rot90: bool = False
 
     @property
     def trivial(self) -> bool:
-        return not self.flip and self.scales == (1.0,)
+        return not self.flip and not self.rot90 and self.scales == (1.0,)
+
+    @property
+    def views(self) -> int:
+        """Views per image (each scale's, mirrored and turned)."""
+        return len(self.scales) * (2 if self.flip else 1) * (4 if self.rot90 else 1)
 
     def __str__(self) -> str:
-        parts = ["flip"] if self.flip else []
+        parts = (["flip"] if self.flip else []) + (["rot90"] if self.rot90 else [])
         if self.scales != (1.0,) or not parts:
             parts.append("scales=" + ",".join(f"{s:g}" for s in self.scales))
         return ",".join(parts)
 
 
 def parse_tta(spec: str | TTA | None) -> TTA | None:
-    """``"flip"``, ``"scales=0.75,1,1.25"``, ``"flip,scales=0.5,1"`` → TTA; ``None``/``""``/
-    ``"none"`` → None. Numbers after ``scales=`` run until the next word."""
+    """``"flip"``, ``"scales=0.75,1,1.25"``, ``"flip,scales=0.5,1"``, ``"flip,rot90"`` → TTA;
+    ``None``/``""``/``"none"`` → None. Numbers after ``scales=`` run until the next word."""
     if spec is None or isinstance(spec, TTA):
         return spec
     text = str(spec).strip().lower()
     if text in ("", "none", "off"):
         return None
-    flip, scales, in_scales = False, [], False
+    flip, rot90, scales, in_scales = False, False, [], False
     for tok in (t.strip() for t in text.replace(" ", ",").split(",")):
         if not tok:
             continue
         if tok == "flip":
             flip, in_scales = True, False
             continue
+        if tok == "rot90":
+            rot90, in_scales = True, False
+            continue
         if tok.startswith("scales=") or tok.startswith("scale="):
             tok, in_scales = tok.split("=", 1)[1], True
         if not in_scales:
             raise ConfigError(
                 f"cannot read TTA spec {spec!r} at {tok!r}; "
-                "write e.g. 'flip', 'scales=0.75,1,1.25' or 'flip,scales=0.75,1,1.25' (or 'none')"
+                "write e.g. 'flip', 'scales=0.75,1,1.25', 'flip,scales=0.75,1,1.25' or 'flip,rot90' (or 'none')"
             )
         try:
             scale = float(tok)
@@ -64,7 +74,7 @@ def parse_tta(spec: str | TTA | None) -> TTA | None:
         scales.append(scale)
     if in_scales and not scales:
         raise ConfigError(f"TTA spec {spec!r} names no scales; write e.g. 'scales=0.75,1,1.25'")
-    return TTA(flip=flip, scales=tuple(scales) if scales else (1.0,))
+    return TTA(flip=flip, scales=tuple(scales) if scales else (1.0,), rot90=rot90)
 
 
 def training_scale(scale: Sequence[float] | None) -> float:

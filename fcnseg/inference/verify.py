@@ -32,6 +32,12 @@ log = logging.getLogger(__name__)
 # labelled images a check scores (evenly spread over the split): the comparison is paired
 # (same images, same labels), so it needs far fewer than a model evaluation does
 VERIFY_IMAGES = 48
+# the check scores eager fp32 and each inexact candidate on its images: for a costly model
+# (FCN-8s/VGG16 at 500x500: ~1.4 s an image in fp32 on 2 cores) it uses fewer of them, so
+# that this scoring stays within CHECK_SECONDS (and the first call within ~3 minutes), but
+# never fewer than MIN_CHECK_IMAGES
+CHECK_SECONDS = 120.0
+MIN_CHECK_IMAGES = 12
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,14 @@ class TaskData:
 
     def describe(self) -> dict:
         return {"data": self.name, "split": self.split, "images": len(self.indices), "of": self.total}
+
+    def subset(self, count: int) -> TaskData:
+        """``count`` of these images, evenly spread (the decoded ones are reused)."""
+        keep = spread(len(self.indices), count)
+        sub = TaskData(self.name, self.split, self.dataset, [self.indices[i] for i in keep])
+        if self._pairs is not None:
+            sub._pairs = [self._pairs[i] for i in keep]
+        return sub
 
     def key(self) -> str:
         """Identifies the data for the cache: name, split, count and a digest of the files

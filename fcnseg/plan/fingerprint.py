@@ -5,9 +5,12 @@ loader (``fcnseg.data.build_dataset``; a folder's classes file and value mapping
 label statistics of ``fcnseg.data.stats.dataset_stats``, and adds what they lack: object sizes
 per class (connected components, 8-connectivity), how thin each class is (the share of its
 pixels a 3x3 erosion removes: 1.0 for 1-2 px lines), mask values the classes file does not
-map, and the channel mean/std. The result is a JSON-ready dict, cached by the list of files and
-their mtimes: beside the data (``ROOT/.fcnseg/``) or, where that folder is read-only, in the
-fcnseg cache directory (``$FCNSEG_CACHE``).
+map, the channel mean/std, and whether the class layout has an up (``layout``: how far each
+class's share over horizontal bands of the image differs from the same bands upside down and
+from its share over vertical bands; ~0 for microscopy or aerial images, large for street
+scenes). The result is a JSON-ready dict, cached by the list of files and their mtimes:
+beside the data (``ROOT/.fcnseg/``) or, where that folder is read-only, in the fcnseg cache
+directory (``$FCNSEG_CACHE``).
 """
 
 from __future__ import annotations
@@ -24,9 +27,11 @@ import numpy as np
 
 log = logging.getLogger("fcnseg.plan")
 
-VERSION = 1  # bump when the fingerprint's content changes: old caches are then ignored
+VERSION = 2  # bump when the fingerprint's content changes: old caches are then ignored
 # images whose connected components are measured (spread evenly over the split)
 MAX_COMPONENT_IMAGES = 200
+# the class layout is read in this many horizontal and vertical bands of each image
+BANDS = 8
 
 
 def cache_dir() -> Path:
@@ -158,6 +163,35 @@ def _pixel_median(areas: np.ndarray) -> float:
     return float(a[np.searchsorted(np.cumsum(a), a.sum() / 2)])
 
 
+def _add_bands(mask: np.ndarray, k: int, rows: np.ndarray, cols: np.ndarray) -> None:
+    """Adds the image's class shares per horizontal and vertical band (each image weighs the same)."""
+    h, w = mask.shape[:2]
+    m = mask.astype(np.int64)
+    valid = m < k
+    band_y = np.broadcast_to((np.arange(h) * BANDS // h)[:, None], (h, w))
+    band_x = np.broadcast_to((np.arange(w) * BANDS // w)[None, :], (h, w))
+    for bands, out in ((band_y, rows), (band_x, cols)):
+        counts = np.bincount(m[valid] * BANDS + bands[valid], minlength=k * BANDS).reshape(k, BANDS)
+        out += counts / float(h * w)
+
+
+def _layout(rows: np.ndarray, cols: np.ndarray, freq: np.ndarray) -> dict:
+    """How much the class layout depends on the image's orientation, 0 (none) .. 1, as the
+    pixel-share-weighted mean over classes of half the L1 distance between a class's profile
+    over the horizontal bands and the same upside down (``upside_down``), mirrored left-right
+    (``mirrored``) or its profile over the vertical bands (``turned``)."""
+    def profile(a):
+        return a / np.maximum(a.sum(1, keepdims=True), 1e-12)
+
+    v, hz = profile(rows), profile(cols)
+    wts = freq / max(freq.sum(), 1e-12)
+
+    def dist(a, b) -> float:
+        return float((wts * 0.5 * np.abs(a - b).sum(1)).sum())
+
+    return {"upside_down": dist(v, v[:, ::-1]), "mirrored": dist(hz, hz[:, ::-1]), "turned": dist(v, hz), "bands": BANDS}
+
+
 def _scan(ds, data: str, root, options: dict, split: str, val_split: str) -> dict:
     import cv2
 
@@ -175,6 +209,8 @@ def _scan(ds, data: str, root, options: dict, split: str, val_split: str) -> dic
     npx = 0
     gray = True
     sizes = []
+    rows = np.zeros((k, BANDS))  # class pixel shares per horizontal band (top to bottom), summed over images
+    cols = np.zeros((k, BANDS))  # ... per vertical band (left to right)
     unmapped: dict[int, int] = {}
     label_map = getattr(ds, "label_map", None)
     check_raw = label_map is not None and not label_map.uses_colors and hasattr(ds, "read_mask_raw")
@@ -196,6 +232,7 @@ def _scan(ds, data: str, root, options: dict, split: str, val_split: str) -> dic
         if i not in component_images:
             continue
         area = float(mask.shape[0] * mask.shape[1])
+        _add_bands(mask, k, rows, cols)
         for c in np.unique(mask).tolist():
             if c >= k:
                 continue
@@ -245,6 +282,7 @@ def _scan(ds, data: str, root, options: dict, split: str, val_split: str) -> dic
         "per_class": per_class,
         "unmapped_values": {str(v): n for v, n in sorted(unmapped.items())},
         "channels": {"mean": mean.tolist(), "std": std.tolist(), "grayscale": gray},
+        "layout": _layout(rows, cols, np.array([pc["frequency"] for pc in per_class])),
         "val": _val_info(data, root, options, val_split, ds),
     }
 
@@ -258,6 +296,8 @@ def format_fingerprint(fp: dict) -> str:
         f"{fp['data']}/{fp['split']}: {fp['num_images']} images ({where}), median {s['median'][1]}x{s['median'][0]} "
         f"(W x H), {s['distinct']} distinct sizes, smallest side {s['min_side']} px"
         + ("; grayscale" if fp["channels"]["grayscale"] else ""),
+        "layout (0: none, 1: fixed): upside down {upside_down:.2f}, mirrored {mirrored:.2f}, turned {turned:.2f}".format(**fp["layout"])
+        if fp.get("layout") else "layout: not measured",
         f"validation: {val['images']} images in {val['split']!r}" + (" (a seeded carve of the files)" if val["carved"] else "")
         if val["exists"] else "validation: no split",
     ]

@@ -49,7 +49,7 @@ def val_source(cfg: TrainConfig) -> dict:
 def stage_transforms(cfg: TrainConfig, stage: dict, mean, std):
     from fcnseg.data.transforms import train_transforms
 
-    return train_transforms(stage["crop"], mean=mean, std=std, scale=tuple(stage["scale"]), hflip=cfg.hflip, color_jitter=cfg.color_jitter)
+    return train_transforms(stage["crop"], mean=mean, std=std, scale=tuple(stage["scale"]), hflip=cfg.hflip, rotate90=cfg.rotate90, color_jitter=cfg.color_jitter)
 
 
 def training_data(cfg: TrainConfig, *, main: bool) -> TrainingData:

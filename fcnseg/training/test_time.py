@@ -2,7 +2,8 @@
 measured scores (no torch here, so the planner reads its costs without importing it).
 
 At the end of the run one view at the training scale, then mirrored views at 1, 3 and 7
-multiples of it, then the CRF on the best of them, are scored on (up to) ``CHOICE_IMAGES``
+multiples of it (and, for a run trained with ``rotate90``, mirrored and turned views at 1 and
+3), cheapest first, then the CRF on the best of them, are scored on (up to) ``CHOICE_IMAGES``
 validation images spread over the split, cheapest first; a costlier setting is kept only when
 it adds at least ``MIN_GAIN`` mean IU, and none is started that would overrun the choice's
 share of the budget (``CHOICE_SHARE`` of max_minutes). What it measured goes to metrics.json
@@ -21,6 +22,9 @@ from fcnseg.inference.specs import parse_tta, run_crf, run_tta, training_scale
 # eval_tta "auto": one view at the training scale, then mirrored views at these multiples of it;
 # the last is the CamVid recipe's seven scales (+3.7 mean IU there: docs/experiments/camvid.md)
 TTA_FACTORS = ((1.0,), (0.75, 1.0, 1.25), (0.375, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75))
+# a run trained with rotate90 (data without an up) also tries the mirrored and turned views
+# (8 a scale) at these multiples
+ROT_FACTORS = ((1.0,), (0.75, 1.0, 1.25))
 MIN_GAIN = 0.003  # a costlier test-time setting stays when it adds >= 0.3 mean IU points
 CHOICE_SHARE = 0.08  # of max_minutes: what the choice may take (the time budget holds it back)
 CHOICE_IMAGES = 48  # validation images it is measured on, spread over the split
@@ -31,7 +35,16 @@ CRF_UNITS = 3.5
 # the choice's total cost in views at the training scale: the one view, each mirrored set
 # (2, 6.25, 17.7 views), then the CRF on the costliest set at worst
 _SETS = [2 * sum(f * f for f in factors) for factors in TTA_FACTORS]
+_ROT_SETS = [8 * sum(f * f for f in factors) for factors in ROT_FACTORS]
 CHOICE_UNITS = 1 + sum(_SETS) + max(_SETS) + CRF_UNITS
+
+
+def choice_units(rotate90: bool = False) -> float:
+    """The choice's cost in views at the training scale (CHOICE_UNITS; more for a rotate90 run)."""
+    if not rotate90:
+        return CHOICE_UNITS
+    sets = _SETS + _ROT_SETS
+    return 1 + sum(sets) + max(sets) + CRF_UNITS
 
 
 def tta_units(spec: str | None) -> float:
@@ -39,7 +52,7 @@ def tta_units(spec: str | None) -> float:
     tta = parse_tta(spec)
     if tta is None:
         return 1.0
-    return sum(s * s for s in tta.scales) * (2 if tta.flip else 1)
+    return sum(s * s for s in tta.scales) * (2 if tta.flip else 1) * (4 if tta.rot90 else 1)
 
 
 def choice_options(cfg: TrainConfig) -> tuple[list[str | None], list[str | None]]:
@@ -48,7 +61,10 @@ def choice_options(cfg: TrainConfig) -> tuple[list[str | None], list[str | None]
     base = run_tta(cfg.eval_tta, cfg.scale)
     if str(cfg.eval_tta).lower() == "auto":
         s = training_scale(cfg.scale)
-        ttas = [base] + ["flip,scales=" + ",".join(f"{f * s:.4g}" for f in factors) for factors in TTA_FACTORS]
+        more = ["flip,scales=" + ",".join(f"{f * s:.4g}" for f in factors) for factors in TTA_FACTORS]
+        if cfg.rotate90:
+            more += ["flip,rot90,scales=" + ",".join(f"{f * s:.4g}" for f in factors) for factors in ROT_FACTORS]
+        ttas = [base] + sorted(more, key=tta_units)
     else:
         ttas = [base]
     crfs = [None, "default"] if str(cfg.eval_crf).lower() == "auto" else [run_crf(cfg.eval_crf)]

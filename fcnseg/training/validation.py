@@ -18,9 +18,9 @@ from fcnseg.inference.verify import spread
 from fcnseg.training.test_time import (
     CHOICE_IMAGES,
     CHOICE_SHARE,
-    CHOICE_UNITS,
     MIN_GAIN,
     choice_options,
+    choice_units,
     choose_test_time,
 )
 
@@ -62,7 +62,7 @@ class Validation:
         if not eval_s:
             return share
         n = len(self.data.val)
-        return min(share, CHOICE_UNITS * eval_s * min(CHOICE_IMAGES, n) / n)  # eval_s: one view at the training scale
+        return min(share, choice_units(self.cfg.rotate90) * eval_s * min(CHOICE_IMAGES, n) / n)  # eval_s: one view at the training scale
 
     def settle(self, run_dir: Path, model: torch.nn.Module | None, allowance_s: float | None) -> dict:
         """Chooses eval_tta/eval_crf "auto" (``choose``) with ``model`` (None: the weights in
