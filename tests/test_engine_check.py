@@ -275,3 +275,19 @@ def test_a_costly_model_is_checked_on_fewer_images_but_never_under_the_minimum()
     crawl = L.fit_check(task, 100.0, 4)
     assert len(crawl.indices) == V.MIN_CHECK_IMAGES
     assert [int(m.sum()) for m in crawl.masks] == [int(task.masks[task.indices.index(i)].sum()) for i in crawl.indices]
+
+
+def test_the_check_sees_the_images_at_the_scale_the_run_evaluates_at(ckpt):
+    from fcnseg.inference.specs import eval_scale
+
+    assert eval_scale("auto", [0.375, 0.625]) == 0.5 and eval_scale("flip,scales=0.5,1,2", None) == 1.0
+    assert eval_scale(None, [0.5, 0.5]) == 1.0 and eval_scale("auto", None) == 1.0
+    small = {**ckpt, "config": {**ckpt["config"], "eval_tta": "flip,scales=0.5", "data_options": {"size": [64, 80], "length": 6}}}
+    task = V.task_data(small, count=4)
+    full = V.task_data(ckpt, count=4)
+    assert task.scale == 0.5 and full.scale == 1.0
+    assert tuple(task.images[0].shape[-2:]) == (32, 40) and tuple(full.images[0].shape[-2:]) == (64, 80)
+    assert tuple(task.masks[0].shape) == (64, 80) and task.key() != full.key() and task.describe()["scale"] == 0.5
+    scored = V.score_engine(lambda x: torch.zeros(x.shape[0], 3, *x.shape[-2:]), task)  # scored at the labels' size
+    assert 0 <= scored["mean_iou"] <= 100
+    assert task.subset(2).scale == 0.5

@@ -94,6 +94,16 @@ def run_tta(spec: str | None, scale: Sequence[float] | None) -> str | None:
     return spec
 
 
+def eval_scale(spec: str | None, scale: Sequence[float] | None) -> float:
+    """The image scale a run evaluates at by default: the middle scale of its ``eval_tta``
+    (``"auto"``: the training scale), 1 without one. What its engine sees."""
+    tta = parse_tta(run_tta(spec, scale))
+    if tta is None:
+        return 1.0
+    scales = sorted(tta.scales)
+    return float(scales[len(scales) // 2])
+
+
 def run_crf(spec: str | None) -> str | None:
     """A run's ``eval_crf`` as it evaluates: ``"auto"`` (not yet chosen) is none."""
     return None if isinstance(spec, str) and spec.strip().lower() == "auto" else spec

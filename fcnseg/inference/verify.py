@@ -4,7 +4,9 @@ the same on labelled images.
 ``task_data(ckpt, ...)`` loads the labelled images to check on: by default the run's own
 validation split (the checkpoint's data config, as ``fcnseg eval`` scores it), or the data and
 split given (``--calib-data``/``--calib-split``); ``None`` when there are none on this machine.
-``score_engine(engine, data)`` scores one engine on them (one confusion matrix, the paper's
+The images are resized to the scale the run evaluates at (its ``eval_tta``: a run trained on
+2000x3000 images at 0.21 of their size is checked at ~430x640, what its engine will see), the
+masks keep their size. ``score_engine(engine, data)`` scores one engine on them (one confusion matrix, the paper's
 mean IU); ``judge(reference, candidate, tolerance)`` says whether the candidate qualifies:
 mean IU at most ``max_miou_drop`` points below the reference and no class present in the
 labels more than ``max_class_drop`` points below its reference IoU.
@@ -26,6 +28,7 @@ import numpy as np
 import torch
 
 from fcnseg.errors import ConfigError, FcnsegError
+from fcnseg.inference.specs import eval_scale
 
 log = logging.getLogger(__name__)
 
@@ -57,20 +60,28 @@ class Tolerance:
 
 class TaskData:
     """Labelled images for the check, decoded on first use: normalised images (C, H, W) and
-    masks (H, W) int64 of ``indices`` of ``dataset``."""
+    masks (H, W) int64 of ``indices`` of ``dataset``. With ``scale`` the images are resized
+    as the run's evaluation resizes them (its engine sees that size); the masks keep theirs."""
 
-    def __init__(self, name: str, split: str, dataset, indices: list[int]) -> None:
+    def __init__(self, name: str, split: str, dataset, indices: list[int], scale: float = 1.0) -> None:
         self.name, self.split, self.dataset, self.indices = name, split, dataset, indices
+        self.scale = float(scale)
         self.classes = list(dataset.classes)
         self.total = len(dataset)
         self._pairs: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def _load(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         if self._pairs is None:
+            from fcnseg.inference.segment import _resize
+
             pairs = []
             for i in self.indices:
                 item = self.dataset[i]
-                pairs.append((item[0], torch.as_tensor(np.asarray(item[1])).long()))
+                image = item[0]
+                if abs(self.scale - 1.0) > 1e-6:
+                    h, w = image.shape[-2:]
+                    image = _resize(image.float(), (max(1, round(h * self.scale)), max(1, round(w * self.scale))))
+                pairs.append((image, torch.as_tensor(np.asarray(item[1])).long()))
             self._pairs = pairs
         return self._pairs
 
@@ -83,12 +94,13 @@ class TaskData:
         return [p[1] for p in self._load()]
 
     def describe(self) -> dict:
-        return {"data": self.name, "split": self.split, "images": len(self.indices), "of": self.total}
+        d = {"data": self.name, "split": self.split, "images": len(self.indices), "of": self.total}
+        return d if abs(self.scale - 1.0) < 1e-6 else {**d, "scale": self.scale}
 
     def subset(self, count: int) -> TaskData:
         """``count`` of these images, evenly spread (the decoded ones are reused)."""
         keep = spread(len(self.indices), count)
-        sub = TaskData(self.name, self.split, self.dataset, [self.indices[i] for i in keep])
+        sub = TaskData(self.name, self.split, self.dataset, [self.indices[i] for i in keep], self.scale)
         if self._pairs is not None:
             sub._pairs = [self._pairs[i] for i in keep]
         return sub
@@ -108,7 +120,8 @@ class TaskData:
         else:
             for m in self.masks:
                 h.update(np.ascontiguousarray(m.numpy()).tobytes())
-        return f"{self.name}/{self.split}/{len(self.indices)}/{h.hexdigest()[:12]}"
+        at = "" if abs(self.scale - 1.0) < 1e-6 else f"@{self.scale:g}"
+        return f"{self.name}/{self.split}/{len(self.indices)}{at}/{h.hexdigest()[:12]}"
 
 
 def spread(n: int, count: int) -> list[int]:
@@ -152,7 +165,8 @@ def task_data(
         if required:
             raise ConfigError(f"{name}/{split} holds no images; name another split with --calib-split")
         return None
-    return TaskData(name, split, ds, indices)
+    config = ckpt.get("config") or {}
+    return TaskData(name, split, ds, indices, eval_scale(config.get("eval_tta"), config.get("scale")))
 
 
 def train_data(ckpt: Mapping, count: int) -> TaskData | None:
