@@ -44,11 +44,15 @@ class ConfusionMatrix:
         k = self.num_classes
         target = target.reshape(-1).to(torch.int64)
         pred = pred.reshape(-1).to(device=target.device, dtype=torch.int64)
-        keep = (target >= 0) & (target < k) & (target != self.ignore_index)
-        target, pred = target[keep], pred[keep]
-        if pred.numel() and (pred.min() < 0 or pred.max() >= k):
-            raise ValueError(f"predictions must lie in [0, {k}), got [{pred.min()}, {pred.max()}]")
-        counts = torch.bincount(k * target + pred, minlength=k * k).reshape(k, k)
+        # unscored pixels go to one extra bin instead of being gathered out (~4x faster a frame)
+        skip = (target < 0) | (target >= k)
+        if 0 <= self.ignore_index < k:
+            skip |= target == self.ignore_index
+        if (((pred < 0) | (pred >= k)) & ~skip).any():
+            kept = pred[~skip]
+            raise ValueError(f"predictions must lie in [0, {k}), got [{kept.min()}, {kept.max()}]")
+        index = (k * target + pred).masked_fill_(skip, k * k)
+        counts = torch.bincount(index, minlength=k * k + 1)[: k * k].reshape(k, k)
         if self.mat is None:
             self.mat = counts
         else:

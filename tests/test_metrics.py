@@ -44,6 +44,15 @@ def test_shape_mismatch_and_bad_prediction_raise():
         cm.update(torch.zeros(2, 3), torch.zeros(3, 2))
     with pytest.raises(ValueError, match="predictions must lie"):
         cm.update(torch.tensor([5]), torch.tensor([0]))
+    # a prediction at an unscored pixel is not scored, whatever it is
+    cm.update(torch.tensor([5, 1, -1]), torch.tensor([255, 1, 7]))
+    assert cm.mat.sum() == 1 and cm.mat[1, 1] == 1
+
+
+def test_an_ignore_index_inside_the_class_range_is_not_scored():
+    cm = ConfusionMatrix(3, ignore_index=0)
+    cm.update(torch.tensor([0, 1, 2, 2]), torch.tensor([0, 1, 2, 0]))
+    assert cm.mat.sum() == 2 and cm.mat[1, 1] == 1 and cm.mat[2, 2] == 1 and cm.mat[0].sum() == 0
 
 
 def test_chunked_updates_and_relabelled_classes_give_the_same_scores():

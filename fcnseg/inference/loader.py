@@ -113,12 +113,12 @@ class Engines:
             path = cached_onnx(self.model, self.ckpt)
             if name == "onnxruntime":
                 return B.OnnxRuntimeBackend(path)
-            return B.OpenVinoBackend(path, bf16=name.endswith("(bf16)"))
+            return B.OpenVinoBackend(path, bf16=name.endswith("(bf16)"), int8=False)
         if name in ("onnxruntime (int8)", "openvino (int8)"):
             if self._calib is None:
                 raise ConfigError("int8 needs calibration images")
             path = cached_int8(self.model, self.ckpt, self._calib)
-            return B.OnnxRuntimeBackend(path) if name.startswith("onnxruntime") else B.OpenVinoBackend(path)
+            return B.OnnxRuntimeBackend(path) if name.startswith("onnxruntime") else B.OpenVinoBackend(path, int8=True)
         raise ConfigError(f"unknown engine {name!r}")
 
 
