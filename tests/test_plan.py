@@ -140,6 +140,25 @@ def test_large_odd_images_are_scaled_and_evaluated_at_that_scale():
     assert all(c % 32 == 0 for c in plan.config["crop"]) and plan.config["crop"][1] <= 3001 * s + 32
 
 
+def test_large_images_with_thin_lines_keep_the_lines_three_pixels_wide(monkeypatch):
+    vessels = [cls("background", 0.9, 0.55), cls("vessel", 0.1, 5.0, edge=0.5, objects=0.1)]  # lines ~4 px wide
+    big = plan_config(fp_of(vessels, n=40, size=(2336, 3504)), FAST, 30)
+    mid = sum(big.config["scale"]) / 2
+    assert planner.thin_min_scale(fp_of(vessels), [1]) == pytest.approx(0.75)
+    assert mid >= 0.75 * 0.75 - 1e-6 and mid > 1024 / 3504  # not the 0.29 the side limit would give
+    assert "no lower than 0.75" in big.reasons["scale"] and "vessel" in big.reasons["scale"]
+    # 1-2 px lines: never scaled down at all (the 3/4 step only where the machine needs it)
+    hair = [cls("background", 0.95, 0.5), cls("hair", 0.05, 9.0, edge=1.0, objects=0.05)]
+    assert planner.thin_min_scale(fp_of(hair), [1]) == 1.0
+    assert sum(plan_config(fp_of(hair, n=40, size=(2336, 3504)), FAST, 30).config["scale"]) / 2 >= 0.75
+    # images that fit MAX_SIDE_THIN are planned as without the rule; thick classes are scaled to MAX_SIDE
+    with_rule = plan_config(fp_of(vessels, size=(512, 512)), SLOW, 5).config
+    monkeypatch.setattr(planner, "THIN_MIN_PX", 0.0)
+    assert plan_config(fp_of(vessels, size=(512, 512)), SLOW, 5).config == with_rule
+    assert sum(plan_config(fp_of(vessels, n=40, size=(2336, 3504)), FAST, 30).config["scale"]) / 2 < 0.3  # what the rule prevents
+    assert sum(plan_config(fp_of(STREET[:2], n=40, size=(2336, 3504)), FAST, 30).config["scale"]) / 2 < 0.2
+
+
 def test_given_options_win_and_the_yaml_round_trips(tmp_path):
     plan = apply_given(plan_config(fp_of(STREET), FAST, 10), {"lr": 0.01, "data_options": {"seed": 3}})
     assert plan.config["lr"] == 0.01 and plan.reasons["lr"] == "given"

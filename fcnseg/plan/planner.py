@@ -45,6 +45,9 @@ LAYOUT_FREE = 0.05
 LAYOUT_SIDED = 0.25
 # the longest side the model sees (larger images are scaled down; thin structures allow more)
 MAX_SIDE, MAX_SIDE_THIN = 640, 1024
+# a thin class's lines are ~2 / edge_share pixels wide (a 3x3 erosion takes a pixel off each
+# side): large images are not scaled so far down that they fall under this many pixels
+THIN_MIN_PX = 3.0
 MIN_CROP = 96
 # at most 80 % of the image side, as the recipe crops CamVid (288x384 of 360x480): crops vary in place
 CROP_FRACTIONS = (0.8, 0.65, 0.5, 0.42, 0.35, 0.3, 0.25, 0.2)
@@ -127,12 +130,22 @@ def steps_in(seconds: float, probe: dict, batch: int, crop: tuple[int, int], sta
     return int(steps + final), int(final)
 
 
-def choose_resolution(fp: dict, probe: dict, train_seconds: float, *, thin: bool, progressive_ok: bool, max_batch: int) -> dict:
+def thin_min_scale(fp: dict, thin: list[int]) -> float:
+    """The image scale that keeps the thinnest class's lines THIN_MIN_PX wide (0 without thin
+    classes; at most 1)."""
+    if not thin:
+        return 0.0
+    width = min(2.0 / max(fp["per_class"][c]["edge_share"], 1e-6) for c in thin)
+    return min(1.0, THIN_MIN_PX / width)
+
+
+def choose_resolution(fp: dict, probe: dict, train_seconds: float, *, thin: bool, progressive_ok: bool, max_batch: int, min_scale: float = 0.0) -> dict:
     """Scale, crop, batch and progressive stages: the largest view (scale first, then crop
     context, then batch 8 before 4) whose steps in ``train_seconds`` reach MIN_STEPS on this
     machine (half of them on the final crops)."""
     h, w = fp["image_sizes"]["median"]
-    base = float(f"{min(1.0, (MAX_SIDE_THIN if thin else MAX_SIDE) / max(h, w)):.3g}")
+    # large images are scaled down to MAX_SIDE(_THIN), but never below min_scale (thin lines)
+    base = float(f"{min(1.0, max((MAX_SIDE_THIN if thin else MAX_SIDE) / max(h, w), min_scale)):.3g}")
     # thin structures are not scaled below 3/4 of their size (a 4 px membrane would vanish)
     scales = [float(f"{f * base:.3g}") for f in ((1.0, 0.75) if thin else (1.0, 0.75, 0.5))]
     options = []
@@ -218,9 +231,14 @@ def plan_config(fp: dict, probe: dict, max_minutes: float, *, workers: int = 2) 
     max_batch = max(2, min(8, n // 2))
     # half resolution first even with thin classes: CamVid's poles learn at full resolution in
     # the second half, and the recipe's first half paid (+2.6 mean IU, rows H -> M of docs/experiments/camvid.md)
-    res = choose_resolution(fp, probe, max(train_s, 1.0), thin=bool(thin), progressive_ok=True, max_batch=max_batch)
+    res = choose_resolution(fp, probe, max(train_s, 1.0), thin=bool(thin), progressive_ok=True, max_batch=max_batch, min_scale=thin_min_scale(fp, thin))
     s = res["scale"]
-    thin_txt = f"thin class(es) {', '.join(names[c] for c in thin)} keep >= 3/4 of their width" if thin else "no thin class"
+    thin_txt = "no thin class"
+    if thin:
+        width = 2 / max(fp["per_class"][c]["edge_share"] for c in thin)
+        thin_txt = f"thin class(es) {', '.join(names[c] for c in thin)} (lines ~{width:.0f} px wide) keep >= 3/4 of their width"
+        if MAX_SIDE_THIN / max(h, w) < thin_min_scale(fp, thin):
+            thin_txt += f"; the large images are scaled no lower than {thin_min_scale(fp, thin):.3g} to keep them >= {THIN_MIN_PX:g} px"
     put("crop", res["crop"], f"{res['crop'][0]}x{res['crop'][1]} ({res['fraction']:.0%} of the {f'{round(h * s)}x{round(w * s)} scaled' if s < 1 else f'{h}x{w}'} image): "
         f"the largest view that still gives ~{res['steps']} steps (>= {MIN_STEPS}) in the budget on this machine")
     put("scale", [round(0.75 * s, 4), round(1.25 * s, 4)], f"random rescaling around {s:.3g} x the image size; {thin_txt}")

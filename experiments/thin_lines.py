@@ -1,0 +1,72 @@
+"""Large images with thin lines: the planner's THIN_MIN_PX rule against the same plan without it.
+
+Writes a synthetic folder dataset (14 RGB 2000x3000 JPEGs, random 4-px lines as the "vessel"
+class, 0/1 masks, a classes file), plans a run of ``--minutes`` twice (the current rules; the
+same with ``THIN_MIN_PX = 0``, i.e. large images scaled to 1024 px on their long side), trains
+each and scores each best.pt with ``fcnseg eval --backend torch`` on the carved val images.
+
+    PYTHONPATH=. .venv/bin/python experiments/thin_lines.py --work runs/thin-lines [--minutes 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def make_data(root: Path, n: int = 14, size=(2000, 3000), seed: int = 2) -> None:
+    import cv2
+    import yaml
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    h, w = size
+    for i in range(n):
+        m = np.zeros((h, w), np.uint8)
+        for _ in range(40):
+            p = rng.integers(0, [w, h], size=(2,))
+            q = p + rng.integers(-600, 600, size=(2,))
+            cv2.line(m, tuple(int(v) for v in p), tuple(int(v) for v in q), 1, thickness=4)
+        im = (150 - 60 * m + rng.normal(0, 25, m.shape)).clip(0, 255).astype(np.uint8)
+        Image.fromarray(np.dstack([im, im // 2 + 60, im])).save(root / "images" / f"{i}.jpg", quality=92)
+        Image.fromarray(m).save(root / "masks" / f"{i}.png")
+    (root / "classes.yaml").write_text(yaml.safe_dump({"classes": [{"name": "background", "value": 0}, {"name": "vessel", "value": 1}]}))
+
+
+def plan(root: Path, out: Path, minutes: float, rule: bool) -> None:
+    from fcnseg.cli import main
+    from fcnseg.plan import planner
+
+    if not rule:
+        planner.THIN_MIN_PX = 0.0
+    main(["plan", "--data", "folder", "--data-root", str(root), "--max-minutes", str(minutes), "--out", str(out)])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", required=True)
+    ap.add_argument("--minutes", type=float, default=2.0)
+    ap.add_argument("--side", choices=("rule", "norule"), help=argparse.SUPPRESS)  # one plan, in its own process
+    args = ap.parse_args()
+    work = Path(args.work)
+    data = work / "data"
+    if args.side:
+        plan(data, work / f"{args.side}.yaml", args.minutes, args.side == "rule")
+        return
+    if not (data / "classes.yaml").is_file():
+        make_data(data)
+    for side in ("rule", "norule"):
+        subprocess.run([sys.executable, __file__, "--work", str(work), "--minutes", str(args.minutes), "--side", side], check=True)
+        run = work / side
+        subprocess.run([sys.executable, "-m", "fcnseg", "train", "--config", str(work / f"{side}.yaml"), "--out", str(run)], check=True)
+        subprocess.run([sys.executable, "-m", "fcnseg", "eval", "--checkpoint", str(run / "best.pt"), "--backend", "torch"], check=True)
+
+
+if __name__ == "__main__":
+    main()
