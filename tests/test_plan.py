@@ -159,6 +159,16 @@ def test_large_images_with_thin_lines_keep_the_lines_three_pixels_wide(monkeypat
     assert sum(plan_config(fp_of(STREET[:2], n=40, size=(2336, 3504)), FAST, 30).config["scale"]) / 2 < 0.2
 
 
+def test_large_images_with_small_objects_keep_them_eight_pixels_across():
+    cells = [cls("background", 0.97, 0.5), {**cls("cell", 0.03, 6.0, objects=0.0001), "pixel_median_short_side": 16.0}]
+    assert planner.small_min_scale(fp_of(cells), [1]) == pytest.approx(0.5)
+    big = plan_config(fp_of(cells, n=60, size=(3000, 4000)), FAST, 30)
+    assert sum(big.config["scale"]) / 2 >= 0.5 * 0.5 - 1e-6 and sum(big.config["scale"]) / 2 > 640 / 4000
+    assert "small objects (cell)" in big.reasons["scale"] and "no lower than 0.5" in big.reasons["scale"]
+    old = [cells[0], cls("cell", 0.03, 6.0, objects=0.0001)]  # a fingerprint without object sizes: scaled to 640 px
+    assert sum(plan_config(fp_of(old, n=60, size=(3000, 4000)), FAST, 30).config["scale"]) / 2 <= 640 / 4000 + 1e-3
+
+
 def test_given_options_win_and_the_yaml_round_trips(tmp_path):
     plan = apply_given(plan_config(fp_of(STREET), FAST, 10), {"lr": 0.01, "data_options": {"seed": 3}})
     assert plan.config["lr"] == 0.01 and plan.reasons["lr"] == "given"
@@ -203,6 +213,8 @@ def test_fingerprint_of_a_folder_and_its_cache(tmp_path, monkeypatch):
     assert fp["unmapped_values"] == {"7": 1} and "7 (1 px)" in format_fingerprint(fp)
     line, cell = fp["per_class"]
     assert line["edge_share"] > 0.9 and cell["edge_share"] < 0.2  # the line class is thin
+    assert line["pixel_median_short_side"] == 64  # the crossing lines are one object spanning the 64-px side
+    assert 5 <= cell["pixel_median_short_side"] < 64  # the cells between them
     assert line["frequency"] == pytest.approx(1 - cell["frequency"])
     assert 0 < line["frequency"] < 0.2 and line["presence"] == 1.0
     assert fp["val"]["carved"] and fp["val"]["images"] >= 1

@@ -27,7 +27,7 @@ import numpy as np
 
 log = logging.getLogger("fcnseg.plan")
 
-VERSION = 2  # bump when the fingerprint's content changes: old caches are then ignored
+VERSION = 3  # bump when the fingerprint's content changes: old caches are then ignored
 # images whose connected components are measured (spread evenly over the split)
 MAX_COMPONENT_IMAGES = 200
 # the class layout is read in this many horizontal and vertical bands of each image
@@ -163,6 +163,15 @@ def _pixel_median(areas: np.ndarray) -> float:
     return float(a[np.searchsorted(np.cumsum(a), a.sum() / 2)])
 
 
+def _weighted_median(values: list[float], weights: list[float]) -> float:
+    """The value that half of the total weight lies at or below (0 for none)."""
+    if not values:
+        return 0.0
+    order = np.argsort(values)
+    v, w = np.asarray(values, np.float64)[order], np.asarray(weights, np.float64)[order]
+    return float(v[np.searchsorted(np.cumsum(w), w.sum() / 2)])
+
+
 def _add_bands(mask: np.ndarray, k: int, rows: np.ndarray, cols: np.ndarray) -> None:
     """Adds the image's class shares per horizontal and vertical band (each image weighs the same)."""
     h, w = mask.shape[:2]
@@ -262,6 +271,8 @@ def _scan(ds, data: str, root, options: dict, split: str, val_split: str) -> dic
             # one large object even where many small bits sit at the image border)
             "pixel_median_component_area": _pixel_median(a),
             "edge_share": float(edge[c] / pixels[c]) if pixels[c] else 0.0,
+            # the short side (px, at the image's size) of the objects half of the class's pixels lie in
+            "pixel_median_short_side": _weighted_median(widths[c], areas[c]),
         })
     return {
         "version": VERSION,

@@ -48,6 +48,9 @@ MAX_SIDE, MAX_SIDE_THIN = 640, 1024
 # a thin class's lines are ~2 / edge_share pixels wide (a 3x3 erosion takes a pixel off each
 # side): large images are not scaled so far down that they fall under this many pixels
 THIN_MIN_PX = 3.0
+# a class of small objects: large images are not scaled so far down that its objects (the short
+# side of those half its pixels lie in) fall under this many pixels (two cells of FCN-4s's output)
+SMALL_MIN_PX = 8.0
 MIN_CROP = 96
 # at most 80 % of the image side, as the recipe crops CamVid (288x384 of 360x480): crops vary in place
 CROP_FRACTIONS = (0.8, 0.65, 0.5, 0.42, 0.35, 0.3, 0.25, 0.2)
@@ -137,6 +140,14 @@ def thin_min_scale(fp: dict, thin: list[int]) -> float:
         return 0.0
     width = min(2.0 / max(fp["per_class"][c]["edge_share"], 1e-6) for c in thin)
     return min(1.0, THIN_MIN_PX / width)
+
+
+def small_min_scale(fp: dict, small: list[int]) -> float:
+    """The image scale that keeps the objects of the classes ``small`` SMALL_MIN_PX across (0
+    without; at most 1; fingerprints from before the object sizes were measured: 0)."""
+    sides = [fp["per_class"][c].get("pixel_median_short_side", 0.0) for c in small]
+    sides = [v for v in sides if v > 0]
+    return min(1.0, SMALL_MIN_PX / min(sides)) if sides else 0.0
 
 
 def choose_resolution(fp: dict, probe: dict, train_seconds: float, *, thin: bool, progressive_ok: bool, max_batch: int, min_scale: float = 0.0) -> dict:
@@ -231,7 +242,9 @@ def plan_config(fp: dict, probe: dict, max_minutes: float, *, workers: int = 2) 
     max_batch = max(2, min(8, n // 2))
     # half resolution first even with thin classes: CamVid's poles learn at full resolution in
     # the second half, and the recipe's first half paid (+2.6 mean IU, rows H -> M of docs/experiments/camvid.md)
-    res = choose_resolution(fp, probe, max(train_s, 1.0), thin=bool(thin), progressive_ok=True, max_batch=max_batch, min_scale=thin_min_scale(fp, thin))
+    small_objects = small_object_classes(fp)
+    min_scale = max(thin_min_scale(fp, thin), small_min_scale(fp, small_objects))
+    res = choose_resolution(fp, probe, max(train_s, 1.0), thin=bool(thin), progressive_ok=True, max_batch=max_batch, min_scale=min_scale)
     s = res["scale"]
     thin_txt = "no thin class"
     if thin:
@@ -239,6 +252,10 @@ def plan_config(fp: dict, probe: dict, max_minutes: float, *, workers: int = 2) 
         thin_txt = f"thin class(es) {', '.join(names[c] for c in thin)} (lines ~{width:.0f} px wide) keep >= 3/4 of their width"
         if MAX_SIDE_THIN / max(h, w) < thin_min_scale(fp, thin):
             thin_txt += f"; the large images are scaled no lower than {thin_min_scale(fp, thin):.3g} to keep them >= {THIN_MIN_PX:g} px"
+    side_base = (MAX_SIDE_THIN if thin else MAX_SIDE) / max(h, w)
+    if small_objects and side_base < small_min_scale(fp, small_objects) >= thin_min_scale(fp, thin):
+        thin_txt += (f"; small objects ({', '.join(names[c] for c in small_objects)}) keep >= {SMALL_MIN_PX:g} px: "
+                     f"the large images are scaled no lower than {small_min_scale(fp, small_objects):.3g}")
     put("crop", res["crop"], f"{res['crop'][0]}x{res['crop'][1]} ({res['fraction']:.0%} of the {f'{round(h * s)}x{round(w * s)} scaled' if s < 1 else f'{h}x{w}'} image): "
         f"the largest view that still gives ~{res['steps']} steps (>= {MIN_STEPS}) in the budget on this machine")
     put("scale", [round(0.75 * s, 4), round(1.25 * s, 4)], f"random rescaling around {s:.3g} x the image size; {thin_txt}")

@@ -1,11 +1,14 @@
-"""Large images with thin lines: the planner's THIN_MIN_PX rule against the same plan without it.
+"""Large images with thin lines or small objects: the planner's THIN_MIN_PX and SMALL_MIN_PX
+rules against the same plan without them.
 
-Writes a synthetic folder dataset (14 RGB 2000x3000 JPEGs, random 4-px lines as the "vessel"
-class, 0/1 masks, a classes file), plans a run of ``--minutes`` twice (the current rules; the
-same with ``THIN_MIN_PX = 0``, i.e. large images scaled to 1024 px on their long side), trains
-each and scores each best.pt with ``fcnseg eval --backend torch`` on the carved val images.
+Writes a synthetic folder dataset (14 RGB 2000x3000 JPEGs; ``--kind lines``: 40 random 4-px
+lines, the "vessel" class; ``--kind blobs``: 300 discs of radius ``--radius`` (5-9) px, the "cell" class; 0/1
+masks, a classes file), plans a run of ``--minutes`` twice (the current rules; the same with
+both minimums at 0, i.e. large images scaled to 1024 / 640 px on their long side), trains each
+and scores each best.pt with ``fcnseg eval --backend torch`` on the carved val images.
 
-    PYTHONPATH=. .venv/bin/python experiments/thin_lines.py --work runs/thin-lines [--minutes 2]
+    PYTHONPATH=. .venv/bin/python experiments/large_images.py --kind lines --work runs/thin-lines [--minutes 2]
+    PYTHONPATH=. .venv/bin/python experiments/large_images.py --kind blobs --radius 10 13 --work runs/small-cells [--minutes 2]
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 
-def make_data(root: Path, n: int = 14, size=(2000, 3000), seed: int = 2) -> None:
+def make_data(root: Path, kind: str, radius=(5, 9), n: int = 14, size=(2000, 3000), seed: int = 2) -> None:
     import cv2
     import yaml
     from PIL import Image
@@ -29,14 +32,19 @@ def make_data(root: Path, n: int = 14, size=(2000, 3000), seed: int = 2) -> None
     h, w = size
     for i in range(n):
         m = np.zeros((h, w), np.uint8)
-        for _ in range(40):
-            p = rng.integers(0, [w, h], size=(2,))
-            q = p + rng.integers(-600, 600, size=(2,))
-            cv2.line(m, tuple(int(v) for v in p), tuple(int(v) for v in q), 1, thickness=4)
+        if kind == "lines":
+            for _ in range(40):
+                p = rng.integers(0, [w, h], size=(2,))
+                q = p + rng.integers(-600, 600, size=(2,))
+                cv2.line(m, tuple(int(v) for v in p), tuple(int(v) for v in q), 1, thickness=4)
+        else:
+            for _ in range(300):
+                cv2.circle(m, (int(rng.integers(0, w)), int(rng.integers(0, h))), int(rng.integers(radius[0], radius[1] + 1)), 1, thickness=-1)
         im = (150 - 60 * m + rng.normal(0, 25, m.shape)).clip(0, 255).astype(np.uint8)
         Image.fromarray(np.dstack([im, im // 2 + 60, im])).save(root / "images" / f"{i}.jpg", quality=92)
         Image.fromarray(m).save(root / "masks" / f"{i}.png")
-    (root / "classes.yaml").write_text(yaml.safe_dump({"classes": [{"name": "background", "value": 0}, {"name": "vessel", "value": 1}]}))
+    name = "vessel" if kind == "lines" else "cell"
+    (root / "classes.yaml").write_text(yaml.safe_dump({"classes": [{"name": "background", "value": 0}, {"name": name, "value": 1}]}))
 
 
 def plan(root: Path, out: Path, minutes: float, rule: bool) -> None:
@@ -44,13 +52,15 @@ def plan(root: Path, out: Path, minutes: float, rule: bool) -> None:
     from fcnseg.plan import planner
 
     if not rule:
-        planner.THIN_MIN_PX = 0.0
+        planner.THIN_MIN_PX = planner.SMALL_MIN_PX = 0.0
     main(["plan", "--data", "folder", "--data-root", str(root), "--max-minutes", str(minutes), "--out", str(out)])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", required=True)
+    ap.add_argument("--kind", choices=("lines", "blobs"), default="lines")
+    ap.add_argument("--radius", type=int, nargs=2, default=(5, 9), metavar=("MIN", "MAX"), help="the discs' radii, px")
     ap.add_argument("--minutes", type=float, default=2.0)
     ap.add_argument("--side", choices=("rule", "norule"), help=argparse.SUPPRESS)  # one plan, in its own process
     args = ap.parse_args()
@@ -60,7 +70,7 @@ def main() -> None:
         plan(data, work / f"{args.side}.yaml", args.minutes, args.side == "rule")
         return
     if not (data / "classes.yaml").is_file():
-        make_data(data)
+        make_data(data, args.kind, tuple(args.radius))
     for side in ("rule", "norule"):
         subprocess.run([sys.executable, __file__, "--work", str(work), "--minutes", str(args.minutes), "--side", side], check=True)
         run = work / side
