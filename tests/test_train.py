@@ -434,6 +434,10 @@ def test_train_flags_come_from_the_config_definition():
     assert isinstance(by_dest["hflip"][0], argparse.BooleanOptionalAction)
     args = parser.parse_args(["train", "--no-hflip", "--crop", "64", "48", "--resume", "--log-every", "5"])
     assert overrides_from_args(args) == {"hflip": False, "crop": [64, 48], "resume": "auto", "log_every": 5}
+    # every switch has both spellings: a plan (rotate90, preload) or a config file may have turned it on
+    assert all(isinstance(by_dest[f.name][0], argparse.BooleanOptionalAction) for f in flagged if by_dest[f.name][0].nargs == 0)
+    assert overrides_from_args(parser.parse_args(["train", "--no-rotate90", "--no-preload"])) == {"rotate90": False, "preload": False}
+    assert "rotate90" not in overrides_from_args(parser.parse_args(["train"]))
 
 
 def test_load_matching_starts_fcn16s_from_fcn32s():

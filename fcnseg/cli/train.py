@@ -18,7 +18,6 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
 
     groups = {name: p.add_argument_group(name) for name in GROUPS}
     groups["run"].add_argument("--config", metavar="FILE", help="YAML config (keys as the flags, underscored); flags override it")
-    defaults = TrainConfig()
     for f in dataclasses.fields(TrainConfig):
         meta = dict(f.metadata)
         flag = meta.pop("flag", "--" + f.name.replace("_", "-"))
@@ -28,7 +27,8 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
         kind = next((a for a in typing.get_args(FIELDS[f.name]) if a is not type(None)), FIELDS[f.name])
         kw = {k: v for k, v in meta.items() if v is not None}
         if kind is bool:
-            kw["action"] = "store_true" if getattr(defaults, f.name) is False else argparse.BooleanOptionalAction
+            # --x and --no-x for every switch: a plan or a config file may have turned it either way
+            kw["action"] = argparse.BooleanOptionalAction
         elif kind is list:
             kw.setdefault("nargs", "+")
         elif kind in (int, float):
