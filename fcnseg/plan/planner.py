@@ -155,7 +155,7 @@ def choose_resolution(fp: dict, probe: dict, train_seconds: float, *, thin: bool
     context, then batch 8 before 4) whose steps in ``train_seconds`` reach MIN_STEPS on this
     machine (half of them on the final crops)."""
     h, w = fp["image_sizes"]["median"]
-    # large images are scaled down to MAX_SIDE(_THIN), but never below min_scale (thin lines)
+    # large images are scaled down to MAX_SIDE(_THIN), but never below min_scale (thin lines, small objects)
     base = float(f"{min(1.0, max((MAX_SIDE_THIN if thin else MAX_SIDE) / max(h, w), min_scale)):.3g}")
     # thin structures are not scaled below 3/4 of their size (a 4 px membrane would vanish)
     scales = [float(f"{f * base:.3g}") for f in ((1.0, 0.75) if thin else (1.0, 0.75, 0.5))]
@@ -246,19 +246,19 @@ def plan_config(fp: dict, probe: dict, max_minutes: float, *, workers: int = 2) 
     min_scale = max(thin_min_scale(fp, thin), small_min_scale(fp, small_objects))
     res = choose_resolution(fp, probe, max(train_s, 1.0), thin=bool(thin), progressive_ok=True, max_batch=max_batch, min_scale=min_scale)
     s = res["scale"]
-    thin_txt = "no thin class"
+    size_txt = "no thin class"
     if thin:
         width = 2 / max(fp["per_class"][c]["edge_share"] for c in thin)
-        thin_txt = f"thin class(es) {', '.join(names[c] for c in thin)} (lines ~{width:.0f} px wide) keep >= 3/4 of their width"
+        size_txt = f"thin class(es) {', '.join(names[c] for c in thin)} (lines ~{width:.0f} px wide) keep >= 3/4 of their width"
         if MAX_SIDE_THIN / max(h, w) < thin_min_scale(fp, thin):
-            thin_txt += f"; the large images are scaled no lower than {thin_min_scale(fp, thin):.3g} to keep them >= {THIN_MIN_PX:g} px"
+            size_txt += f"; the large images are scaled no lower than {thin_min_scale(fp, thin):.3g} to keep them >= {THIN_MIN_PX:g} px"
     side_base = (MAX_SIDE_THIN if thin else MAX_SIDE) / max(h, w)
     if small_objects and side_base < small_min_scale(fp, small_objects) >= thin_min_scale(fp, thin):
-        thin_txt += (f"; small objects ({', '.join(names[c] for c in small_objects)}) keep >= {SMALL_MIN_PX:g} px: "
+        size_txt += (f"; small objects ({', '.join(names[c] for c in small_objects)}) keep >= {SMALL_MIN_PX:g} px: "
                      f"the large images are scaled no lower than {small_min_scale(fp, small_objects):.3g}")
     put("crop", res["crop"], f"{res['crop'][0]}x{res['crop'][1]} ({res['fraction']:.0%} of the {f'{round(h * s)}x{round(w * s)} scaled' if s < 1 else f'{h}x{w}'} image): "
         f"the largest view that still gives ~{res['steps']} steps (>= {MIN_STEPS}) in the budget on this machine")
-    put("scale", [round(0.75 * s, 4), round(1.25 * s, 4)], f"random rescaling around {s:.3g} x the image size; {thin_txt}")
+    put("scale", [round(0.75 * s, 4), round(1.25 * s, 4)], f"random rescaling around {s:.3g} x the image size; {size_txt}")
     put("progressive", res["stages"], "half resolution for the first half: ~3x the steps per second (CamVid: +2.6 mean IU, rows H -> M of docs/experiments/camvid.md)" if res["stages"]
         else f"none: a half-size crop would be under {MIN_CROP} px")
     put("batch_size", res["batch"], f"batch {res['batch']}" + (f": {n} training images" if small_data else (": the CamVid recipe's" if res["batch"] == 8 else ": smaller steps buy more of them on this machine")))
