@@ -288,6 +288,13 @@ def test_the_check_sees_the_images_at_the_scale_the_run_evaluates_at(ckpt):
     assert task.scale == 0.5 and full.scale == 1.0
     assert tuple(task.images[0].shape[-2:]) == (32, 40) and tuple(full.images[0].shape[-2:]) == (64, 80)
     assert tuple(task.masks[0].shape) == (64, 80) and task.key() != full.key() and task.describe()["scale"] == 0.5
-    scored = V.score_engine(lambda x: torch.zeros(x.shape[0], 3, *x.shape[-2:]), task)  # scored at the labels' size
-    assert 0 <= scored["mean_iou"] <= 100
+    # an engine that marks every pixel class 1 scores the same at either scale only if the
+    # half-size maps are scored at the labels' full size
+    def constant(x):
+        out = torch.zeros(x.shape[0], 3, *x.shape[-2:])
+        out[:, 1] = 1.0
+        return out
+
+    assert V.score_engine(constant, task)["mean_iou"] == pytest.approx(V.score_engine(constant, full)["mean_iou"], abs=1e-9)
+    assert V.score_engine(constant, task)["mean_iou"] > 0  # class 1 is in the labels: a real score, not an empty one
     assert task.subset(2).scale == 0.5

@@ -156,16 +156,10 @@ def _thin_share(mask: np.ndarray, c: int) -> tuple[int, int]:
     return n, n - int(eroded.sum())
 
 
-def _pixel_median(areas: np.ndarray) -> float:
-    if not areas.size:
-        return 0.0
-    a = np.sort(areas)
-    return float(a[np.searchsorted(np.cumsum(a), a.sum() / 2)])
-
-
-def _weighted_median(values: list[float], weights: list[float]) -> float:
-    """The value that half of the total weight lies at or below (0 for none)."""
-    if not values:
+def _weighted_median(values, weights) -> float:
+    """The value that half of the total weight lies at or below (0 for none): with the objects'
+    areas as weights, the object size that half of a class's pixels lie in."""
+    if not len(values):
         return 0.0
     order = np.argsort(values)
     v, w = np.asarray(values, np.float64)[order], np.asarray(weights, np.float64)[order]
@@ -269,7 +263,7 @@ def _scan(ds, data: str, root, options: dict, split: str, val_split: str) -> dic
             "p10_component_area": float(np.percentile(a, 10)) if a.size else 0.0,
             # the object size that half of the class's pixels lie in (a network of membranes is
             # one large object even where many small bits sit at the image border)
-            "pixel_median_component_area": _pixel_median(a),
+            "pixel_median_component_area": _weighted_median(a, a),
             "edge_share": float(edge[c] / pixels[c]) if pixels[c] else 0.0,
             # the short side (px, at the image's size) of the objects half of the class's pixels lie in
             "pixel_median_short_side": _weighted_median(widths[c], areas[c]),

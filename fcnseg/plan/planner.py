@@ -133,13 +133,15 @@ def steps_in(seconds: float, probe: dict, batch: int, crop: tuple[int, int], sta
     return int(steps + final), int(final)
 
 
+def line_width(fp: dict, thin: list[int]) -> float:
+    """The thinnest of the ``thin`` classes' line widths, px: ~2 / edge share."""
+    return min(2.0 / max(fp["per_class"][c]["edge_share"], 1e-6) for c in thin)
+
+
 def thin_min_scale(fp: dict, thin: list[int]) -> float:
     """The image scale that keeps the thinnest class's lines THIN_MIN_PX wide (0 without thin
     classes; at most 1)."""
-    if not thin:
-        return 0.0
-    width = min(2.0 / max(fp["per_class"][c]["edge_share"], 1e-6) for c in thin)
-    return min(1.0, THIN_MIN_PX / width)
+    return min(1.0, THIN_MIN_PX / line_width(fp, thin)) if thin else 0.0
 
 
 def small_min_scale(fp: dict, small: list[int]) -> float:
@@ -243,19 +245,18 @@ def plan_config(fp: dict, probe: dict, max_minutes: float, *, workers: int = 2) 
     # half resolution first even with thin classes: CamVid's poles learn at full resolution in
     # the second half, and the recipe's first half paid (+2.6 mean IU, rows H -> M of docs/experiments/camvid.md)
     small_objects = small_object_classes(fp)
-    min_scale = max(thin_min_scale(fp, thin), small_min_scale(fp, small_objects))
-    res = choose_resolution(fp, probe, max(train_s, 1.0), thin=bool(thin), progressive_ok=True, max_batch=max_batch, min_scale=min_scale)
+    thin_s, small_s = thin_min_scale(fp, thin), small_min_scale(fp, small_objects)
+    res = choose_resolution(fp, probe, max(train_s, 1.0), thin=bool(thin), progressive_ok=True, max_batch=max_batch, min_scale=max(thin_s, small_s))
     s = res["scale"]
+    side_s = (MAX_SIDE_THIN if thin else MAX_SIDE) / max(h, w)  # the scale the side limit alone gives
     size_txt = "no thin class"
     if thin:
-        width = 2 / max(fp["per_class"][c]["edge_share"] for c in thin)
-        size_txt = f"thin class(es) {', '.join(names[c] for c in thin)} (lines ~{width:.0f} px wide) keep >= 3/4 of their width"
-        if MAX_SIDE_THIN / max(h, w) < thin_min_scale(fp, thin):
-            size_txt += f"; the large images are scaled no lower than {thin_min_scale(fp, thin):.3g} to keep them >= {THIN_MIN_PX:g} px"
-    side_base = (MAX_SIDE_THIN if thin else MAX_SIDE) / max(h, w)
-    if small_objects and side_base < small_min_scale(fp, small_objects) >= thin_min_scale(fp, thin):
+        size_txt = f"thin class(es) {', '.join(names[c] for c in thin)} (lines ~{line_width(fp, thin):.0f} px wide) keep >= 3/4 of their width"
+        if side_s < thin_s:
+            size_txt += f"; the large images are scaled no lower than {thin_s:.3g} to keep them >= {THIN_MIN_PX:g} px"
+    if small_objects and side_s < small_s >= thin_s:
         size_txt += (f"; small objects ({', '.join(names[c] for c in small_objects)}) keep >= {SMALL_MIN_PX:g} px: "
-                     f"the large images are scaled no lower than {small_min_scale(fp, small_objects):.3g}")
+                     f"the large images are scaled no lower than {small_s:.3g}")
     put("crop", res["crop"], f"{res['crop'][0]}x{res['crop'][1]} ({res['fraction']:.0%} of the {f'{round(h * s)}x{round(w * s)} scaled' if s < 1 else f'{h}x{w}'} image): "
         f"the largest view that still gives ~{res['steps']} steps (>= {MIN_STEPS}) in the budget on this machine")
     put("scale", [round(0.75 * s, 4), round(1.25 * s, 4)], f"random rescaling around {s:.3g} x the image size; {size_txt}")

@@ -52,7 +52,7 @@ def tta_units(spec: str | None) -> float:
     tta = parse_tta(spec)
     if tta is None:
         return 1.0
-    return sum(s * s for s in tta.scales) * (2 if tta.flip else 1) * (4 if tta.rot90 else 1)
+    return sum(s * s for s in tta.scales) * tta.views / len(tta.scales)  # each scale's mirrored and turned views
 
 
 def choice_options(cfg: TrainConfig) -> tuple[list[str | None], list[str | None]]:
