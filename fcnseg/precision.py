@@ -47,12 +47,13 @@ def cpu_has_fast_bf16() -> bool:
         return False
 
 
-_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "avx512_vnni", "avx_vnni", "amx_int8")
 
 
 def cpu_features() -> list[str]:
-    """The CPU flags that decide the precision (of avx2, avx512f, avx512_bf16, amx_bf16),
-    from /proc/cpuinfo; elsewhere torch's dispatch level (e.g. ``["avx2"]``)."""
+    """The CPU flags that decide the precision (of avx2, avx512f, avx512_bf16, amx_bf16 and the
+    int8 dot products avx512_vnni, avx_vnni, amx_int8), from /proc/cpuinfo; elsewhere torch's
+    dispatch level (e.g. ``["avx2"]``)."""
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("flags"):
@@ -62,6 +63,14 @@ def cpu_features() -> list[str]:
         level = torch.backends.cpu.get_cpu_capability().lower()  # "avx512", "avx2", "default"
         return {"avx512": ["avx2", "avx512f"], "avx2": ["avx2"]}.get(level, [])
     return []
+
+
+def cpu_has_int8_dot() -> bool:
+    """True on CPUs with an int8 dot-product instruction (VNNI or AMX). Without one, onnxruntime's
+    uint8 x int8 kernels (AVX2's VPMADDUBSW) add pairs of products in 16 bits, which saturate
+    with full 8-bit weights: int8 files are then quantized with 7-bit weights
+    (``fcnseg.export.quantize``)."""
+    return any(f in cpu_features() for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
 
 
 def _cpu_reason(features: list[str]) -> str:

@@ -89,6 +89,13 @@ def cpu() -> dict:
     }
 
 
+def key(name: str) -> str:
+    """The store's key for recording ``name`` made on this CPU: ``name`` on AVX-512 CPUs (where
+    they were first recorded), ``name@avx2`` on AVX2-only ones, whose fp32 kernels sum in
+    another order (oneDNN dispatches by instruction set, so CPUs of one set agree closely)."""
+    return name if "avx512f" in cpu()["flags"] or "avx2" not in cpu()["flags"] else f"{name}@avx2"
+
+
 def main(names: list[str]) -> None:
     from fcnseg.precision import resolve_precision
 
@@ -97,7 +104,7 @@ def main(names: list[str]) -> None:
         losses = record(name)
         config_file, options, command = RECORDINGS[name]
         precision = options.get("precision", "auto")
-        store[name] = {
+        store[key(name)] = {
             "command": command + f" (first {STEPS} steps, log_every 1)",
             "precision": resolve_precision(precision, torch.device("cpu")).name,
             "cpu": cpu(),
@@ -108,7 +115,7 @@ def main(names: list[str]) -> None:
         }
         STORE.parent.mkdir(parents=True, exist_ok=True)
         STORE.write_text(json.dumps(store, indent=1) + "\n")
-        print(name, len(losses), losses[:3], "...", losses[-1], flush=True)
+        print(key(name), len(losses), losses[:3], "...", losses[-1], flush=True)
 
 
 if __name__ == "__main__":

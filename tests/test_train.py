@@ -186,14 +186,18 @@ def test_learned_last_upsampling_has_no_coarse_loss():
         for prm in model.parameters():
             if prm.dim() > 1:
                 nn.init.normal_(prm, std=0.05)
+        before = torch.cat([p.detach().flatten() for p in model.parameters()])
         step = build_train_step(model, cfg, device=cpu, precision=fp32, num_classes=3)
         assert step.coarse_loss
         step.coarse_loss = coarse
-        runs[coarse] = ([step([(x, y)]).item() for _ in range(2)], torch.cat([p.detach().flatten() for p in model.parameters()]))
+        loss = step([(x, y)]).item()
+        runs[coarse] = (loss, torch.cat([p.detach().flatten() for p in model.parameters()]) - before)
+    # one step (at lr 0.1 a second one already diverges, and amplifies the last bits in which
+    # the kernels of AVX2 and AVX-512 CPUs differ): the same loss and the same update
     assert runs[True][0] == pytest.approx(runs[False][0], rel=1e-5)
-    assert runs[True][0][1] != runs[True][0][0]  # the first step changed the model
-    diff = (runs[True][1] - runs[False][1]).abs().max()
-    assert diff <= 1e-5 * runs[False][1].abs().max()
+    update = runs[False][1].abs().max()
+    assert update > 0.01  # the step changed the model
+    assert (runs[True][1] - runs[False][1]).abs().max() <= 1e-4 * update
 
 
 def _lovasz_by_definition(prob: torch.Tensor, labels: torch.Tensor, k: int) -> float:
