@@ -12,7 +12,10 @@ import yaml
 from fcnseg.config import resolve_config
 from fcnseg.inference.specs import run_crf, run_tta, training_scale
 from fcnseg.training.test_time import (
+    CHOICE_IMAGES,
     CHOICE_UNITS,
+    MIN_CHOICE_IMAGES,
+    choice_images,
     choice_options,
     choice_units,
     choose_test_time,
@@ -62,6 +65,19 @@ def test_the_choice_skips_what_would_overrun_its_allowance(monkeypatch):
     assert "skipped" in table[-1] and "overrun" in table[-1]["skipped"]
     best, _ = choose_test_time(ttas, [None], score, allowance_s=None)
     assert best["tta"] == "flip,scales=0.75,1,1.25"
+
+
+def test_a_slow_machine_scores_every_option_on_fewer_images():
+    # the CamVid plan on an AVX2-only CPU: one view over the 101 val frames took ~14 s, the
+    # allowance was 144 s; 48 images would need ~320 s, so the seven scales were skipped
+    k = choice_images(101, 14.0, 144.0)
+    assert MIN_CHOICE_IMAGES <= k < CHOICE_IMAGES
+    assert CHOICE_UNITS * 14.0 * k / 101 <= 144.0 < CHOICE_UNITS * 14.0 * (k + 1) / 101  # as many as fit
+    assert choice_images(101, 3.0, 144.0) == CHOICE_IMAGES  # a fast machine: all 48
+    assert choice_images(101, 100.0, 144.0) == MIN_CHOICE_IMAGES  # never fewer than 16 ...
+    assert choice_images(4, 100.0, 10.0) == 4  # ... or than the split has
+    assert choice_images(101, None, 144.0) == choice_images(101, 14.0, None) == CHOICE_IMAGES  # nothing measured
+    assert choice_images(101, 14.0, 144.0, rotate90=True) < k  # the turned views cost more
 
 
 def test_options_follow_the_training_scale_and_fixed_settings_stay():

@@ -1,6 +1,6 @@
 """The ONNX files ``--backend auto`` and the ONNX backends run, exported once per model and
 kept in ``fcnseg.inference.backends.cache_dir()/onnx/``: ``<model hash>.onnx`` (verified fp32) and
-``<model hash>.int8.onnx``, each with its SHA-256 beside it (``.sha256``). An entry whose bytes
+``<model hash>.int8.onnx`` (``.int8w7.onnx``: 7-bit weights, CPUs without VNNI/AMX), each with its SHA-256 beside it (``.sha256``). An entry whose bytes
 do not match (truncated, or replaced by whoever can write the cache folder) is exported again.
 ``check_onnx_matches`` refuses an ``--onnx`` file exported from another model.
 """
@@ -66,8 +66,12 @@ def cached_onnx(model: nn.Module, ckpt: dict | None = None) -> Path:
 
 def cached_int8(model: nn.Module, ckpt: dict | None, images: Callable[[], list[torch.Tensor]]) -> Path:
     """The int8 (QDQ) version of ``cached_onnx(model)``, calibrated on ``images()`` (called only
-    when the file is not cached yet)."""
-    path = cache_dir() / "onnx" / f"{model_hash(model)}.int8.onnx"
+    when the file is not cached yet). 7-bit weights (CPUs without VNNI/AMX) have a file of their
+    own, so a cache shared by two kinds of CPU never hands one the other's."""
+    from fcnseg.export.quantize import weight_bits
+
+    bits = weight_bits()
+    path = cache_dir() / "onnx" / f"{model_hash(model)}.int8{'' if bits == 8 else f'w{bits}'}.onnx"
     if not _cache_entry_ok(path):
         fp32 = cached_onnx(model, ckpt)
         calib = images()

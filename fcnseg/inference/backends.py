@@ -175,6 +175,21 @@ class CompileBackend(Backend):
             return self.compiled(x.to(self.device)).float()
 
 
+def _warn_full_range_int8(path: Path, quant: str) -> None:
+    """An int8 file with 8-bit weights (quantized on a CPU with VNNI/AMX, or before fcnseg
+    chose the range by CPU) on a CPU without an int8 dot product: onnxruntime's kernel there
+    can saturate (fcnseg.export.quantize.weight_bits); say so and how to mend it."""
+    from fcnseg.precision import cpu_has_int8_dot
+
+    if "7-bit" in quant or cpu_has_int8_dot():
+        return
+    log.warning(
+        "%s: int8 file with 8-bit weights on a CPU without VNNI/AMX, where onnxruntime's int8 kernel can saturate "
+        "and lose accuracy; export it again on this machine (`fcnseg export --int8`: 7-bit weights here) or use --backend auto",
+        path,
+    )
+
+
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
@@ -182,8 +197,10 @@ class OnnxRuntimeBackend(Backend):
         self.path = Path(onnx_path)
         self.session = ort_session(self.path)
         self._input = self.session.get_inputs()[0].name
-        if "fcnseg.quantization" in self.session.get_modelmeta().custom_metadata_map:
+        quant = self.session.get_modelmeta().custom_metadata_map.get("fcnseg.quantization")
+        if quant is not None:
             self.name, self.precision_name = "onnxruntime (int8)", "int8"
+            _warn_full_range_int8(self.path, quant)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         import numpy as np

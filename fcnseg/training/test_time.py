@@ -28,6 +28,10 @@ ROT_FACTORS = ((1.0,), (0.75, 1.0, 1.25))
 MIN_GAIN = 0.003  # a costlier test-time setting stays when it adds >= 0.3 mean IU points
 CHOICE_SHARE = 0.08  # of max_minutes: what the choice may take (the time budget holds it back)
 CHOICE_IMAGES = 48  # validation images it is measured on, spread over the split
+# on a slow machine, fewer (at least this many) so that every option fits the allowance: on an
+# AVX2-only CPU (fp32) the CamVid plan's 48-image choice skipped the seven scales (the recipe's
+# +3.7) for want of time, and finished 3.5 mean IU under the recipe
+MIN_CHOICE_IMAGES = 16
 # the local dense CRF's cost in units of one plain view (its compiled loops: ~0.24 s against
 # ~0.07 s a CamVid frame on 2 AMD EPYC [avx512_bf16 avx512f] cores; the torch loop took ~0.43 s);
 # an estimate, used only to decide whether it still fits the choice's share
@@ -45,6 +49,18 @@ def choice_units(rotate90: bool = False) -> float:
         return CHOICE_UNITS
     sets = _SETS + _ROT_SETS
     return 1 + sum(sets) + max(sets) + CRF_UNITS
+
+
+def choice_images(n_val: int, eval_s: float | None, allowance_s: float | None, rotate90: bool = False) -> int:
+    """How many validation images the choice scores: CHOICE_IMAGES (at most the split), or, where
+    all its options (``choice_units`` views each) would overrun ``allowance_s`` at the measured
+    pace (``eval_s``: one view over the ``n_val`` images), as many as fit, at least
+    MIN_CHOICE_IMAGES: every option tried on fewer images rather than the costliest skipped."""
+    k = min(CHOICE_IMAGES, n_val)
+    if not (allowance_s and eval_s and n_val):
+        return k
+    fit = int(allowance_s / (choice_units(rotate90) * eval_s / n_val))
+    return max(min(k, fit), min(MIN_CHOICE_IMAGES, n_val))
 
 
 def tta_units(spec: str | None) -> float:

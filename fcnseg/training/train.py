@@ -322,7 +322,7 @@ class Trainer:
         test_time = None
         if "auto" in (cfg.eval_tta, cfg.eval_crf) and self.main:  # chosen with best.pt's weights
             earlier = validated and (self.best or {}).get("step") != self.step and (self.run_dir / "best.pt").is_file()
-            test_time = self.validation.settle(self.run_dir, None if earlier else self.eval_model, self.budget.choice_s if self.budget.seconds else None)
+            test_time = self.validation.settle(self.run_dir, None if earlier else self.eval_model, self.budget.choice_s if self.budget.seconds else None, self.budget.eval_s)
         if not validated or fresh or test_time:
             self.save("last.pt")
         if not validated:  # nothing to choose by: best.pt is the final model, for `fcnseg eval` to score

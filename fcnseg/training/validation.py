@@ -19,6 +19,7 @@ from fcnseg.training.test_time import (
     CHOICE_IMAGES,
     CHOICE_SHARE,
     MIN_GAIN,
+    choice_images,
     choice_options,
     choice_units,
     choose_test_time,
@@ -64,7 +65,7 @@ class Validation:
         n = len(self.data.val)
         return min(share, choice_units(self.cfg.rotate90) * eval_s * min(CHOICE_IMAGES, n) / n)  # eval_s: one view at the training scale
 
-    def settle(self, run_dir: Path, model: torch.nn.Module | None, allowance_s: float | None) -> dict:
+    def settle(self, run_dir: Path, model: torch.nn.Module | None, allowance_s: float | None, eval_s: float | None = None) -> dict:
         """Chooses eval_tta/eval_crf "auto" (``choose``) with ``model`` (None: the weights in
         run_dir/best.pt) and writes the choice into the run's config, config.yaml and best.pt
         (when it exists; the checkpoints saved later hold it too). Returns ``choose``'s record."""
@@ -72,7 +73,7 @@ class Validation:
         from fcnseg.config import save_yaml
 
         best = run_dir / "best.pt"
-        test_time = self.choose(model if model is not None else model_from_checkpoint(best).to(self.device), allowance_s)
+        test_time = self.choose(model if model is not None else model_from_checkpoint(best).to(self.device), allowance_s, eval_s)
         for key, value in test_time["chosen"].items():
             setattr(self.cfg, key, value)
         save_yaml(self.cfg, run_dir / "config.yaml")
@@ -80,11 +81,13 @@ class Validation:
             set_config(best, self.cfg.to_dict())
         return test_time
 
-    def choose(self, model: torch.nn.Module, allowance_s: float | None) -> dict:
+    def choose(self, model: torch.nn.Module, allowance_s: float | None, eval_s: float | None = None) -> dict:
         """The end-of-run choice of eval_tta/eval_crf (module docstring), scored with ``model``
-        (best.pt's weights) on this process alone. Returns metrics.json's ``test_time``."""
+        (best.pt's weights) on this process alone, on ``choice_images`` validation images
+        (``eval_s``: the measured seconds of one validation). Returns metrics.json's ``test_time``."""
         ttas, crfs = choice_options(self.cfg)
-        idx = spread(len(self.data.val), CHOICE_IMAGES)
+        n = len(self.data.val)
+        idx = spread(n, choice_images(n, eval_s, allowance_s, self.cfg.rotate90))
         subset = _Images(self.data.val, idx)
 
         def score(tta, crf) -> float:
