@@ -93,7 +93,8 @@ def key(name: str) -> str:
     """The store's key for recording ``name`` made on this CPU: ``name`` on AVX-512 CPUs (where
     they were first recorded), ``name@avx2`` on AVX2-only ones, whose fp32 kernels sum in
     another order (oneDNN dispatches by instruction set, so CPUs of one set agree closely)."""
-    return name if "avx512f" in cpu()["flags"] or "avx2" not in cpu()["flags"] else f"{name}@avx2"
+    flags = cpu()["flags"]
+    return name if "avx512f" in flags or "avx2" not in flags else f"{name}@avx2"
 
 
 def main(names: list[str]) -> None:

@@ -58,7 +58,7 @@ def weight_bits() -> int:
     """8 on CPUs with VNNI or AMX; 7 elsewhere (AVX2, AVX-512 without VNNI), where
     onnxruntime's uint8 x int8 kernel (VPMADDUBSW) adds two products in 16 bits and saturates with
     full-range weights (onnxruntime's quantization guide: ``reduce_range``). Measured on AMD EPYC
-    [avx2] (Zen 3, no VNNI): 8-bit weights failed the task check of a test model even with 16
+    [AVX2 only: no AVX-512, no native bf16] (Zen 3, no VNNI): 8-bit weights failed the task check of a test model even with 16
     layers kept fp32 (-0.41 mean IU); 7-bit passed with one; the 7-bit forward of FCN-4s/ResNet-18
     at 360x480 took 92 ms against 86 ms (fp32: 127 ms)."""
     from fcnseg.precision import cpu_has_int8_dot

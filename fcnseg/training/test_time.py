@@ -29,7 +29,7 @@ MIN_GAIN = 0.003  # a costlier test-time setting stays when it adds >= 0.3 mean 
 CHOICE_SHARE = 0.08  # of max_minutes: what the choice may take (the time budget holds it back)
 CHOICE_IMAGES = 48  # validation images it is measured on, spread over the split
 # on a slow machine, fewer (at least this many) so that every option fits the allowance: on an
-# AVX2-only CPU (fp32) the CamVid plan's 48-image choice skipped the seven scales (the recipe's
+# AMD EPYC [AVX2 only: no AVX-512, no native bf16] (fp32) the CamVid plan's 48-image choice skipped the seven scales (the recipe's
 # +3.7) for want of time, and finished 3.5 mean IU under the recipe
 MIN_CHOICE_IMAGES = 16
 # the local dense CRF's cost in units of one plain view (its compiled loops: ~0.24 s against
