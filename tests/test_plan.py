@@ -70,6 +70,25 @@ def test_slower_machine_gets_fewer_pixels_per_step():
     assert plan_config(fp_of(STREET), FAST, 30).config["crop"] == [288, 384]
 
 
+def test_a_slower_step_buys_final_steps_with_batch_4_and_smaller_crops_first():
+    # probes as measured on an AVX2-only AMD EPYC (fp32, 57 ms + 3.5 us a pixel) and a ~4x faster bf16 one
+    avx2 = {"overhead_s": 0.057, "pixel_s": 3.52e-6, "machine": {"precision": "fp32"}}
+    bf16 = {**avx2, "pixel_s": 0.8e-6, "machine": {"precision": "bf16"}}
+    fast, slow = plan_config(fp_of(STREET), bf16, 30), plan_config(fp_of(STREET), avx2, 30)
+    assert fast.config["crop"] == [288, 384] and fast.config["batch_size"] == 8  # the recipe's view
+    # the slow step: batch 4, then crops of 65 % of the side, until the final stage gets FINAL_STEPS
+    assert slow.config["batch_size"] == 4 and slow.config["crop"] == [224, 320]
+    assert slow.config["scale"] == fast.config["scale"]  # the scale is kept (the thin pole)
+    final = planner.steps_in(slow.estimate["train_seconds"], avx2, 4, (224, 320), slow.config["progressive"])[1]
+    assert final >= planner.FINAL_STEPS and "final stage" in slow.reasons["crop"]
+    # what the recipe's view would have given there: under half of that
+    assert planner.steps_in(slow.estimate["train_seconds"], avx2, 8, (288, 384), fast.config["progressive"])[1] < final / 2
+    # too short a budget for FINAL_STEPS: the most final steps of those views, said so
+    short = plan_config(fp_of(STREET), avx2, 10)
+    assert short.config["crop"] == [224, 320] and short.config["batch_size"] == 4
+    assert "fewer than the 500 wanted" in short.reasons["crop"]
+
+
 def test_the_class_layout_decides_the_flips_and_quarter_turns():
     two = [cls("membrane", 0.2, 2.0, edge=0.4, objects=0.2), cls("cell", 0.8, 0.6)]
     street = plan_config(fp_of(STREET), FAST, 10)

@@ -55,6 +55,14 @@ MIN_CROP = 96
 # at most 80 % of the image side, as the recipe crops CamVid (288x384 of 360x480): crops vary in place
 CROP_FRACTIONS = (0.8, 0.65, 0.5, 0.42, 0.35, 0.3, 0.25, 0.2)
 MIN_CONTEXT = 0.35  # the smallest crop (share of the image side) before a lower scale is tried
+# a slower machine buys fewer steps: the final (full-resolution) stage should get at least this
+# many, half of what the recipe's had on the machine it was tuned on (~1,000-1,100 of batch 8
+# on a bf16 Zen 4/5), before the plan settles for fewer. It first spends what cost the recipe
+# nothing there: batch 4 for batch 8 at the same pixels a second (row L of
+# docs/experiments/camvid.md: 65.79 vs 65.99) and crops down to 65 % of the side (row BD,
+# 240x320 for 288x384: 69.13, the recipe's seeds 68.1-69.5)
+FINAL_STEPS = 500
+FREE_FRACTION = 0.65
 
 
 @dataclass
@@ -152,16 +160,24 @@ def small_min_scale(fp: dict, small: list[int]) -> float:
     return min(1.0, SMALL_MIN_PX / min(sides)) if sides else 0.0
 
 
-def choose_resolution(fp: dict, probe: dict, train_seconds: float, *, thin: bool, progressive_ok: bool, max_batch: int, min_scale: float = 0.0) -> dict:
-    """Scale, crop, batch and progressive stages: the largest view (scale first, then crop
-    context, then batch 8 before 4) whose steps in ``train_seconds`` reach MIN_STEPS on this
-    machine (half of them on the final crops)."""
+def base_scale(fp: dict, thin, min_scale: float = 0.0) -> float:
+    """Large images are scaled down to MAX_SIDE(_THIN), but never below ``min_scale`` (thin
+    lines, small objects)."""
     h, w = fp["image_sizes"]["median"]
-    # large images are scaled down to MAX_SIDE(_THIN), but never below min_scale (thin lines, small objects)
-    base = float(f"{min(1.0, max((MAX_SIDE_THIN if thin else MAX_SIDE) / max(h, w), min_scale)):.3g}")
+    return float(f"{min(1.0, max((MAX_SIDE_THIN if thin else MAX_SIDE) / max(h, w), min_scale)):.3g}")
+
+
+def choose_resolution(fp: dict, probe: dict, train_seconds: float, *, thin: bool, progressive_ok: bool, max_batch: int, min_scale: float = 0.0) -> dict:
+    """Scale, crop, batch and progressive stages. First the largest view at the full scale whose
+    final stage gets FINAL_STEPS on this machine using only what cost the recipe nothing
+    (batch 4 for 8, crops down to 65 % of the side); where none does, the one of those with the
+    most steps; then the largest view of any scale or context whose steps reach MIN_STEPS (half
+    of them on the final crops); at worst the fastest step there is."""
+    h, w = fp["image_sizes"]["median"]
+    base = base_scale(fp, thin, min_scale)
     # thin structures are not scaled below 3/4 of their size (a 4 px membrane would vanish)
     scales = [float(f"{f * base:.3g}") for f in ((1.0, 0.75) if thin else (1.0, 0.75, 0.5))]
-    options = []
+    options = []  # in order of preference: scale, then crop context, then batch 8 before 4
     for si, s in enumerate(scales):
         last_scale = si == len(scales) - 1
         for f in CROP_FRACTIONS:
@@ -173,13 +189,17 @@ def choose_resolution(fp: dict, probe: dict, train_seconds: float, *, thin: bool
                 if progressive_ok and min(crop) >= 2 * MIN_CROP:
                     stages = [{"until": 0.5, "crop": [_round32(crop[0] / 2), _round32(crop[1] / 2)], "scale": [float(f"{0.375 * s:.4g}"), float(f"{0.625 * s:.4g}")]}]
                 steps, final = steps_in(train_seconds, probe, batch, crop, stages)
-                options.append({"scale": s, "crop": list(crop), "batch": batch, "stages": stages, "steps": steps, "fraction": f})
-                # enough steps, and enough of them on the final crops (CamVid: 1,100 of 4,700)
-                if steps >= MIN_STEPS and final >= MIN_STEPS // 2:
-                    return options[-1]
+                options.append({"scale": s, "crop": list(crop), "batch": batch, "stages": stages, "steps": steps, "final": final, "fraction": f})
     if not options:  # images smaller than MIN_CROP: the whole image
         crop = [_round32(h * base), _round32(w * base)]
-        return {"scale": base, "crop": crop, "batch": min(8, max_batch), "stages": [], "steps": steps_in(train_seconds, probe, min(8, max_batch), crop, [])[0], "fraction": 1.0}
+        steps, final = steps_in(train_seconds, probe, min(8, max_batch), crop, [])
+        return {"scale": base, "crop": crop, "batch": min(8, max_batch), "stages": [], "steps": steps, "final": final, "fraction": 1.0}
+    enough = [o for o in options if o["steps"] >= MIN_STEPS and o["final"] >= MIN_STEPS // 2]
+    free = [o for o in enough if o["scale"] == scales[0] and o["fraction"] >= FREE_FRACTION]
+    if free:
+        return next((o for o in free if o["final"] >= FINAL_STEPS), max(free, key=lambda o: o["final"]))
+    if enough:
+        return enough[0]
     return min(options, key=lambda o: o["batch"] * o["crop"][0] * o["crop"][1])  # the fastest step there is
 
 
@@ -258,7 +278,10 @@ def plan_config(fp: dict, probe: dict, max_minutes: float, *, workers: int = 2) 
         size_txt += (f"; small objects ({', '.join(names[c] for c in small_objects)}) keep >= {SMALL_MIN_PX:g} px: "
                      f"the large images are scaled no lower than {small_s:.3g}")
     put("crop", res["crop"], f"{res['crop'][0]}x{res['crop'][1]} ({res['fraction']:.0%} of the {f'{round(h * s)}x{round(w * s)} scaled' if s < 1 else f'{h}x{w}'} image): "
-        f"the largest view that still gives ~{res['steps']} steps (>= {MIN_STEPS}) in the budget on this machine")
+        + (f"the largest view whose final stage gets >= {FINAL_STEPS} steps (~{res['final']} of ~{res['steps']}) on this machine"
+           if res["final"] >= FINAL_STEPS else f"~{res['steps']} steps in the budget on this machine, ~{res['final']} of them on these crops"
+           + (f" (fewer than the {FINAL_STEPS} wanted: the most that batch 4 and crops >= {FREE_FRACTION:.0%} of the side buy)"
+              if res["scale"] == base_scale(fp, thin, max(thin_s, small_s)) and res["fraction"] >= FREE_FRACTION else f" (>= {MIN_STEPS // 2})")))
     put("scale", [round(0.75 * s, 4), round(1.25 * s, 4)], f"random rescaling around {s:.3g} x the image size; {size_txt}")
     put("progressive", res["stages"], "half resolution for the first half: ~3x the steps per second (CamVid: +2.6 mean IU, rows H -> M of docs/experiments/camvid.md)" if res["stages"]
         else f"none: a half-size crop would be under {MIN_CROP} px")
