@@ -241,6 +241,37 @@ def test_auto_never_picks_an_unverified_backend(exported, cache, monkeypatch):
     assert entry["figures"]["onnxruntime"]["verified"] is False
 
 
+@pytest.mark.auto_probe
+@pytest.mark.parametrize(("ort_s", "chosen"), [(0.09, "torch"), (0.05, "onnxruntime")])
+def test_auto_keeps_torch_unless_an_engine_with_a_session_gains_enough(exported, cache, monkeypatch, ort_s, chosen):
+    """An engine that pays a session start-up in every command must beat eager torch by MIN_GAIN
+    (1.11x: torch; 2x: onnxruntime)."""
+    from fcnseg.inference.loader import MIN_GAIN, fastest
+
+    model, _, _ = exported
+    auto = load_engine(model, "auto")
+    auto.allowed = ["torch", "onnxruntime"]
+    monkeypatch.setattr(B, "time_interleaved", lambda runs, x, **k: {"torch": 0.1, "onnxruntime": ort_s})
+    x = parity_inputs(((64, 96),))[0]
+    assert auto.choose(x) == chosen
+    # a choice cached by a version without the margin is read under this one's rule
+    store = cache / "auto.json"
+    stored = json.loads(store.read_text())
+    for entry in stored.values():
+        entry["backend"] = "onnxruntime"
+    store.write_text(json.dumps(stored))
+    again = load_engine(model, "auto")
+    again.allowed = ["torch", "onnxruntime"]
+    monkeypatch.setattr(B, "time_interleaved", lambda *a, **k: pytest.fail("probed again"))
+    assert again.choose(x) == chosen
+    assert 1.1 < MIN_GAIN < 2.0
+    assert fastest({"torch": 100.0, "openvino": 100.0 / MIN_GAIN}) == "openvino"
+    assert fastest({"torch": 100.0, "openvino": 101.0 / MIN_GAIN}) == "torch"
+    # torch in bf16 has no session to start: the fastest torch engine is the reference
+    assert fastest({"torch": 100.0, "torch (bf16)": 50.0, "onnxruntime (int8)": 45.0}) == "torch (bf16)"
+    assert fastest({"onnxruntime": 50.0, "openvino": 40.0}) == "openvino"
+
+
 def test_auto_times_the_engines_in_turns():
     """The probe's rounds call every engine once, in turn (a slow spell hits all alike)."""
     calls = []

@@ -15,7 +15,8 @@ An explicit ``backend`` runs as asked (``torch`` in ``precision``; the others fp
   the **task check** (``fcnseg.inference.verify``): scored against eager fp32 on labelled images
   (the run's validation split by default), mean IU at most 0.3 points lower and no class IoU
   more than 1.0 lower;
-- the fastest qualified candidate runs, timed on this machine in interleaved rounds.
+- the fastest qualified candidate runs, timed on this machine in interleaved rounds; onnxruntime
+  and OpenVINO (a session to start in every command) only when >= MIN_GAIN faster than torch.
 
 Without labelled data (the run's data is not on this machine and none is named) the inexact
 candidates cannot be checked: auto chooses among the exact ones and torch in its default
@@ -70,6 +71,22 @@ INEXACT = {
     "openvino (bf16)": "openvino",
 }
 CALIB_IMAGES = 32  # int8 calibration images auto uses (fcnseg export --int8: --calib-images)
+# an engine with a session to start in every command (onnxruntime, OpenVINO: the file read and
+# compiled, ~1-3 s) replaces torch only where it is at least this much faster at that input
+# size: on an AVX2-only AMD EPYC the exact engines were 1.13x eager fp32 on batches of 4 and
+# made `fcnseg predict` of CamVid's 101 val frames slower than eager (15.8 vs 13.7 s, docs/deploy.md)
+MIN_GAIN = 1.2
+
+
+def fastest(ms: Mapping[str, float]) -> str:
+    """The engine to run from their timings (``name -> ms``): the fastest, unless it is not a torch
+    engine and the fastest torch one is within ``MIN_GAIN`` of it."""
+    best = min(ms, key=ms.get)
+    in_torch = [n for n in ms if n.startswith("torch")]
+    if best.startswith("torch") or not in_torch:
+        return best
+    torch_best = min(in_torch, key=ms.get)
+    return best if ms[torch_best] >= MIN_GAIN * ms[best] else torch_best
 
 
 def candidate_names(device: torch.device) -> list[str]:
@@ -280,6 +297,10 @@ def check_candidates(model: nn.Module, ckpt: dict, engines: Engines, names: list
     hit = _read_store().get(key)
     if hit and set(hit.get("candidates", {})) >= set(names):
         hit["cached"] = True
+        # the choice under this version's rule (MIN_GAIN), from the stored timings
+        timed = {n: f["ms"] for n, f in hit["candidates"].items() if f.get("qualified") and "ms" in f}
+        if timed:
+            hit["choice"] = fastest(timed)
         return hit
     t0 = time.perf_counter()
     probe = task.images[0][None]
@@ -328,7 +349,7 @@ def check_candidates(model: nn.Module, ckpt: dict, engines: Engines, names: list
     for name, seconds in B.time_interleaved(runs, probe).items():
         figures[name]["ms"] = round(1000 * seconds, 2)
     ok = {n: f["ms"] for n, f in figures.items() if f.get("qualified") and "ms" in f}
-    best = min(ok, key=ok.get)
+    best = fastest(ok)
     entry = {
         "choice": best,
         "checked_on": task.describe(),
@@ -415,6 +436,10 @@ class AutoBackend(B.Backend):
         with contextlib.suppress(OSError, ValueError):
             cache = json.loads(store.read_text())
         hit = cache.get(key)
+        if hit:  # the choice under this version's rule (MIN_GAIN), from the stored timings
+            timed = {n: f["ms"] for n, f in hit.get("figures", {}).items() if n in self.allowed and f.get("verified") and "ms" in f}
+            if timed:
+                hit = {**hit, "backend": fastest(timed)}
         if hit and hit.get("backend") in self.allowed:
             self._choice[cls] = hit["backend"]
             self.report[cls] = hit
@@ -443,7 +468,7 @@ class AutoBackend(B.Backend):
         for name, seconds in B.time_interleaved(runs, probe).items():
             figures[name]["ms"] = round(1000 * seconds, 2)
         ok = {n: figures[n]["ms"] for n in runs}
-        best = min(ok, key=ok.get) if ok else "torch"
+        best = fastest(ok) if ok else "torch"
         entry = {"backend": best, "shape": list(x.shape), "figures": figures, "when": time.strftime("%Y-%m-%d %H:%M:%S")}
         log.info("auto: %s for %s (%s)", best, cls, ", ".join(f"{n} {f['ms']} ms" for n, f in figures.items() if "ms" in f))
         cache[key] = entry
