@@ -67,6 +67,60 @@ def test_the_choice_skips_what_would_overrun_its_allowance(monkeypatch):
     assert best["tta"] == "flip,scales=0.75,1,1.25"
 
 
+def test_the_crf_on_kept_maps_costs_only_the_crf(monkeypatch):
+    """The CRF on the best views' kept probability maps is estimated (and started) at the CRF's
+    cost alone; without kept maps it would run the views again and overrun the allowance."""
+    import fcnseg.training.test_time as V
+
+    now = [0.0]
+    monkeypatch.setattr(V.time, "monotonic", lambda: now[0])
+    ttas = [None, "flip,scales=0.75,1,1.25"]  # 1 and 6.25 units: 7.25 s
+
+    def score(tta, crf):
+        now[0] += V.CRF_UNITS if crf else tta_units(tta)
+        return {None: 0.5, "flip,scales=0.75,1,1.25": 0.6}[tta] + (0.01 if crf else 0.0)
+
+    allowance = 7.25 + V.CRF_UNITS + 1.0  # the CRF fits only without running the views again
+    best, table = choose_test_time(ttas, [None, "default"], score, allowance_s=allowance, kept=lambda tta: True)
+    assert (best["tta"], best["crf"]) == ("flip,scales=0.75,1,1.25", "default")
+    now[0] = 0.0
+    best, table = choose_test_time(ttas, [None, "default"], score, allowance_s=allowance, kept=lambda tta: False)
+    assert best["crf"] is None and "overrun" in table[-1]["skipped"]
+
+
+def test_evaluate_refines_the_kept_maps_as_it_would_run_the_views():
+    """evaluate(reuse=...) keeps each image's averaged probabilities (float16); the CRF on them
+    scores as the CRF on views run again, without calling the model."""
+    import torch
+
+    from fcnseg.inference.evaluate import evaluate
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    dataset = [(torch.rand(3, 24, 32, generator=g), (torch.rand(24, 32, generator=g) * 3).long()) for _ in range(5)]
+    dataset_classes = type("D", (list,), {"classes": ["a", "b", "c"]})(dataset)
+    conv = torch.nn.Conv2d(3, 3, 3, padding=1).eval()
+    calls = []
+
+    def model(x):
+        calls.append(x.shape)
+        return conv(x)
+
+    common = dict(tta="flip,scales=0.75,1", mean=[0.5] * 3, std=[0.25] * 3)
+    maps: dict = {}
+    plain = evaluate(model, dataset_classes, reuse=maps, **common)
+    assert sorted(maps) == list(range(5)) and all(m.dtype == torch.float16 and m.shape == (3, 24, 32) for m in maps.values())
+    assert plain["mean_iou"] == evaluate(model, dataset_classes, **common)["mean_iou"]  # keeping changes nothing
+    again = evaluate(model, dataset_classes, crf="default", **common)
+    calls.clear()
+    kept = evaluate(model, dataset_classes, crf="default", reuse=maps, **common)
+    assert calls == []  # the views were not run again
+    assert abs(kept["mean_iou"] - again["mean_iou"]) < 0.02 and kept["num_images"] == 5
+    # float16 maps: the same labels but for a few pixels
+    moved = (torch.tensor(kept["confusion"]) - torch.tensor(again["confusion"])).abs().sum() / 2
+    assert float(moved) <= 0.01 * 5 * 24 * 32
+
+
 def test_a_slow_machine_scores_every_option_on_fewer_images():
     # the CamVid plan on an AVX2-only CPU: one view over the 101 val frames took ~14 s, the
     # allowance was 144 s; 48 images would need ~320 s, so the seven scales were skipped

@@ -39,6 +39,7 @@ from fcnseg.inference.segment import (
     labels,
     parse_tta,
     parse_window,
+    refine,
     segment,
 )
 from fcnseg.metrics import ConfusionMatrix
@@ -88,6 +89,7 @@ def evaluate(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     crf: str | CRF | None = None,
+    reuse: dict[int, torch.Tensor] | None = None,
 ) -> dict:
     """Scores ``model`` (a module, or a backend from ``fcnseg.inference.backends``) on
     ``dataset`` and returns the paper's metrics.
@@ -99,6 +101,9 @@ def evaluate(
     ``crf``: refine the probabilities with the local dense CRF (``fcnseg.inference.crf``); it needs
     the normalisation's ``std`` (and ``mean``, which only raw datasets use).
     ``distributed``: score ``indices[rank::world]`` on each rank and sum the matrices.
+    ``reuse``: probability maps by dataset index (float16). Without ``crf`` each image's map is
+    put there; with ``crf``, the maps found there are refined instead of running the model
+    again (the end-of-run test-time choice tries the CRF on the views it scored).
     ``model`` may also be any callable (N, 3, H, W) float → (N, K, H, W) logits (e.g. another
     inference backend); an ``nn.Module`` is put in eval mode for the run.
 
@@ -161,19 +166,26 @@ def evaluate(
         bar = tqdm(total=len(indices), desc="eval", unit="img", file=sys.stderr, dynamic_ncols=True)
     num_images = 0
 
-    def score(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    def score(entries: list[tuple[int, tuple[torch.Tensor, torch.Tensor]]]) -> None:
         nonlocal num_images
-        scores = segment(
-            model,
-            [p[0] for p in pairs],
-            out_sizes=[tuple(p[1].shape[-2:]) for p in pairs],
-            device=device,
-            precision=precision,
-            tta=tta,
-            sliding_window=window,
-            crf=crf,
-            std=std,
-        )
+        ids, pairs = [e[0] for e in entries], [e[1] for e in entries]
+        if crf is not None and reuse is not None and all(i in reuse for i in ids):
+            scores = refine([reuse[i].float() for i in ids], [p[0].to(device) for p in pairs], crf, std)
+        else:
+            scores = segment(
+                model,
+                [p[0] for p in pairs],
+                out_sizes=[tuple(p[1].shape[-2:]) for p in pairs],
+                device=device,
+                precision=precision,
+                tta=tta,
+                sliding_window=window,
+                crf=crf,
+                std=std,
+                probs=reuse is not None,
+            )
+            if reuse is not None and crf is None:
+                reuse.update((i, s.half()) for i, s in zip(ids, scores, strict=True))
         for score_map, (_, mask) in zip(scores, pairs, strict=True):
             if score_map.shape[0] != num_classes:
                 raise ConfigError(
@@ -195,9 +207,9 @@ def evaluate(
         for batch in loader:
             for item in batch:
                 pair = _as_pair(item, normalise, indices[position])
-                position += 1
                 group = pending.setdefault(tuple(pair[0].shape[-2:]), [])
-                group.append(pair)
+                group.append((indices[position], pair))
+                position += 1
                 waiting += 1
                 if len(group) == batch_size:
                     score(pending.pop(tuple(pair[0].shape[-2:])))

@@ -211,7 +211,7 @@ def segment(
         maps = [_resize(lg, s) for lg, s in zip(logits, out_sizes, strict=True)]
         if crf is None:
             return [m.softmax(0) for m in maps] if probs else maps
-        return _refine([m.softmax(0) for m in maps], images, crf, std)
+        return refine([m.softmax(0) for m in maps], images, crf, std)
 
     acc = [None] * len(images)
     views = 0
@@ -239,10 +239,10 @@ def segment(
                 acc[i] = p if acc[i] is None else acc[i].add_(p)
             views += 2 if tta.flip else 1
     acc = [a.div_(views) for a in acc]
-    return acc if crf is None else _refine(acc, images, crf, std)
+    return acc if crf is None else refine(acc, images, crf, std)
 
 
-def _refine(maps: list[torch.Tensor], images: list[torch.Tensor], crf: CRF, std: Sequence[float]) -> list[torch.Tensor]:
+def refine(maps: list[torch.Tensor], images: list[torch.Tensor], crf: CRF, std: Sequence[float]) -> list[torch.Tensor]:
     """``crf_refine`` of each probability map, with its image's colours (0-255) at the map's size.
     Colour differences need only the std: the mean cancels."""
     out = []

@@ -3,7 +3,7 @@ measured scores (no torch here, so the planner reads its costs without importing
 
 At the end of the run one view at the training scale, then mirrored views at 1, 3 and 7
 multiples of it (and, for a run trained with ``rotate90``, mirrored and turned views at 1 and
-3), cheapest first, then the CRF on the best of them, are scored on (up to) ``CHOICE_IMAGES``
+3), cheapest first, then the CRF on the best of them (on their kept probability maps), are scored on (up to) ``CHOICE_IMAGES``
 validation images spread over the split, cheapest first; a costlier setting is kept only when
 it adds at least ``MIN_GAIN`` mean IU, and none is started that would overrun the choice's
 share of the budget (``CHOICE_SHARE`` of max_minutes). What it measured goes to metrics.json
@@ -37,18 +37,20 @@ MIN_CHOICE_IMAGES = 16
 # an estimate, used only to decide whether it still fits the choice's share
 CRF_UNITS = 3.5
 # the choice's total cost in views at the training scale: the one view, each mirrored set
-# (2, 6.25, 17.7 views), then the CRF on the costliest set at worst
+# (2, 6.25, 17.7 views), then the CRF on the best set's kept probability maps
 _SETS = [2 * sum(f * f for f in factors) for factors in TTA_FACTORS]
 _ROT_SETS = [8 * sum(f * f for f in factors) for factors in ROT_FACTORS]
-CHOICE_UNITS = 1 + sum(_SETS) + max(_SETS) + CRF_UNITS
+CHOICE_UNITS = 1 + sum(_SETS) + CRF_UNITS
+# the probability maps the choice keeps for the CRF (float16, all sets together): a set that
+# does not fit is run again under the CRF (its views' cost added to the CRF's)
+KEEP_BYTES = 512 * 2**20
 
 
 def choice_units(rotate90: bool = False) -> float:
     """The choice's cost in views at the training scale (CHOICE_UNITS; more for a rotate90 run)."""
     if not rotate90:
         return CHOICE_UNITS
-    sets = _SETS + _ROT_SETS
-    return 1 + sum(sets) + max(sets) + CRF_UNITS
+    return 1 + sum(_SETS + _ROT_SETS) + CRF_UNITS
 
 
 def choice_images(n_val: int, eval_s: float | None, allowance_s: float | None, rotate90: bool = False) -> int:
@@ -87,10 +89,13 @@ def choice_options(cfg: TrainConfig) -> tuple[list[str | None], list[str | None]
     return ttas, crfs
 
 
-def choose_test_time(ttas: list, crfs: list, score: Callable[[str | None, str | None], float], *, allowance_s: float | None = None, min_gain: float = MIN_GAIN) -> tuple[dict, list[dict]]:
+def choose_test_time(ttas: list, crfs: list, score: Callable[[str | None, str | None], float], *, allowance_s: float | None = None,
+                     min_gain: float = MIN_GAIN, kept: Callable[[str | None], bool] | None = None) -> tuple[dict, list[dict]]:
     """Scores ``ttas`` (each alone, cheapest first), then ``crfs[1:]`` on the best of them, with
     ``score(tta, crf) -> mean IU`` (timed here); keeps a setting only when it beats the best so
     far by ``min_gain``, and skips those whose estimated cost would overrun ``allowance_s``.
+    ``kept(tta)``: whether ``score`` kept that setting's probability maps, so that the CRF on it
+    costs only the CRF (else its views are run again).
     Returns the chosen ``{"tta", "crf", "mean_iou", "seconds"}`` and every row measured or skipped."""
     table: list[dict] = []
     spent = 0.0
@@ -117,6 +122,6 @@ def choose_test_time(ttas: list, crfs: list, score: Callable[[str | None, str | 
     unit_s = best["seconds"] / tta_units(ttas[0])  # seconds of one full-size view over the images
     for tta in ttas[1:]:
         consider(tta, crfs[0], tta_units(tta))
-    for crf in crfs[1:]:  # the CRF refines the best views (which it runs again)
-        consider(best["tta"], crf, tta_units(best["tta"]) + CRF_UNITS)
+    for crf in crfs[1:]:  # the CRF refines the best views (their kept maps, else run again)
+        consider(best["tta"], crf, CRF_UNITS + (0.0 if kept is not None and kept(best["tta"]) else tta_units(best["tta"])))
     return best, table

@@ -10,6 +10,7 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from fcnseg.config import TrainConfig
@@ -18,6 +19,7 @@ from fcnseg.inference.verify import spread
 from fcnseg.training.test_time import (
     CHOICE_IMAGES,
     CHOICE_SHARE,
+    KEEP_BYTES,
     MIN_GAIN,
     choice_images,
     choice_options,
@@ -42,7 +44,8 @@ class Validation:
         root = f" --data-root {val['root']}" if val["root"] else ""
         return f"fcnseg eval --checkpoint {checkpoint} --data {val['name']}{root} --split {self.cfg.val_split}"
 
-    def evaluate(self, max_images: int | None = None, *, model: torch.nn.Module | None = None, dataset=None, tta="run", crf="run", distributed: bool | None = None) -> dict:
+    def evaluate(self, max_images: int | None = None, *, model: torch.nn.Module | None = None, dataset=None, tta="run", crf="run", distributed: bool | None = None,
+                 reuse: dict | None = None) -> dict:
         """The run's validation (``tta``/``crf`` "run": the run's own, "auto" as one view at
         the training scale and no CRF until the end-of-run choice)."""
         from fcnseg.inference.evaluate import evaluate
@@ -52,6 +55,7 @@ class Validation:
             batch_size=self.cfg.eval_batch_size, num_workers=self.cfg.workers,
             distributed=self.distributed if distributed is None else distributed, mean=self.data.mean, std=self.data.std, max_images=max_images,
             tta=run_tta(self.cfg.eval_tta, self.cfg.scale) if tta == "run" else tta, crf=run_crf(self.cfg.eval_crf) if crf == "run" else crf,
+            reuse=reuse,
         )
 
     def choice_allowance(self, budget_s: float | None, eval_s: float | None) -> float | None:
@@ -89,11 +93,22 @@ class Validation:
         n = len(self.data.val)
         idx = spread(n, choice_images(n, eval_s, allowance_s, self.cfg.rotate90))
         subset = _Images(self.data.val, idx)
+        # each set of views' probability maps, kept (float16, the latest sets within KEEP_BYTES)
+        # so that the CRF refines the best set's maps instead of running its views again
+        maps: dict[str | None, dict[int, torch.Tensor]] = {}
+        h, w = np.asarray(subset[0][1]).shape[-2:] if len(subset) else (0, 0)
+        keep = len(subset) * self.data.num_classes * h * w * 2 <= KEEP_BYTES  # a set's maps (a set larger is not kept)
 
         def score(tta, crf) -> float:
-            return self.evaluate(model=model, dataset=subset, tta=tta, crf=crf, distributed=False)["mean_iou"]
+            reuse = maps.get(tta) if crf else ({} if keep else None)
+            result = self.evaluate(model=model, dataset=subset, tta=tta, crf=crf, distributed=False, reuse=reuse)
+            if reuse is not None and crf is None:
+                maps[tta] = reuse
+                while maps and sum(t.numel() * 2 for m in maps.values() for t in m.values()) > KEEP_BYTES:
+                    maps.pop(next(iter(maps)))  # the oldest (cheapest) set first
+            return result["mean_iou"]
 
-        best, table = choose_test_time(ttas, crfs, score, allowance_s=allowance_s)
+        best, table = choose_test_time(ttas, crfs, score, allowance_s=allowance_s, kept=lambda tta: tta in maps)
         for row in table:
             log.info("test-time choice: tta %s, crf %s: %s", row["tta"] or "none", row["crf"] or "none",
                      f"val mean IU {100 * row['mean_iou']:.2f} on {len(idx)} images ({row['seconds']:.1f}s)" if "mean_iou" in row else row["skipped"])
