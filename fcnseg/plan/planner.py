@@ -160,13 +160,6 @@ def small_min_scale(fp: dict, small: list[int]) -> float:
     return min(1.0, SMALL_MIN_PX / min(sides)) if sides else 0.0
 
 
-def base_scale(fp: dict, thin, min_scale: float = 0.0) -> float:
-    """Large images are scaled down to MAX_SIDE(_THIN), but never below ``min_scale`` (thin
-    lines, small objects)."""
-    h, w = fp["image_sizes"]["median"]
-    return float(f"{min(1.0, max((MAX_SIDE_THIN if thin else MAX_SIDE) / max(h, w), min_scale)):.3g}")
-
-
 def choose_resolution(fp: dict, probe: dict, train_seconds: float, *, thin: bool, progressive_ok: bool, max_batch: int, min_scale: float = 0.0) -> dict:
     """Scale, crop, batch and progressive stages. First the largest view at the full scale whose
     final stage gets FINAL_STEPS on this machine using only what cost the recipe nothing
@@ -174,7 +167,8 @@ def choose_resolution(fp: dict, probe: dict, train_seconds: float, *, thin: bool
     most steps; then the largest view of any scale or context whose steps reach MIN_STEPS (half
     of them on the final crops); at worst the fastest step there is."""
     h, w = fp["image_sizes"]["median"]
-    base = base_scale(fp, thin, min_scale)
+    # large images are scaled down to MAX_SIDE(_THIN), but never below min_scale (thin lines, small objects)
+    base = float(f"{min(1.0, max((MAX_SIDE_THIN if thin else MAX_SIDE) / max(h, w), min_scale)):.3g}")
     # thin structures are not scaled below 3/4 of their size (a 4 px membrane would vanish)
     scales = [float(f"{f * base:.3g}") for f in ((1.0, 0.75) if thin else (1.0, 0.75, 0.5))]
     options = []  # in order of preference: scale, then crop context, then batch 8 before 4
@@ -196,6 +190,8 @@ def choose_resolution(fp: dict, probe: dict, train_seconds: float, *, thin: bool
         return {"scale": base, "crop": crop, "batch": min(8, max_batch), "stages": [], "steps": steps, "final": final, "fraction": 1.0}
     enough = [o for o in options if o["steps"] >= MIN_STEPS and o["final"] >= MIN_STEPS // 2]
     free = [o for o in enough if o["scale"] == scales[0] and o["fraction"] >= FREE_FRACTION]
+    for o in free:
+        o["free"] = True
     if free:
         return next((o for o in free if o["final"] >= FINAL_STEPS), max(free, key=lambda o: o["final"]))
     if enough:
@@ -281,7 +277,7 @@ def plan_config(fp: dict, probe: dict, max_minutes: float, *, workers: int = 2) 
         + (f"the largest view whose final stage gets >= {FINAL_STEPS} steps (~{res['final']} of ~{res['steps']}) on this machine"
            if res["final"] >= FINAL_STEPS else f"~{res['steps']} steps in the budget on this machine, ~{res['final']} of them on these crops"
            + (f" (fewer than the {FINAL_STEPS} wanted: the most that batch 4 and crops >= {FREE_FRACTION:.0%} of the side buy)"
-              if res["scale"] == base_scale(fp, thin, max(thin_s, small_s)) and res["fraction"] >= FREE_FRACTION else f" (>= {MIN_STEPS // 2})")))
+              if res.get("free") else f" (>= {MIN_STEPS // 2})")))
     put("scale", [round(0.75 * s, 4), round(1.25 * s, 4)], f"random rescaling around {s:.3g} x the image size; {size_txt}")
     put("progressive", res["stages"], "half resolution for the first half: ~3x the steps per second (CamVid: +2.6 mean IU, rows H -> M of docs/experiments/camvid.md)" if res["stages"]
         else f"none: a half-size crop would be under {MIN_CROP} px")
