@@ -54,3 +54,34 @@ def _auto_probe(request, monkeypatch):
         from fcnseg.inference import backends
 
         monkeypatch.setattr(backends, "AUTO_CANDIDATES", tuple(_REAL_AUTO_CANDIDATES))
+
+
+_TRACES: dict = {}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_onnx_trace_per_model():
+    """The ONNX exporter's trace of one model (the same weights, opset and input channels) is
+    the same file every time, and takes ~20 s on a 2-core AVX2 CPU: the session traces each
+    model once and hands later exports a copy (their checks, metadata and writes still run).
+    Tests that replace ``trace_onnx`` themselves replace this too."""
+    try:
+        import onnx
+    except ImportError:
+        yield
+        return
+    from fcnseg.export import onnx as export_onnx_module
+    from fcnseg.inference.backends import model_hash
+
+    real = export_onnx_module.trace_onnx
+
+    def trace_once(model, *, opset=export_onnx_module.DEFAULT_OPSET, in_channels=3):
+        key = (model_hash(model), opset, in_channels)
+        if key not in _TRACES:
+            _TRACES[key] = real(model, opset=opset, in_channels=in_channels).SerializeToString()
+        return onnx.load_from_string(_TRACES[key])
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(export_onnx_module, "trace_onnx", trace_once)
+    yield
+    mp.undo()

@@ -158,14 +158,17 @@ def test_cache_entry_that_does_not_match_its_sha256_is_exported_again(ckpt, cach
 def test_onnx_file_of_another_model_or_truncated_is_refused(ckpt, tmp_path, capsys):
     from fcnseg.export import export_onnx
 
-    other = build_model("fcn8s", backbone="resnet18", num_classes=3, upsample="bilinear")
-    res = export_onnx({**ckpt, "model": other.state_dict()}, tmp_path / "other.onnx", model=other, sizes=((64, 64),))
+    # the module's model exported; the checkpoint evaluated with it holds other weights
+    model = build_model(**ckpt["model_config"])
+    model.load_state_dict(ckpt["model"])
+    res = export_onnx(ckpt, tmp_path / "theirs.onnx", model=model, sizes=((64, 64),))
     assert (res.path.stat().st_mode & 0o777) == 0o644
-    torch.save(ckpt, tmp_path / "m.pt")
+    other = build_model("fcn8s", backbone="resnet18", num_classes=3, upsample="bilinear")
+    torch.save({**ckpt, "model": other.state_dict()}, tmp_path / "m.pt")
     common = ["eval", "--checkpoint", str(tmp_path / "m.pt"), "--tta", "none", "--crf", "none", "--backend", "onnxruntime"]
     assert main([*common, "--onnx", str(res.path)]) == 2
     err = capsys.readouterr().err.strip()
-    assert "was exported from model" in err and B.model_hash(other) in err and "\n" not in err
+    assert f"was exported from model {B.model_hash(model)}" in err and f"the checkpoint is model {B.model_hash(other)}" in err and "\n" not in err
     (tmp_path / "junk.onnx").write_bytes(res.path.read_bytes()[:1000])
     assert main([*common, "--onnx", str(tmp_path / "junk.onnx")]) == 2
     err = capsys.readouterr().err.strip()

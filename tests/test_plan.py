@@ -120,6 +120,19 @@ def test_no_val_split_gets_a_carve_of_at_least_four_images():
     assert plan.config["data_options"]["val_fraction"] == pytest.approx(4 / 30, abs=1e-3)
     assert "carve" in plan.reasons["data_options"]
     assert plan.estimate["train_images"] == 26
+    assert "4 images" in plan.reasons["data_options"]
+    # ten files: at most a quarter is held out, and the reason gives the count the carve takes
+    from fcnseg.data.base import seeded_carve
+
+    fp = fp_of(STREET, n=9, size=(256, 256), val={"split": "val", "images": 1, "carved": True, "exists": True})
+    plan = plan_config(fp, FAST, 3)
+    frac = plan.config["data_options"]["val_fraction"]
+    held = len(seeded_carve(range(10), frac, 0)[1])
+    assert frac == 0.25 and held == 2 and plan.estimate["train_images"] == 8
+    assert "2 images (at most a quarter of the files; 4 wanted)" in plan.reasons["data_options"]
+    for total in range(0, 40):
+        for f in (0.0, 0.1, 0.133, 0.25):
+            assert planner.carve_count(total, f) == len(seeded_carve(range(total), f, 0)[1])
 
 
 def test_two_balanced_classes_get_no_balancing():
@@ -159,6 +172,15 @@ def test_large_odd_images_are_scaled_and_evaluated_at_that_scale():
     assert all(c % 32 == 0 for c in plan.config["crop"]) and plan.config["crop"][1] <= 3001 * s + 32
 
 
+def test_long_thin_images_keep_their_short_side():
+    """A panorama's long side does not scale its short side under MIN_SHORT_SIDE."""
+    pano = plan_config(fp_of(STREET[:2], size=(96, 1800)), FAST, 10)
+    assert sum(pano.config["scale"]) / 2 == pytest.approx(1.0)
+    wide = plan_config(fp_of(STREET[:2], size=(1000, 5000)), FAST, 10)
+    assert sum(wide.config["scale"]) / 2 * 1000 >= planner.MIN_SHORT_SIDE * 0.75 - 1  # at most the 3/4 step below it
+    assert sum(wide.config["scale"]) / 2 < 0.3  # still scaled down
+
+
 def test_large_images_with_thin_lines_keep_the_lines_three_pixels_wide(monkeypatch):
     vessels = [cls("background", 0.9, 0.55), cls("vessel", 0.1, 5.0, edge=0.5, objects=0.1)]  # lines ~4 px wide
     big = plan_config(fp_of(vessels, n=40, size=(2336, 3504)), FAST, 30)
@@ -166,6 +188,12 @@ def test_large_images_with_thin_lines_keep_the_lines_three_pixels_wide(monkeypat
     assert planner.thin_min_scale(fp_of(vessels), [1]) == pytest.approx(0.75)
     assert mid >= 0.75 * 0.75 - 1e-6 and mid > 1024 / 3504  # not the 0.29 the side limit would give
     assert "no lower than 0.75" in big.reasons["scale"] and "vessel" in big.reasons["scale"]
+    # where the machine needs the 3/4 step below that, the reason says so instead of "no lower"
+    short = plan_config(fp_of(vessels, n=4, size=(2160, 3840)), SLOW, 1)
+    assert sum(short.config["scale"]) / 2 == pytest.approx(0.75 * 0.75, abs=0.01)
+    assert "no lower" not in short.reasons["scale"] and "go to 3/4 of that (lines ~2.2 px)" in short.reasons["scale"]
+    # and a budget that buys fewer steps than wanted says so, not ">= 125"
+    assert "fewer than the 125 wanted: the fastest step at this scale" in short.reasons["crop"], short.reasons["crop"]
     # 1-2 px lines: never scaled down at all (the 3/4 step only where the machine needs it)
     hair = [cls("background", 0.95, 0.5), cls("hair", 0.05, 9.0, edge=1.0, objects=0.05)]
     assert planner.thin_min_scale(fp_of(hair), [1]) == 1.0

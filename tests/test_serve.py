@@ -742,7 +742,9 @@ def server(tmp_path, request):
         env["FCNSEG_TOKEN"] = request.param
     log = open(tmp_path / "server.log", "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fcnseg", "serve", "--checkpoint", str(ckpt), "--port", str(port), "--device", "cpu"],
+        # torch: the default `--backend auto` would export and time every engine first (~20 s on
+        # a 2-core AVX2 CPU; its choice is tested in test_export.py / test_engine_check.py)
+        [sys.executable, "-m", "fcnseg", "serve", "--checkpoint", str(ckpt), "--port", str(port), "--device", "cpu", "--backend", "torch"],
         stdout=log, stderr=subprocess.STDOUT, env=env,
     )
     url = f"http://127.0.0.1:{port}"

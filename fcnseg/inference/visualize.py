@@ -60,7 +60,9 @@ def plot_curves(events: Sequence[dict], path: str | os.PathLike) -> None:
     for ax in axes:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-    fig.tight_layout()
+    # fixed margins for this fixed figure: tight_layout measured every text and took ~0.35 s of
+    # a ~0.8 s redraw on a 2-core AVX2 CPU, and the run redraws it at every validation
+    fig.subplots_adjust(left=0.045, right=0.99, bottom=0.15, top=0.91, wspace=0.2)
     _save(fig, path)
     plt.close(fig)
 

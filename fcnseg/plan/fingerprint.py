@@ -303,7 +303,8 @@ def format_fingerprint(fp: dict) -> str:
         + ("; grayscale" if fp["channels"]["grayscale"] else ""),
         "layout (0: none, 1: fixed): upside down {upside_down:.2f}, mirrored {mirrored:.2f}, turned {turned:.2f}".format(**fp["layout"])
         if fp.get("layout") else "layout: not measured",
-        f"validation: {val['images']} images in {val['split']!r}" + (" (a seeded carve of the files)" if val["carved"] else "")
+        (f"validation: no split of its own; a seeded carve of the files ({val['images']} at the data's current fraction; the plan sizes it)"
+         if val["carved"] else f"validation: {val['images']} image{'s' if val['images'] != 1 else ''} in {val['split']!r}")
         if val["exists"] else "validation: no split",
     ]
     if fp["unmapped_values"]:

@@ -45,6 +45,9 @@ LAYOUT_FREE = 0.05
 LAYOUT_SIDED = 0.25
 # the longest side the model sees (larger images are scaled down; thin structures allow more)
 MAX_SIDE, MAX_SIDE_THIN = 640, 1024
+# ... but never so far that the short side falls under this (a 96x1800 panorama scaled to a
+# 640 long side would be 34 px high: one row of FCN's stride-32 output)
+MIN_SHORT_SIDE = 256
 # a thin class's lines are ~2 / edge_share pixels wide (a 3x3 erosion takes a pixel off each
 # side): large images are not scaled so far down that they fall under this many pixels
 THIN_MIN_PX = 3.0
@@ -113,6 +116,19 @@ def _round32(x: float) -> int:
     return max(32, int(round(x / 32.0)) * 32)
 
 
+def carve_count(total: int, fraction: float) -> int:
+    """The images a seeded carve of ``fraction`` holds out of ``total`` (the count
+    ``fcnseg.data.base.seeded_carve`` takes; read here without importing torch)."""
+    n_val = int(round(fraction * total))
+    return max(1, n_val) if fraction > 0 and total >= 2 else n_val
+
+
+def side_scale(h: int, w: int, thin: bool) -> float:
+    """The scale the side limits give: the long side down to MAX_SIDE (MAX_SIDE_THIN with thin
+    classes), the short side not under MIN_SHORT_SIDE (above 1: no scaling)."""
+    return max((MAX_SIDE_THIN if thin else MAX_SIDE) / max(h, w), MIN_SHORT_SIDE / min(h, w))
+
+
 def thin_classes(fp: dict) -> list[int]:
     return [c for c, pc in enumerate(fp["per_class"]) if pc["frequency"] > 0 and pc["edge_share"] >= THIN_EDGE_SHARE]
 
@@ -168,7 +184,7 @@ def choose_resolution(fp: dict, probe: dict, train_seconds: float, *, thin: bool
     of them on the final crops); at worst the fastest step there is."""
     h, w = fp["image_sizes"]["median"]
     # large images are scaled down to MAX_SIDE(_THIN), but never below min_scale (thin lines, small objects)
-    base = float(f"{min(1.0, max((MAX_SIDE_THIN if thin else MAX_SIDE) / max(h, w), min_scale)):.3g}")
+    base = float(f"{min(1.0, max(side_scale(h, w, thin), min_scale)):.3g}")
     # thin structures are not scaled below 3/4 of their size (a 4 px membrane would vanish)
     scales = [float(f"{f * base:.3g}") for f in ((1.0, 0.75) if thin else (1.0, 0.75, 0.5))]
     options = []  # in order of preference: scale, then crop context, then batch 8 before 4
@@ -228,10 +244,13 @@ def plan_config(fp: dict, probe: dict, max_minutes: float, *, workers: int = 2) 
         want = min(0.25, max(0.1, 4.0 / max(total, 1)))
         if "val_fraction" not in options and want > frac + 1e-9:
             options["val_fraction"] = round(want, 3)
-            why["data_options"] = f"no val split: a seeded carve of {options['val_fraction']:.0%} of the {total} files (>= 4 images) validates the run"
+        n_carved = carve_count(total, options.get("val_fraction", frac))
+        n = total - n_carved
+        if "val_fraction" in options and "val_fraction" not in (fp.get("options") or {}):
+            cap = " (at most a quarter of the files; 4 wanted)" if n_carved < 4 else " (>= 4 wanted)"
+            why["data_options"] = f"no val split: a seeded carve of {options['val_fraction']:.0%} of the {total} files, {n_carved} images{cap}, validates the run"
         else:
-            why.setdefault("data_options", f"no val split: the seeded {frac:.0%} carve of the files validates the run")
-        n = total - max(1, round(total * options.get("val_fraction", frac)))
+            why.setdefault("data_options", f"no val split: the seeded {frac:.0%} carve of the files ({n_carved} images) validates the run")
     elif not val["exists"]:
         why["data_options"] = "no validation split: the run is validated on its training images (not held-out figures)"
     cfg["data_options"] = options
@@ -264,12 +283,16 @@ def plan_config(fp: dict, probe: dict, max_minutes: float, *, workers: int = 2) 
     thin_s, small_s = thin_min_scale(fp, thin), small_min_scale(fp, small_objects)
     res = choose_resolution(fp, probe, max(train_s, 1.0), thin=bool(thin), progressive_ok=True, max_batch=max_batch, min_scale=max(thin_s, small_s))
     s = res["scale"]
-    side_s = (MAX_SIDE_THIN if thin else MAX_SIDE) / max(h, w)  # the scale the side limit alone gives
+    side_s = side_scale(h, w, bool(thin))  # the scale the side limits alone give
     size_txt = "no thin class"
     if thin:
         size_txt = f"thin class(es) {', '.join(names[c] for c in thin)} (lines ~{line_width(fp, thin):.0f} px wide) keep >= 3/4 of their width"
         if side_s < thin_s:
-            size_txt += f"; the large images are scaled no lower than {thin_s:.3g} to keep them >= {THIN_MIN_PX:g} px"
+            if s >= thin_s * 0.995:
+                size_txt += f"; the large images are scaled no lower than {thin_s:.3g} to keep them >= {THIN_MIN_PX:g} px"
+            else:
+                size_txt += (f"; the large images keep them >= {THIN_MIN_PX:g} px at {thin_s:.3g}, and go to 3/4 of that "
+                             f"(lines ~{line_width(fp, thin) * s:.1f} px) for the steps this machine needs")
     if small_objects and side_s < small_s >= thin_s:
         size_txt += (f"; small objects ({', '.join(names[c] for c in small_objects)}) keep >= {SMALL_MIN_PX:g} px: "
                      f"the large images are scaled no lower than {small_s:.3g}")
@@ -277,7 +300,8 @@ def plan_config(fp: dict, probe: dict, max_minutes: float, *, workers: int = 2) 
         + (f"the largest view whose final stage gets >= {FINAL_STEPS} steps (~{res['final']} of ~{res['steps']}) on this machine"
            if res["final"] >= FINAL_STEPS else f"~{res['steps']} steps in the budget on this machine, ~{res['final']} of them on these crops"
            + (f" (fewer than the {FINAL_STEPS} wanted: the most that batch 4 and crops >= {FREE_FRACTION:.0%} of the side buy)"
-              if res.get("free") else f" (>= {MIN_STEPS // 2})")))
+              if res.get("free") else f" (>= {MIN_STEPS // 2})" if res["final"] >= MIN_STEPS // 2
+              else f" (fewer than the {MIN_STEPS // 2} wanted: the fastest step at this scale)")))
     put("scale", [round(0.75 * s, 4), round(1.25 * s, 4)], f"random rescaling around {s:.3g} x the image size; {size_txt}")
     put("progressive", res["stages"], "half resolution for the first half: ~3x the steps per second (CamVid: +2.6 mean IU, rows H -> M of docs/experiments/camvid.md)" if res["stages"]
         else f"none: a half-size crop would be under {MIN_CROP} px")
