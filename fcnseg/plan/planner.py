@@ -248,14 +248,14 @@ def plan_config(fp: dict, probe: dict, max_minutes: float, *, workers: int = 2) 
         n = total - n_carved
         if "val_fraction" in options and "val_fraction" not in (fp.get("options") or {}):
             cap = " (at most a quarter of the files; 4 wanted)" if n_carved < 4 else " (>= 4 wanted)"
-            why["data_options"] = f"no val split: a seeded carve of {options['val_fraction']:.0%} of the {total} files, {n_carved} images{cap}, validates the run"
+            why["data_options"] = f"no val split: a seeded carve of {options['val_fraction']:.0%} of the {total} files, {n_carved} image{'s' * (n_carved != 1)}{cap}, validates the run"
         else:
             why.setdefault("data_options", f"no val split: the seeded {frac:.0%} carve of the files ({n_carved} images) validates the run")
     elif not val["exists"]:
         why["data_options"] = "no validation split: the run is validated on its training images (not held-out figures)"
     cfg["data_options"] = options
     n_val = total - n if val["carved"] else (val["images"] if val["exists"] else n)
-    put("val_split", "val" if val["exists"] else fp["split"], f"{n_val} validation images" if val["exists"] else "no other split to validate on")
+    put("val_split", "val" if val["exists"] else fp["split"], f"{n_val} validation image{'s' * (n_val != 1)}" if val["exists"] else "no other split to validate on")
 
     # model
     put("model", MODEL, "FCN-4s: the CamVid recipe's model; its stride-4 skip keeps small and thin shapes")
@@ -299,7 +299,7 @@ def plan_config(fp: dict, probe: dict, max_minutes: float, *, workers: int = 2) 
     put("crop", res["crop"], f"{res['crop'][0]}x{res['crop'][1]} ({res['fraction']:.0%} of the {f'{round(h * s)}x{round(w * s)} scaled' if s < 1 else f'{h}x{w}'} image): "
         + (f"the largest view whose final stage gets >= {FINAL_STEPS} steps (~{res['final']} of ~{res['steps']}) on this machine"
            if res["final"] >= FINAL_STEPS else f"~{res['steps']} steps in the budget on this machine, ~{res['final']} of them on these crops"
-           + (f" (fewer than the {FINAL_STEPS} wanted: the most that batch 4 and crops >= {FREE_FRACTION:.0%} of the side buy)"
+           + (f" (fewer than the {FINAL_STEPS} wanted: the most that batch {min(4, res['batch'])} and crops >= {FREE_FRACTION:.0%} of the side buy)"
               if res.get("free") else f" (>= {MIN_STEPS // 2})" if res["final"] >= MIN_STEPS // 2
               else f" (fewer than the {MIN_STEPS // 2} wanted: the fastest step at this scale)")))
     put("scale", [round(0.75 * s, 4), round(1.25 * s, 4)], f"random rescaling around {s:.3g} x the image size; {size_txt}")
