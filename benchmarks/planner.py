@@ -1,7 +1,7 @@
 """Planned training against the plain defaults, same dataset, same machine, same budget.
 
     python benchmarks/planner.py --data folder --data-root ../shared/data/isbi-em-membrane \\
-        --data-option 'classes={membrane: 0, cell: 255}' --max-minutes 3 --out runs/bench-planner/em
+        --data-option 'classes={membrane: 0, cell: 255}' --max-minutes 3 --out runs/bench-planner/em [--seed 1]
     python benchmarks/planner.py --data oxford-pet --data-root ../shared/data/oxford-pet-mini \\
         --max-minutes 3 --eval-split test --out runs/bench-planner/pet
 
@@ -76,6 +76,7 @@ def main() -> int:
     p.add_argument("--out", default="runs/bench-planner")
     p.add_argument("--only", choices=("planned", "defaults"), default=None, help="run one side")
     p.add_argument("--json", default=None, metavar="FILE")
+    p.add_argument("--seed", type=int, default=None, help="the training seed of both sides (default: the plan's and the defaults' 0); the validation carve stays")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -96,6 +97,9 @@ def main() -> int:
         "planned": [*py, "train", "--config", str(plan_yaml), "--out", str(out / "planned")],
         "defaults": [*py, "train", *same_data, *default_flags(), "--max-minutes", str(args.max_minutes), "--out", str(out / "defaults")],
     }
+    if args.seed is not None:  # the last --seed given wins on both sides
+        for cmd in sides.values():
+            cmd += ["--seed", str(args.seed)]
     rows = []
     for side, cmd in sides.items():
         if args.only and side != args.only:

@@ -250,7 +250,7 @@ def plan_config(fp: dict, probe: dict, max_minutes: float, *, workers: int = 2) 
             cap = " (at most a quarter of the files; 4 wanted)" if n_carved < 4 else " (>= 4 wanted)"
             why["data_options"] = f"no val split: a seeded carve of {options['val_fraction']:.0%} of the {total} files, {n_carved} image{'s' * (n_carved != 1)}{cap}, validates the run"
         else:
-            why.setdefault("data_options", f"no val split: the seeded {frac:.0%} carve of the files ({n_carved} images) validates the run")
+            why.setdefault("data_options", f"no val split: the seeded {frac:.0%} carve of the files ({n_carved} image{'s' * (n_carved != 1)}) validates the run")
     elif not val["exists"]:
         why["data_options"] = "no validation split: the run is validated on its training images (not held-out figures)"
     cfg["data_options"] = options
