@@ -62,7 +62,7 @@ _TRACES: dict = {}
 @pytest.fixture(autouse=True, scope="session")
 def _one_onnx_trace_per_model():
     """The ONNX exporter's trace of one model (the same weights, opset and input channels) is
-    the same file every time, and takes ~20 s on a 2-core AVX2 CPU: the session traces each
+    the same file every time, and takes ~20 s on 2 cores of an AMD EPYC [AVX2 only: no AVX-512, no native bf16]: the session traces each
     model once and hands later exports a copy (their checks, metadata and writes still run).
     Tests that replace ``trace_onnx`` themselves replace this too."""
     try:

@@ -71,7 +71,7 @@ def test_slower_machine_gets_fewer_pixels_per_step():
 
 
 def test_a_slower_step_buys_final_steps_with_batch_4_and_smaller_crops_first():
-    # probes as measured on an AVX2-only AMD EPYC (fp32, 57 ms + 3.5 us a pixel) and a ~4x faster bf16 one
+    # probes as measured on an AMD EPYC [AVX2 only: no AVX-512, no native bf16] (fp32, 57 ms + 3.5 us a pixel) and a ~4x faster bf16 one
     avx2 = {"overhead_s": 0.057, "pixel_s": 3.52e-6, "machine": {"precision": "fp32"}}
     bf16 = {**avx2, "pixel_s": 0.8e-6, "machine": {"precision": "bf16"}}
     fast, slow = plan_config(fp_of(STREET), bf16, 30), plan_config(fp_of(STREET), avx2, 30)

@@ -743,7 +743,7 @@ def server(tmp_path, request):
     log = open(tmp_path / "server.log", "wb")
     proc = subprocess.Popen(
         # torch: the default `--backend auto` would export and time every engine first (~20 s on
-        # a 2-core AVX2 CPU; its choice is tested in test_export.py / test_engine_check.py)
+        # 2 cores of an AMD EPYC [AVX2 only: no AVX-512, no native bf16]; its choice is tested in test_export.py / test_engine_check.py)
         [sys.executable, "-m", "fcnseg", "serve", "--checkpoint", str(ckpt), "--port", str(port), "--device", "cpu", "--backend", "torch"],
         stdout=log, stderr=subprocess.STDOUT, env=env,
     )

@@ -73,7 +73,7 @@ INEXACT = {
 CALIB_IMAGES = 32  # int8 calibration images auto uses (fcnseg export --int8: --calib-images)
 # an engine with a session to start in every command (onnxruntime, OpenVINO: the file read and
 # compiled, ~1-3 s) replaces torch only where it is at least this much faster at that input
-# size: on an AVX2-only AMD EPYC the exact engines were 1.13x eager fp32 on batches of 4 and
+# size: on an AMD EPYC [AVX2 only: no AVX-512, no native bf16] the exact engines were 1.13x eager fp32 on batches of 4 and
 # made `fcnseg predict` of CamVid's 101 val frames slower than eager (15.8 vs 13.7 s, docs/deploy.md)
 MIN_GAIN = 1.2
 
