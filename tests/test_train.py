@@ -557,6 +557,24 @@ def test_run_directory_files_and_checkpoint_contents(tmp_path):
     assert saved.out == str(run) and saved.epochs == 1 and saved.crop == [64, 64]
 
 
+
+def test_curves_are_redrawn_at_most_every_curves_every_s_and_at_the_end(tmp_path, monkeypatch):
+    """Two validations in a few seconds: curves.png is drawn once (at the end) by default,
+    at every validation and the end when the interval is 0; the samples at every validation."""
+    import fcnseg.inference.visualize as visualize
+    import fcnseg.training.train as train_mod
+
+    drawn = []
+    real = visualize.plot_curves
+    monkeypatch.setattr(visualize, "plot_curves", lambda events, path: (drawn.append(len(events)), real(events, path)))
+    run = train_mod.train(tiny(tmp_path / "a", epochs=2))
+    assert len(drawn) == 1 and (run / "curves.png").is_file()
+    assert sorted(p.name for p in (run / "samples").iterdir()) == ["epoch_1.png", "epoch_2.png"]
+    drawn.clear()
+    monkeypatch.setattr(train_mod, "CURVES_EVERY_S", 0.0)
+    train_mod.train(tiny(tmp_path / "b", epochs=2))
+    assert len(drawn) == 3 and drawn[0] < drawn[1] <= drawn[2]  # two validations, then the end with every event
+
 def test_resume_reproduces_an_uninterrupted_run_exactly(tmp_path):
     from fcnseg.training import train as train_mod
 

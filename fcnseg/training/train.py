@@ -49,6 +49,9 @@ from fcnseg.training.step import build_model_for_training, build_train_step
 from fcnseg.training.validation import Validation
 
 log = logging.getLogger("fcnseg.train")
+# curves.png (~0.4 s a draw on a 2-core CPU) is redrawn at a validation only this long after
+# the last draw, and always at the end: runs that validate every few seconds do not pay it each time
+CURVES_EVERY_S = 30.0
 
 
 def train(cfg: dict | TrainConfig | None = None, *, config_file: str | os.PathLike | None = None, callback: Callable[[dict], None] | None = None, overwrite: bool = False, plan=None) -> Path:
@@ -97,6 +100,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, ckpt: dict | None = None, callback: Callable[[dict], None] | None = None, *, overwrite: bool = False) -> None:
         self.cfg = cfg
         self.t_start = time.monotonic() - (ckpt.get("train_time_s", 0.0) if ckpt else 0.0)
+        self.curves_at = time.monotonic()  # when curves.png was last drawn (see draw)
         device = resolve_device(cfg.device)
         self.dist = ddp.setup_distributed(device)
         self.device = ddp.local_device(device, self.dist)
@@ -385,9 +389,12 @@ class Trainer:
         self.runlog.notify({"event": "checkpoint", "name": name, "path": str(self.run_dir / name), "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch})
 
     def draw(self, tag: str | None) -> None:
-        """samples/<tag>.png (unless ``tag`` is None) and curves.png."""
+        """samples/<tag>.png (unless ``tag`` is None) and curves.png: redrawn at the end
+        (``tag`` None) and otherwise at most every CURVES_EVERY_S seconds."""
         from fcnseg.inference.visualize import plot_curves
 
         if tag is not None:
             self.validation.draw(self.run_dir / "samples" / f"{tag}.png", f"{tag} (step {self.step})", self.model)
-        plot_curves(self.runlog.events, self.run_dir / "curves.png")
+        if tag is None or time.monotonic() - self.curves_at >= CURVES_EVERY_S:
+            plot_curves(self.runlog.events, self.run_dir / "curves.png")
+            self.curves_at = time.monotonic()
