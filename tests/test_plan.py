@@ -275,6 +275,39 @@ def test_fingerprint_of_a_folder_and_its_cache(tmp_path, monkeypatch):
     assert fingerprint("folder", root, LINES_OPTS)["cache"]["hit"] is False
 
 
+def test_a_large_split_is_read_in_evenly_spread_images(tmp_path, monkeypatch):
+    """Over MAX_SCAN_IMAGES images, that many spread evenly are read (the scan's cost stays
+    bounded): the statistics are theirs, exact (the channel mean/std from per-channel
+    histograms equal numpy's over those images), and the summary says how many were read."""
+    from PIL import Image
+
+    import fcnseg.plan.fingerprint as F
+
+    monkeypatch.setenv("FCNSEG_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(F, "MAX_SCAN_IMAGES", 5)
+    monkeypatch.setattr(F, "MAX_COMPONENT_IMAGES", 3)
+    root = make_lines(tmp_path / "lines", n=16)
+    from fcnseg.data import build_dataset
+    from fcnseg.data.stats import _indices
+
+    samples = build_dataset("folder", root=root, split="train", **LINES_OPTS).samples  # less the carved val files
+    n = len(samples)
+    read = [samples[i] for i in _indices(n, 5)]
+    fp = F.fingerprint("folder", root, LINES_OPTS, cache=False)
+    assert n > 5 and fp["num_images"] == n and fp["scanned_images"] == 5
+    assert fp["unmapped_values"] == ({"7": 1} if any(Path(m).name == "3.png" for _, m in read) else {})  # 3.png holds a stray 7
+    px = np.concatenate([np.asarray(Image.open(img), np.float64).ravel() / 255 for img, _ in read])
+    assert fp["channels"]["mean"] == pytest.approx([px.mean()] * 3, rel=1e-9)
+    assert fp["channels"]["std"] == pytest.approx([px.std()] * 3, rel=1e-6)
+    line = fp["per_class"][0]
+    masks = [np.asarray(Image.open(m)) for _, m in read]
+    assert line["frequency"] == pytest.approx(sum((m == 0).sum() for m in masks) / sum(((m == 0) | (m == 255)).sum() for m in masks))
+    assert f"{n} images (5 of them read, spread evenly; scanned in" in F.format_fingerprint(fp)
+    monkeypatch.setattr(F, "MAX_SCAN_IMAGES", 400)
+    whole = F.fingerprint("folder", root, LINES_OPTS, cache=False)
+    assert whole["scanned_images"] == n and f"{n} images (scanned in" in F.format_fingerprint(whole)
+
+
 def test_layout_reads_an_up_in_street_like_masks_and_none_in_turned_ones():
     from fcnseg.plan.fingerprint import BANDS, _add_bands, _layout
 

@@ -8,6 +8,7 @@ Median-frequency balancing (Eigen & Fergus 2015, used by SegNet): for class c,
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -31,7 +32,7 @@ def _describe(dataset: Any, i: int) -> str:
     return f"sample {i}"
 
 
-def dataset_stats(dataset: Any, *, max_images: int | None = None) -> dict:
+def dataset_stats(dataset: Any, *, max_images: int | None = None, visit: Callable[[int, np.ndarray, np.ndarray], None] | None = None) -> dict:
     """Scan the raw masks (`dataset.load(i)`) and return a JSON-ready dict:
 
     `num_images`, `classes`, `pixel_counts` (per class), `ignored_pixels`,
@@ -40,8 +41,10 @@ def dataset_stats(dataset: Any, *, max_images: int | None = None) -> dict:
     `[H, W]` of the smallest/largest area, `most_common` `[H, W]` and its `count`),
     `median_frequency_weights` (classes never seen get 1.0, the median class's weight).
 
-    `max_images` scans that many images spread evenly over the dataset. Raises DataError
-    for an empty dataset or a mask value that is neither a class nor `ignore_index`.
+    `max_images` scans that many images spread evenly over the dataset; `visit(i, image,
+    mask)` is called for each scanned pair (after its mask passed the checks), so that other
+    statistics share the one decoding pass. Raises DataError for an empty dataset or a mask
+    value that is neither a class nor `ignore_index`.
     """
     num_classes = int(dataset.num_classes)
     ignore = int(getattr(dataset, "ignore_index", 255))
@@ -56,7 +59,7 @@ def dataset_stats(dataset: Any, *, max_images: int | None = None) -> dict:
     ignored = 0
     sizes: Counter[tuple[int, int]] = Counter()
     for i in indices:
-        _, mask = dataset.load(i)
+        image, mask = dataset.load(i)
         mask = np.asarray(mask)
         if mask.ndim != 2:
             raise DataError(
@@ -87,6 +90,8 @@ def dataset_stats(dataset: Any, *, max_images: int | None = None) -> dict:
         pixel_counts += counts
         image_counts += present
         present_pixels[present] += int(counts.sum())
+        if visit is not None:
+            visit(i, np.asarray(image), mask)
 
     labelled = int(pixel_counts.sum())
     frequencies = pixel_counts / labelled if labelled else np.zeros(num_classes)

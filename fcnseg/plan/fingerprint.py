@@ -2,7 +2,8 @@
 
 ``fingerprint(data, root, options)`` scans the training split once through the dataset's own
 loader (``fcnseg.data.build_dataset``; a folder's classes file and value mapping apply) and the
-label statistics of ``fcnseg.data.stats.dataset_stats``, and adds what they lack: object sizes
+label statistics of ``fcnseg.data.stats.dataset_stats`` (one decoding pass; of a split larger
+than MAX_SCAN_IMAGES, that many images spread evenly), and adds what they lack: object sizes
 per class (connected components, 8-connectivity), how thin each class is (the share of its
 pixels a 3x3 erosion removes: 1.0 for 1-2 px lines), mask values the classes file does not
 map, the channel mean/std, and whether the class layout has an up (``layout``: how far each
@@ -27,8 +28,11 @@ import numpy as np
 
 log = logging.getLogger("fcnseg.plan")
 
-VERSION = 3  # bump when the fingerprint's content changes: old caches are then ignored
-# images whose connected components are measured (spread evenly over the split)
+VERSION = 4  # bump when the fingerprint's content changes: old caches are then ignored
+# images whose pixels are read (spread evenly over the split; every file is in the cache key):
+# the scan of a large dataset stays within a few per cent of a 10-minute budget
+MAX_SCAN_IMAGES = 400
+# of those, images whose connected components are measured (spread evenly)
 MAX_COMPONENT_IMAGES = 200
 # the class layout is read in this many horizontal and vertical bands of each image
 BANDS = 8
@@ -169,13 +173,11 @@ def _weighted_median(values, weights) -> float:
 def _add_bands(mask: np.ndarray, k: int, rows: np.ndarray, cols: np.ndarray) -> None:
     """Adds the image's class shares per horizontal and vertical band (each image weighs the same)."""
     h, w = mask.shape[:2]
-    m = mask.astype(np.int64)
-    valid = m < k
-    band_y = np.broadcast_to((np.arange(h) * BANDS // h)[:, None], (h, w))
-    band_x = np.broadcast_to((np.arange(w) * BANDS // w)[None, :], (h, w))
-    for bands, out in ((band_y, rows), (band_x, cols)):
-        counts = np.bincount(m[valid] * BANDS + bands[valid], minlength=k * BANDS).reshape(k, BANDS)
-        out += counts / float(h * w)
+    y = [-(-b * h // BANDS) for b in range(BANDS + 1)]  # row r is in band r * BANDS // h
+    x = [-(-b * w // BANDS) for b in range(BANDS + 1)]
+    for b in range(BANDS):
+        rows[:, b] += np.bincount(mask[y[b]:y[b + 1]].ravel(), minlength=k)[:k] / float(h * w)
+        cols[:, b] += np.bincount(mask[:, x[b]:x[b + 1]].ravel(), minlength=k)[:k] / float(h * w)
 
 
 def _layout(rows: np.ndarray, cols: np.ndarray, freq: np.ndarray) -> dict:
@@ -200,9 +202,9 @@ def _scan(ds, data: str, root, options: dict, split: str, val_split: str) -> dic
 
     from fcnseg.data.stats import _indices, dataset_stats
 
-    stats = dataset_stats(ds)
-    k = stats["num_classes"]
-    component_images = set(_indices(len(ds), MAX_COMPONENT_IMAGES))
+    k = int(ds.num_classes)
+    scanned = _indices(len(ds), MAX_SCAN_IMAGES)
+    component_images = {scanned[j] for j in _indices(len(scanned), MAX_COMPONENT_IMAGES)}
     areas: list[list[float]] = [[] for _ in range(k)]  # component areas, as fractions of their image
     widths: list[list[float]] = [[] for _ in range(k)]  # component bounding-box short sides, px
     edge = np.zeros(k, np.int64)
@@ -217,28 +219,40 @@ def _scan(ds, data: str, root, options: dict, split: str, val_split: str) -> dic
     unmapped: dict[int, int] = {}
     label_map = getattr(ds, "label_map", None)
     check_raw = label_map is not None and not label_map.uses_colors and hasattr(ds, "read_mask_raw")
-    for i in range(len(ds)):
-        image, mask = ds.load(i)
+    levels = np.arange(256, dtype=np.float64) / 255.0
+
+    def visit(i: int, image: np.ndarray, mask: np.ndarray) -> None:
+        nonlocal npx, gray, csum, csq
         sizes.append(list(mask.shape[:2]))
-        px = image.reshape(-1, image.shape[-1]).astype(np.float64) / 255.0
-        csum += px.sum(0)
-        csq += (px**2).sum(0)
-        npx += px.shape[0]
+        flat = image.reshape(-1, image.shape[-1])
+        if image.dtype == np.uint8:  # a histogram a channel: exact sums without a float copy of the image
+            for ch in range(3):
+                hist = np.bincount(flat[:, ch], minlength=256)
+                csum[ch] += hist @ levels
+                csq[ch] += hist @ levels**2
+        else:
+            px = flat.astype(np.float64) / 255.0
+            csum += px.sum(0)
+            csq += (px**2).sum(0)
+        npx += flat.shape[0]
         if gray and not (np.array_equal(image[..., 0], image[..., 1]) and np.array_equal(image[..., 1], image[..., 2])):
             gray = False
         if check_raw:
             raw = np.asarray(ds.read_mask_raw(ds.samples[i][1]))
-            values, counts = np.unique(raw, return_counts=True)
+            if raw.dtype in (np.uint8, np.uint16):  # a count per value, without np.unique's sort
+                counts = np.bincount(raw.ravel())
+                values = np.flatnonzero(counts)
+                counts = counts[values]
+            else:
+                values, counts = np.unique(raw, return_counts=True)
             for v, n in zip(values.tolist(), counts.tolist(), strict=True):
                 if int(v) not in label_map.values:
                     unmapped[int(v)] = unmapped.get(int(v), 0) + int(n)
         if i not in component_images:
-            continue
+            return
         area = float(mask.shape[0] * mask.shape[1])
         _add_bands(mask, k, rows, cols)
-        for c in np.unique(mask).tolist():
-            if c >= k:
-                continue
+        for c in np.flatnonzero(np.bincount(mask.ravel(), minlength=k)[:k]).tolist():
             n, e = _thin_share(mask, c)
             pixels[c] += n
             edge[c] += e
@@ -246,6 +260,8 @@ def _scan(ds, data: str, root, options: dict, split: str, val_split: str) -> dic
             for j in range(1, count):
                 areas[c].append(cstats[j, cv2.CC_STAT_AREA] / area)
                 widths[c].append(float(min(cstats[j, cv2.CC_STAT_WIDTH], cstats[j, cv2.CC_STAT_HEIGHT])))
+
+    stats = dataset_stats(ds, max_images=MAX_SCAN_IMAGES, visit=visit)
     mean = csum / max(npx, 1)
     std = np.sqrt(np.maximum(csq / max(npx, 1) - mean**2, 0.0))
     hs = np.array([s[0] for s in sizes])
@@ -275,6 +291,7 @@ def _scan(ds, data: str, root, options: dict, split: str, val_split: str) -> dic
         "options": options,
         "split": split,
         "num_images": len(ds),
+        "scanned_images": len(scanned),
         "num_classes": k,
         "classes": stats["classes"],
         "ignore_index": stats["ignore_index"],
@@ -296,7 +313,10 @@ def format_fingerprint(fp: dict) -> str:
     """A few plain lines: images, sizes, and per class its pixel share, presence, object size."""
     s = fp["image_sizes"]
     val = fp["val"]
+    n, scanned = fp["num_images"], fp.get("scanned_images", fp["num_images"])
     where = "cached" if fp.get("cache", {}).get("hit") else f"scanned in {fp.get('seconds', 0):.1f}s"
+    if scanned < n:
+        where = f"{scanned} of them read, spread evenly; {where}"
     lines = [
         f"{fp['data']}/{fp['split']}: {fp['num_images']} images ({where}), median {s['median'][1]}x{s['median'][0]} "
         f"(W x H), {s['distinct']} distinct sizes, smallest side {s['min_side']} px"
