@@ -974,7 +974,7 @@ def test_copy_paste_runs_on_the_named_classes_or_the_rare_ones(tmp_path, caplog,
         train(tiny(tmp_path / "bad2", copy_paste=0.5, paste_classes=[7]))
 
 
-def test_square_root_median_class_weights(tmp_path, caplog):
+def test_square_root_median_class_weights(tmp_path, caplog, monkeypatch):
     """class_weights=median_sqrt weighs the loss by the square root of the median-frequency
     weights (logged per class)."""
     import logging
@@ -994,6 +994,17 @@ def test_square_root_median_class_weights(tmp_path, caplog):
     full = median_frequency_weights(ds)
     assert logged == pytest.approx([math.sqrt(w) for w in full], abs=0.006)
     assert max(full) > 1.2 and max(logged) < max(full)  # softer than the full weights
+    # a training split over CLASS_STATS_IMAGES: the weights of that many masks, spread evenly
+    import fcnseg.training.data as data_mod
+
+    monkeypatch.setattr(data_mod, "CLASS_STATS_IMAGES", 4)
+    caplog.clear()
+    train({**cfg, "out": str(tmp_path / "sampled")})
+    assert "class frequencies counted on 4 of the 8 training masks, spread evenly" in caplog.text
+    line = next(r.getMessage() for r in caplog.records if "class weights" in r.getMessage())
+    sampled = median_frequency_weights(ds, max_images=4)
+    assert max(abs(a - b) for a, b in zip(sampled, full, strict=True)) > 0.05  # four masks count differently ...
+    assert [float(v) for v in re.findall(r"=([0-9.]+)", line)] == pytest.approx([math.sqrt(w) for w in sampled], abs=0.006)  # ... and are what the run used
 
 
 def test_staged_init_from_with_frozen_backbone(tmp_path, caplog):
