@@ -49,7 +49,7 @@ from fcnseg.training.step import build_model_for_training, build_train_step
 from fcnseg.training.validation import Validation
 
 log = logging.getLogger("fcnseg.train")
-# curves.png (~0.4 s a draw on a 2-core CPU) is redrawn at a validation only this long after
+# curves.png (0.4-0.5 s a draw on an AMD EPYC [AVX2 only: no AVX-512, no native bf16]) is redrawn at a validation only this long after
 # the last draw, and always at the end: runs that validate every few seconds do not pay it each time
 CURVES_EVERY_S = 30.0
 
