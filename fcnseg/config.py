@@ -125,7 +125,7 @@ class TrainConfig:
     eval_batch_size: int = option(1, "run", metavar="B")
     eval_tta: str | None = option(None, "run", "test-time augmentation of validation (and the default of `fcnseg eval`/`predict` for this run), e.g. 'flip,scales=0.75,1,1.25'; 'none': off; 'auto': chosen on the validation split at the end of the run, kept only where it pays", metavar="SPEC")
     eval_crf: str | None = option(None, "run", "CRF refinement of validation (and the default of `fcnseg eval`/`predict` for this run): 'default' or key=value pairs, e.g. 'appearance=2,theta_b=5'; 'none': off; 'auto': chosen with --eval-tta auto", metavar="SPEC")
-    ckpt_every_steps: int = option(0, "run", "also write last.pt every N steps (0: at epoch ends only)", metavar="N")
+    ckpt_every_steps: int = option(0, "run", "also write last.pt every N steps (0: at epoch ends only, at most ~5 %% of the time)", metavar="N")
     log_every: int = option(20, "run", "steps between loss reads (each read is a host sync)", metavar="N")
     num_samples: int = option(4, "run", "images in samples/epoch_N.png", metavar="N")
     tensorboard: bool = option(True, "run", "write TensorBoard event files")

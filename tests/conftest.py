@@ -100,3 +100,21 @@ def _no_fsync():
     mp.setattr(os, "fsync", lambda fd: None)
     yield
     mp.undo()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _last_pt_at_every_epoch_end():
+    """The tests resume runs from the checkpoint of any epoch end (their epochs take well under
+    a second): the session writes last.pt at every one, as ``CKPT_OVERHEAD = inf`` says; the
+    product's rule (at most ~5 % of the time on epoch-end checkpoints) has its own test
+    (test_train.py::test_epoch_end_checkpoints_cost_at_most_ckpt_overhead_of_the_run)."""
+    import math
+
+    from fcnseg.training import schedule
+
+    real = schedule.CKPT_OVERHEAD
+    mp = pytest.MonkeyPatch()
+    mp.setattr(schedule, "CKPT_OVERHEAD", math.inf)
+    mp.setattr(schedule, "REAL_CKPT_OVERHEAD", real, raising=False)
+    yield
+    mp.undo()

@@ -575,6 +575,33 @@ def test_curves_are_redrawn_at_most_every_curves_every_s_and_at_the_end(tmp_path
     train_mod.train(tiny(tmp_path / "b", epochs=2))
     assert len(drawn) == 3 and drawn[0] < drawn[1] <= drawn[2]  # two validations, then the end with every event
 
+def test_epoch_end_checkpoints_cost_at_most_ckpt_overhead_of_the_run(tmp_path, monkeypatch):
+    """With the product's CKPT_OVERHEAD an epoch end writes last.pt only once the time since its
+    last write would pay for it (save_s / CKPT_OVERHEAD): the first epoch end writes, short
+    epochs after it mostly do not, the end of the run always does (the final step, exact
+    resume)."""
+    from fcnseg.checkpoint import load_checkpoint
+    from fcnseg.training import schedule
+    from fcnseg.training.train import train
+
+    assert schedule.REAL_CKPT_OVERHEAD == 0.05
+    monkeypatch.setattr(schedule, "CKPT_OVERHEAD", schedule.REAL_CKPT_OVERHEAD)
+    b = schedule.TimeBudget(None, [{"until": 1.0, "crop": [8, 8]}])
+    b.save_s = 0.5
+    assert b.checkpoint_due(10.0) and not b.checkpoint_due(9.9)  # 0.5 s a write: every 10 s
+    writes = []
+
+    def seen(event):
+        if event["event"] == "checkpoint" and event["name"] == "last.pt":
+            writes.append((event["step"], event["batch_in_epoch"]))
+
+    run = train(tiny(tmp_path / "run", epochs=6, eval_every=0), callback=seen)  # 2 steps an epoch, ~0.3 s
+    steps = [s for s, _ in writes]
+    assert steps[0] == 2 and steps[-1] == 12  # the first epoch end and the end of the run
+    assert len(writes) < 6  # not one per epoch: 6 epochs of a fraction of a second
+    assert load_checkpoint(run / "last.pt")["step"] == 12
+
+
 def test_resume_reproduces_an_uninterrupted_run_exactly(tmp_path):
     from fcnseg.training import train as train_mod
 

@@ -49,8 +49,8 @@ from fcnseg.training.step import build_model_for_training, build_train_step
 from fcnseg.training.validation import Validation
 
 log = logging.getLogger("fcnseg.train")
-# curves.png (0.4-0.5 s a draw on an AMD EPYC [AVX2 only: no AVX-512, no native bf16]) is redrawn at a validation only this long after
-# the last draw, and always at the end: runs that validate every few seconds do not pay it each time
+# curves.png (0.4-0.5 s a draw on an AMD EPYC [AVX2 only: no AVX-512, no native bf16]) is redrawn at a validation
+# only this long after the last draw, and always at the end: runs that validate every few seconds do not pay it each time
 CURVES_EVERY_S = 30.0
 
 
@@ -100,7 +100,8 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, ckpt: dict | None = None, callback: Callable[[dict], None] | None = None, *, overwrite: bool = False) -> None:
         self.cfg = cfg
         self.t_start = time.monotonic() - (ckpt.get("train_time_s", 0.0) if ckpt else 0.0)
-        self.curves_at = time.monotonic()  # when curves.png was last drawn (see draw)
+        # when curves.png was last drawn (see draw); last.pt's last write: its step, its time
+        self.curves_at, self.saved_step, self.saved_at = time.monotonic(), None, -math.inf
         device = resolve_device(cfg.device)
         self.dist = ddp.setup_distributed(device)
         self.device = ddp.local_device(device, self.dist)
@@ -123,14 +124,11 @@ class Trainer:
 
     def setup(self, cfg: TrainConfig, ckpt: dict | None, callback: Callable[[dict], None] | None, overwrite: bool) -> None:
         check_output_dir(self.run_dir)
-
-        # data
         self.data = data = training_data(cfg, main=self.main)
         self.sampler = EpochSampler(data.train, num_replicas=self.dist.world_size, rank=self.dist.rank, seed=cfg.seed)
         self.steps_per_epoch = self.sampler.num_samples // cfg.batch_size // cfg.accum_steps
         if self.steps_per_epoch < 1:
             raise ConfigError(f"{cfg.data}/{cfg.train_split} has {len(data.train)} images: fewer than one optimizer step of batch_size {cfg.batch_size} x accum_steps {cfg.accum_steps} x {self.dist.world_size} processes; lower --batch-size")
-        # model and step
         self.model = build_model_for_training(cfg, data.num_classes, init_from=ckpt is None)
         # resolved (and logged) once the data and model are known to be good: a bad argument
         # is then the only line the run prints
@@ -168,7 +166,7 @@ class Trainer:
         params = sum(p.numel() for p in self.model.parameters()) / 1e6
         log.info("%s/%s on %s (%d classes, %.1fM parameters) | %s %s | %d train / %d val images | batch %d x %d process(es) x %d accum | %d steps/epoch | %s",
                  cfg.model, cfg.backbone, cfg.data, data.num_classes, params, self.device, self.precision.name, len(data.train), len(data.val), cfg.batch_size, self.dist.world_size, cfg.accum_steps, self.steps_per_epoch, self.run_dir)
-        self.budget = TimeBudget(cfg.max_minutes * 60.0 if cfg.max_minutes else None, data.stages, saves=1 if cfg.eval_every else 2)
+        self.budget = TimeBudget(cfg.max_minutes * 60.0 if cfg.max_minutes else None, data.stages, saves=2)  # last.pt, best.pt
         if self.budget.seconds is not None and cfg.eval_every:
             self.budget.eval_s = self.validation.probe_seconds()
         if "auto" in (cfg.eval_tta, cfg.eval_crf):  # the test-time choice at the end
@@ -293,7 +291,8 @@ class Trainer:
         self.batch_in_epoch = 0
         if self.cfg.eval_every and (self.epoch % self.cfg.eval_every == 0 or self.epoch == self.cfg.epochs):
             self.validate()
-        self.save("last.pt")
+        if self.budget.checkpoint_due(time.monotonic() - self.saved_at):
+            self.save("last.pt")
         self.budget.epoch_end_s.append(time.monotonic() - t0)
         self.revise_total_steps()
 
@@ -327,7 +326,7 @@ class Trainer:
         if "auto" in (cfg.eval_tta, cfg.eval_crf) and self.main:  # chosen with best.pt's weights
             earlier = validated and (self.best or {}).get("step") != self.step and (self.run_dir / "best.pt").is_file()
             test_time = self.validation.settle(self.run_dir, None if earlier else self.eval_model, self.budget.choice_s if self.budget.seconds else None, self.budget.eval_s)
-        if not validated or fresh or test_time:
+        if not validated or fresh or test_time or self.saved_step != self.step:
             self.save("last.pt")
         if not validated:  # nothing to choose by: best.pt is the final model, for `fcnseg eval` to score
             self.save("best.pt")
@@ -386,11 +385,12 @@ class Trainer:
         t0 = time.monotonic()
         save_checkpoint(state, self.run_dir / name)
         self.budget.save_s = max(self.budget.save_s, time.monotonic() - t0) if hasattr(self, "budget") else 0.0
+        if name == "last.pt":  # (an epoch end writes it only when due: TimeBudget.checkpoint_due)
+            self.saved_step, self.saved_at = self.step, time.monotonic()
         self.runlog.notify({"event": "checkpoint", "name": name, "path": str(self.run_dir / name), "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch})
 
     def draw(self, tag: str | None) -> None:
-        """samples/<tag>.png (unless ``tag`` is None) and curves.png: redrawn at the end
-        (``tag`` None) and otherwise at most every CURVES_EVERY_S seconds."""
+        """samples/<tag>.png (unless ``tag`` is None); curves.png at the end, else every CURVES_EVERY_S."""
         from fcnseg.inference.visualize import plot_curves
 
         if tag is not None:
