@@ -580,12 +580,14 @@ def test_epoch_end_checkpoints_cost_at_most_ckpt_overhead_of_the_run(tmp_path, m
     last write would pay for it (save_s / CKPT_OVERHEAD): the first epoch end writes, short
     epochs after it mostly do not, the end of the run always does (the final step, exact
     resume)."""
+    from conftest import PRODUCT_CKPT_OVERHEAD
+
     from fcnseg.checkpoint import load_checkpoint
     from fcnseg.training import schedule
     from fcnseg.training.train import train
 
-    assert schedule.REAL_CKPT_OVERHEAD == 0.05
-    monkeypatch.setattr(schedule, "CKPT_OVERHEAD", schedule.REAL_CKPT_OVERHEAD)
+    assert PRODUCT_CKPT_OVERHEAD == 0.05
+    monkeypatch.setattr(schedule, "CKPT_OVERHEAD", PRODUCT_CKPT_OVERHEAD)
     b = schedule.TimeBudget(None, [{"until": 1.0, "crop": [8, 8]}])
     b.save_s = 0.5
     assert b.checkpoint_due(10.0) and not b.checkpoint_due(9.9)  # 0.5 s a write: every 10 s
