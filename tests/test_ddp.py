@@ -12,7 +12,10 @@ import torch
 import yaml
 
 
-def test_two_process_gloo_run_validates_like_one_process(tmp_path):
+def test_two_process_gloo_run_validates_like_one_process_and_resumes(tmp_path):
+    """A 2-process gloo run of one epoch (2 steps) validates like one process scoring all the
+    images with the same weights; resumed under DDP for a second epoch, both ranks continue
+    from the checkpoint's step (no step repeated or skipped) and the weights move on."""
     from fcnseg.checkpoint import load_checkpoint, model_from_checkpoint
     from fcnseg.data import build_dataset
     from fcnseg.inference.evaluate import evaluate
@@ -26,8 +29,8 @@ def test_two_process_gloo_run_validates_like_one_process(tmp_path):
     yml.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "fcnseg", "train", "--config", str(yml), "--out", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    train = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "fcnseg", "train"]
+    proc = subprocess.run([*train, "--config", str(yml), "--out", str(out)], capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     result = json.loads((out / "metrics.json").read_text())
@@ -55,6 +58,14 @@ def test_two_process_gloo_run_validates_like_one_process(tmp_path):
         assert single[key] == pytest.approx(result["final"][key], abs=0), key
     assert single["iou"] == pytest.approx(ckpt["last_eval"]["iou"], abs=0, nan_ok=True)
 
+    proc = subprocess.run([*train, "--resume", str(out / "last.pt"), "--epochs", "2"], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in events if e["event"] == "train"] == [1, 2, 3, 4]
+    after = load_checkpoint(out / "last.pt")
+    assert after["step"] == 4 and after["epoch"] == 2
+    assert not torch.equal(after["model"]["backbone.layer4.0.conv1.weight"], ckpt["model"]["backbone.layer4.0.conv1.weight"])
+
 
 def test_more_processes_than_gpus_is_a_config_error_naming_the_fix(monkeypatch):
     from fcnseg.errors import ConfigError
@@ -70,30 +81,3 @@ def test_more_processes_than_gpus_is_a_config_error_naming_the_fix(monkeypatch):
     msg = str(e.value)
     assert "process 1 of 2" in msg and "1 GPU(s) are visible" in msg
     assert "--nproc_per_node=1" in msg and "--device cpu" in msg
-
-
-def test_two_process_run_resumes(tmp_path):
-    """A 2-process run of 2 steps, resumed under DDP for a second epoch: both ranks continue
-    from the checkpoint's step (no step repeated or skipped) and the weights move on."""
-    from fcnseg.checkpoint import load_checkpoint
-
-    cfg = dict(
-        data="synthetic", data_options={"size": 64, "length": 16}, model="fcn8s", backbone="resnet18",
-        upsample="bilinear", crop=[64, 64], batch_size=4, epochs=1, warmup_steps=1, log_every=1,
-        num_samples=1, tensorboard=False, device="cpu",
-    )
-    yml = tmp_path / "ddp.yaml"
-    yml.write_text(yaml.safe_dump(cfg))
-    out = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "fcnseg", "train"]
-    first = subprocess.run([*cmd, "--config", str(yml), "--out", str(out)], capture_output=True, text=True, timeout=300, env=env)
-    assert first.returncode == 0, first.stderr[-3000:]
-    before = load_checkpoint(out / "last.pt")["model"]  # after 2 steps (16 images / 2 ranks / batch 4)
-    proc = subprocess.run([*cmd, "--resume", str(out / "last.pt"), "--epochs", "2"], capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [e["step"] for e in events if e["event"] == "train"] == [1, 2, 3, 4]
-    after = load_checkpoint(out / "last.pt")
-    assert after["step"] == 4 and after["epoch"] == 2
-    assert not torch.equal(after["model"]["backbone.layer4.0.conv1.weight"], before["backbone.layer4.0.conv1.weight"])
