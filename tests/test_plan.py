@@ -42,6 +42,7 @@ def fp_of(classes, *, n=300, size=(360, 480), val=None, data="folder", layout=ST
     }
 
 
+CARVED = {"split": "val", "images": 4, "carved": True, "exists": True}  # no val split of its own
 STREET = [cls("road", 0.55, 0.4, edge=0.02, objects=0.3), cls("building", 0.35, 0.7, objects=0.2),
           cls("pole", 0.02, 9.0, edge=0.6, objects=0.003), cls("car", 0.08, 2.5, objects=0.05)]
 
@@ -204,6 +205,44 @@ def test_large_images_with_thin_lines_keep_the_lines_three_pixels_wide(monkeypat
     assert plan_config(fp_of(vessels, size=(512, 512)), SLOW, 5).config == with_rule
     assert sum(plan_config(fp_of(vessels, n=40, size=(2336, 3504)), FAST, 30).config["scale"]) / 2 < 0.3  # what the rule prevents
     assert sum(plan_config(fp_of(STREET[:2], n=40, size=(2336, 3504)), FAST, 30).config["scale"]) / 2 < 0.2
+
+
+def test_thin_lines_that_make_half_the_classes_are_scaled_up_toward_six_pixels(monkeypatch):
+    """Lines of ~3 px in a two-class map are drawn too thick by a stride-4 output: the images are
+    scaled up 2x (6 / 3, at most MAX_UP), validated and chosen at that scale; ISBI EM's ~5 px
+    membrane (x1.11, under MIN_UP), a thin class among many (CamVid's poles) and images the
+    upscale would take past MAX_SIDE_THIN are not."""
+    from fcnseg.inference.specs import run_tta
+
+    vessels = [cls("background", 0.95, 0.5), cls("vessel", 0.05, 9.0, edge=0.67, objects=0.03)]  # ~3 px lines
+    assert planner.thin_up_scale(fp_of(vessels, size=(384, 384)), [1]) == 2.0
+    plan = plan_config(fp_of(vessels, n=36, size=(384, 384), val=CARVED), SLOW, 5)
+    mid = sum(plan.config["scale"]) / 2
+    assert mid == pytest.approx(2.0) and float(run_tta("auto", plan.config["scale"]).split("=")[1]) == pytest.approx(2.0)
+    assert [sum(st["scale"]) / 2 for st in plan.config["progressive"]] in ([], [pytest.approx(1.0)])  # half of the 2x
+    assert "scaled up 2x" in plan.reasons["scale"] and "vessel" in plan.reasons["scale"] and "768x768 scaled" in plan.reasons["crop"]
+    assert plan.estimate["steps"] >= MIN_STEPS
+    # the validations are timed at the scaled size: fewer of them than at scale 1 in the same budget
+    monkeypatch.setattr(planner, "THIN_UP_PX", 0.0)
+    plain = plan_config(fp_of(vessels, n=36, size=(384, 384), val=CARVED), SLOW, 5)
+    assert sum(plain.config["scale"]) / 2 == pytest.approx(1.0) and "scaled up" not in plain.reasons["scale"]
+    monkeypatch.undo()
+    # 4 px lines (edge share 0.5): x1.5; in 800-px images no further than MAX_SIDE_THIN allows (1.28)
+    four = [cls("background", 0.9, 0.55), cls("vessel", 0.1, 5.0, edge=0.5, objects=0.1)]
+    assert planner.thin_up_scale(fp_of(four, size=(512, 512)), [1]) == 1.5
+    assert planner.thin_up_scale(fp_of(four, size=(600, 800)), [1]) == 1.28
+    assert planner.thin_up_scale(fp_of(four, size=(768, 1024)), [1]) == 1.0  # 1.0 < MIN_UP: as it is
+    assert planner.thin_up_scale(fp_of(vessels, size=(2336, 3504)), [1]) == 1.0  # large: the down-scaling rules
+    mixed = fp_of(vessels, size=(384, 384))
+    mixed["image_sizes"]["max"] = [900, 700]  # one 700x900 image among 384x384 ones: 1024 / 900
+    assert planner.thin_up_scale(mixed, [1]) == 1.0
+    # ISBI EM (membrane edge share 0.37: ~5.4 px): x1.11 would not pay its cost
+    em = [cls("membrane", 0.22, 2.29, edge=0.37, objects=0.2), cls("cell", 0.78, 0.64, edge=0.10, objects=0.02)]
+    assert planner.thin_up_scale(fp_of(em, size=(512, 512)), [0]) == 1.0
+    assert sum(plan_config(fp_of(em, n=26, size=(512, 512), val=CARVED), SLOW, 10).config["scale"]) / 2 == pytest.approx(1.0)
+    # one thin class of four (poles in a street scene): the other classes need the context
+    assert planner.thin_up_scale(fp_of(STREET), planner.thin_classes(fp_of(STREET))) == 1.0
+    assert sum(plan_config(fp_of(STREET), SLOW, 10).config["scale"]) / 2 <= 1.0
 
 
 def test_large_images_with_small_objects_keep_them_eight_pixels_across():

@@ -89,6 +89,29 @@ def test_the_crf_on_kept_maps_costs_only_the_crf(monkeypatch):
     assert best["crf"] is None and "overrun" in table[-1]["skipped"]
 
 
+def test_a_view_set_that_would_leave_the_crf_no_time_is_skipped(monkeypatch):
+    """The CRF (cheap, and +4-5 mean IU on thin lines) is never crowded out by a costlier view set
+    that the allowance would hold without it; with only one CRF option the whole allowance goes
+    to the views."""
+    import fcnseg.training.test_time as V
+
+    now = [0.0]
+    monkeypatch.setattr(V.time, "monotonic", lambda: now[0])
+    ttas = [None, "flip,scales=1", "flip,scales=0.75,1,1.25"]  # 1, 2 and 6.25 units
+
+    def score(tta, crf):
+        now[0] += V.CRF_UNITS if crf else tta_units(tta)  # one second per unit
+        return {None: 0.5, "flip,scales=1": 0.6, "flip,scales=0.75,1,1.25": 0.61}[tta] + (0.05 if crf else 0.0)
+
+    allowance = 1 + 2 + 6.25 + 1.0  # the last view set fits alone, not with the CRF after it
+    best, table = choose_test_time(ttas, [None, "default"], score, allowance_s=allowance, kept=lambda tta: True)
+    assert [(r["tta"], r["skipped"]) for r in table if "skipped" in r] == [("flip,scales=0.75,1,1.25", "~6s would leave the CRF no time in the choice's 10s")]
+    assert (best["tta"], best["crf"]) == ("flip,scales=1", "default") and best["mean_iou"] == pytest.approx(0.65)
+    now[0] = 0.0
+    _, table = choose_test_time(ttas, [None], score, allowance_s=allowance)
+    assert not [r for r in table if "skipped" in r]  # no CRF to try: the view set runs
+
+
 def test_evaluate_refines_the_kept_maps_as_it_would_run_the_views():
     """evaluate(reuse=...) keeps each image's averaged probabilities (float16); the CRF on them
     scores as the CRF on views run again, without calling the model."""

@@ -51,6 +51,16 @@ MIN_SHORT_SIDE = 256
 # a thin class's lines are ~2 / edge_share pixels wide (a 3x3 erosion takes a pixel off each
 # side): large images are not scaled so far down that they fall under this many pixels
 THIN_MIN_PX = 3.0
+# where the thin classes are at least half of the classes (a vessel, crack or membrane map: their
+# lines decide half the mean IU), lines under THIN_UP_PX are scaled up toward it, at most MAX_UP
+# and not past MAX_SIDE_THIN: FCN-4s's stride-4 output draws no line much thinner than a cell, so
+# a 2-3 px line comes out too thick. Measured (docs/experiments/planner.md, two synthetic line
+# sets, 5 minutes, a CPU without native bf16): x2 gave +3.5 and +4.6 mean IU in one view, +2.2
+# and +3.7 with the test-time views and CRF chosen; ISBI EM's ~5 px membrane x1.5 was neutral
+# (docs/experiments/isbi-em.md, row U), so an upscale under MIN_UP is not worth its cost
+THIN_UP_PX = 6.0
+MAX_UP = 2.0
+MIN_UP = 1.25
 # a class of small objects: large images are not scaled so far down that its objects (the short
 # side of those half its pixels lie in) fall under this many pixels (two cells of FCN-4s's output)
 SMALL_MIN_PX = 8.0
@@ -168,6 +178,19 @@ def thin_min_scale(fp: dict, thin: list[int]) -> float:
     return min(1.0, THIN_MIN_PX / line_width(fp, thin)) if thin else 0.0
 
 
+def thin_up_scale(fp: dict, thin: list[int]) -> float:
+    """The scale (> 1) that brings the thinnest class's lines toward THIN_UP_PX where the thin
+    classes are at least half of the classes present, at most MAX_UP and with the largest image's
+    long side at most MAX_SIDE_THIN; 1 otherwise, or where it would be under MIN_UP."""
+    present = [c for c, pc in enumerate(fp["per_class"]) if pc["frequency"] > 0]
+    if not thin or 2 * len(thin) < len(present):
+        return 1.0
+    sizes = fp["image_sizes"]
+    largest = max(sizes.get("max") or sizes["median"])  # no image is scaled past MAX_SIDE_THIN
+    up = min(MAX_UP, THIN_UP_PX / line_width(fp, thin), MAX_SIDE_THIN / largest)
+    return float(f"{up:.3g}") if up >= MIN_UP else 1.0
+
+
 def small_min_scale(fp: dict, small: list[int]) -> float:
     """The image scale that keeps the objects of the classes ``small`` SMALL_MIN_PX across (0
     without; at most 1; fingerprints from before the object sizes were measured: 0)."""
@@ -176,17 +199,19 @@ def small_min_scale(fp: dict, small: list[int]) -> float:
     return min(1.0, SMALL_MIN_PX / min(sides)) if sides else 0.0
 
 
-def choose_resolution(fp: dict, probe: dict, train_seconds: float, *, thin: bool, progressive_ok: bool, max_batch: int, min_scale: float = 0.0) -> dict:
+def choose_resolution(fp: dict, probe: dict, train_seconds: float, *, thin: bool, progressive_ok: bool, max_batch: int, min_scale: float = 0.0, up: float = 1.0) -> dict:
     """Scale, crop, batch and progressive stages. First the largest view at the full scale whose
     final stage gets FINAL_STEPS on this machine using only what cost the recipe nothing
     (batch 4 for 8, crops down to 65 % of the side); where none does, the one of those with the
     most steps; then the largest view of any scale or context whose steps reach MIN_STEPS (half
-    of them on the final crops); at worst the fastest step there is."""
+    of them on the final crops); at worst the fastest step there is. ``up`` > 1: the images are
+    scaled up by it (thin lines, ``thin_up_scale``)."""
     h, w = fp["image_sizes"]["median"]
     # large images are scaled down to MAX_SIDE(_THIN), but never below min_scale (thin lines, small objects)
-    base = float(f"{min(1.0, max(side_scale(h, w, thin), min_scale)):.3g}")
-    # thin structures are not scaled below 3/4 of their size (a 4 px membrane would vanish)
-    scales = [float(f"{f * base:.3g}") for f in ((1.0, 0.75) if thin else (1.0, 0.75, 0.5))]
+    base = up if up > 1 else float(f"{min(1.0, max(side_scale(h, w, thin), min_scale)):.3g}")
+    # thin structures are not scaled below 3/4 of their size (a 4 px membrane would vanish); scaled
+    # up, they stay there (the budget buys smaller crops instead)
+    scales = [base] if up > 1 else [float(f"{f * base:.3g}") for f in ((1.0, 0.75) if thin else (1.0, 0.75, 0.5))]
     options = []  # in order of preference: scale, then crop context, then batch 8 before 4
     for si, s in enumerate(scales):
         last_scale = si == len(scales) - 1
@@ -264,10 +289,11 @@ def plan_config(fp: dict, probe: dict, max_minutes: float, *, workers: int = 2) 
 
     # resolution: what the budget buys on this machine
     thin = thin_classes(fp)
+    up = thin_up_scale(fp, thin)
     budget_s = 60.0 * max_minutes
     # validation: a forward pass (~1/3 of a training step's cost per pixel) over the val images
-    # at full size; at most 4 of them and at most ~10 % of the budget (the final one always runs)
-    eval_once = n_val * probe["pixel_s"] / 3 * h * w + 1.0
+    # at full size (scaled up with thin lines); at most 4 of them and at most ~10 % of the budget (the final one always runs)
+    eval_once = n_val * probe["pixel_s"] / 3 * h * w * up * up + 1.0
     validations = int(min(4, max(1, 0.1 * budget_s // eval_once)))
     # the test-time choice at the end (eval_tta/eval_crf auto): its views on up to 48 val images
     lay = fp.get("layout")
@@ -281,12 +307,15 @@ def plan_config(fp: dict, probe: dict, max_minutes: float, *, workers: int = 2) 
     # the second half, and the recipe's first half paid (+2.6 mean IU, rows H -> M of docs/experiments/camvid.md)
     small_objects = small_object_classes(fp)
     thin_s, small_s = thin_min_scale(fp, thin), small_min_scale(fp, small_objects)
-    res = choose_resolution(fp, probe, max(train_s, 1.0), thin=bool(thin), progressive_ok=True, max_batch=max_batch, min_scale=max(thin_s, small_s))
+    res = choose_resolution(fp, probe, max(train_s, 1.0), thin=bool(thin), progressive_ok=True, max_batch=max_batch, min_scale=max(thin_s, small_s), up=up)
     s = res["scale"]
     side_s = side_scale(h, w, bool(thin))  # the scale the side limits alone give
     size_txt = "no thin class"
     if thin:
         size_txt = f"thin class(es) {', '.join(names[c] for c in thin)} (lines ~{line_width(fp, thin):.0f} px wide) keep >= 3/4 of their width"
+        if up > 1:
+            size_txt = (f"thin class(es) {', '.join(names[c] for c in thin)} (lines ~{line_width(fp, thin):.0f} px wide, half the classes or more): "
+                        f"the images scaled up {up:g}x, lines ~{line_width(fp, thin) * up:.0f} px, for FCN-4s's stride-4 output to draw them")
         if side_s < thin_s:
             if s >= thin_s * 0.995:
                 size_txt += f"; the large images are scaled no lower than {thin_s:.3g} to keep them >= {THIN_MIN_PX:g} px"
@@ -296,7 +325,7 @@ def plan_config(fp: dict, probe: dict, max_minutes: float, *, workers: int = 2) 
     if small_objects and side_s < small_s >= thin_s:
         size_txt += (f"; small objects ({', '.join(names[c] for c in small_objects)}) keep >= {SMALL_MIN_PX:g} px: "
                      f"the large images are scaled no lower than {small_s:.3g}")
-    put("crop", res["crop"], f"{res['crop'][0]}x{res['crop'][1]} ({res['fraction']:.0%} of the {f'{round(h * s)}x{round(w * s)} scaled' if s < 1 else f'{h}x{w}'} image): "
+    put("crop", res["crop"], f"{res['crop'][0]}x{res['crop'][1]} ({res['fraction']:.0%} of the {f'{round(h * s)}x{round(w * s)} scaled' if s != 1 else f'{h}x{w}'} image): "
         + (f"the largest view whose final stage gets >= {FINAL_STEPS} steps (~{res['final']} of ~{res['steps']}) on this machine"
            if res["final"] >= FINAL_STEPS else f"~{res['steps']} steps in the budget on this machine, ~{res['final']} of them on these crops"
            + (f" (fewer than the {FINAL_STEPS} wanted: the most that batch {min(4, res['batch'])} and crops >= {FREE_FRACTION:.0%} of the side buy)"

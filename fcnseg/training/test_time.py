@@ -6,7 +6,8 @@ multiples of it (and, for a run trained with ``rotate90``, mirrored and turned v
 3), cheapest first, then the CRF on the best of them (on their kept probability maps), are scored on (up to) ``CHOICE_IMAGES``
 validation images spread over the split, cheapest first; a costlier setting is kept only when
 it adds at least ``MIN_GAIN`` mean IU, and none is started that would overrun the choice's
-share of the budget (``CHOICE_SHARE`` of max_minutes). What it measured goes to metrics.json
+share of the budget (``CHOICE_SHARE`` of max_minutes), nor a view set that would leave the CRF
+no time. What it measured goes to metrics.json
 (``test_time``); the choice goes into the run's config, so ``fcnseg eval``/``predict``/``serve``
 apply it (``Validation.settle``).
 """
@@ -113,10 +114,11 @@ def choose_test_time(ttas: list, crfs: list, score: Callable[[str | None, str | 
         table.append(row)
         return row
 
-    def consider(tta, crf, units: float) -> None:
+    def consider(tta, crf, units: float, reserve: float = 0.0) -> None:
         nonlocal best
-        if allowance_s is not None and spent + unit_s * units > allowance_s:
-            table.append({"tta": tta, "crf": crf, "skipped": f"~{unit_s * units:.0f}s would overrun the choice's {allowance_s:.0f}s"})
+        if allowance_s is not None and spent + unit_s * (units + reserve) > allowance_s:
+            why = "overrun" if spent + unit_s * units > allowance_s else "leave the CRF no time in"
+            table.append({"tta": tta, "crf": crf, "skipped": f"~{unit_s * units:.0f}s would {why} the choice's {allowance_s:.0f}s"})
             return
         row = run(tta, crf)
         if row["mean_iou"] >= best["mean_iou"] + min_gain:
@@ -124,8 +126,11 @@ def choose_test_time(ttas: list, crfs: list, score: Callable[[str | None, str | 
 
     best = run(ttas[0], crfs[0])
     unit_s = best["seconds"] / tta_units(ttas[0])  # seconds of one full-size view over the images
+    # a view set starts only where the CRF still fits after it: on thin synthetic lines the CRF
+    # added 4-5 mean IU and three view sets had left it no time (docs/experiments/planner.md)
+    reserve = CRF_UNITS if len(crfs) > 1 else 0.0
     for tta in ttas[1:]:
-        consider(tta, crfs[0], tta_units(tta))
+        consider(tta, crfs[0], tta_units(tta), reserve)
     for crf in crfs[1:]:  # the CRF refines the best views (their kept maps, else run again)
         consider(best["tta"], crf, CRF_UNITS + (0.0 if kept is not None and kept(best["tta"]) else tta_units(best["tta"])))
     return best, table
