@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -222,10 +223,12 @@ def test_thin_lines_that_make_half_the_classes_are_scaled_up_toward_six_pixels(m
     assert [sum(st["scale"]) / 2 for st in plan.config["progressive"]] in ([], [pytest.approx(1.0)])  # half of the 2x
     assert "scaled up 2x" in plan.reasons["scale"] and "vessel" in plan.reasons["scale"] and "768x768 scaled" in plan.reasons["crop"]
     assert plan.estimate["steps"] >= MIN_STEPS
-    # the validations are timed at the scaled size: fewer of them than at scale 1 in the same budget
+    # without the rule: scale 1; the validations are costed at the scaled size (4x the pixels)
     monkeypatch.setattr(planner, "THIN_UP_PX", 0.0)
     plain = plan_config(fp_of(vessels, n=36, size=(384, 384), val=CARVED), SLOW, 5)
     assert sum(plain.config["scale"]) / 2 == pytest.approx(1.0) and "scaled up" not in plain.reasons["scale"]
+    eval_s = lambda p: float(re.search(r"validation\(s\) of ~(\d+)s", p.reasons["eval_every"]).group(1))  # noqa: E731
+    assert eval_s(plan) > 1.5 * eval_s(plain)
     monkeypatch.undo()
     # 4 px lines (edge share 0.5): x1.5; in 800-px images no further than MAX_SIDE_THIN allows (1.28)
     four = [cls("background", 0.9, 0.55), cls("vessel", 0.1, 5.0, edge=0.5, objects=0.1)]
