@@ -14,11 +14,10 @@ and scores each best.pt with ``fcnseg eval --backend torch`` on the carved val i
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
+from rule_sides import SIDES, plan_side, run_sides
 
 
 def make_data(root: Path, kind: str, radius=(5, 9), n: int = 14, size=(2000, 3000), seed: int = 2) -> None:
@@ -47,35 +46,22 @@ def make_data(root: Path, kind: str, radius=(5, 9), n: int = 14, size=(2000, 300
     (root / "classes.yaml").write_text(yaml.safe_dump({"classes": [{"name": "background", "value": 0}, {"name": name, "value": 1}]}))
 
 
-def plan(root: Path, out: Path, minutes: float, rule: bool) -> None:
-    from fcnseg.cli import main
-    from fcnseg.plan import planner
-
-    if not rule:
-        planner.THIN_MIN_PX = planner.SMALL_MIN_PX = 0.0
-    main(["plan", "--data", "folder", "--data-root", str(root), "--max-minutes", str(minutes), "--out", str(out)])
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", required=True)
     ap.add_argument("--kind", choices=("lines", "blobs"), default="lines")
     ap.add_argument("--radius", type=int, nargs=2, default=(5, 9), metavar=("MIN", "MAX"), help="the discs' radii, px")
     ap.add_argument("--minutes", type=float, default=2.0)
-    ap.add_argument("--side", choices=("rule", "norule"), help=argparse.SUPPRESS)  # one plan, in its own process
+    ap.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)  # one plan, in its own process
     args = ap.parse_args()
     work = Path(args.work)
     data = work / "data"
     if args.side:
-        plan(data, work / f"{args.side}.yaml", args.minutes, args.side == "rule")
+        plan_side(data, work / f"{args.side}.yaml", args.minutes, args.side, ("THIN_MIN_PX", "SMALL_MIN_PX"))
         return
     if not (data / "classes.yaml").is_file():
         make_data(data, args.kind, tuple(args.radius))
-    for side in ("rule", "norule"):
-        subprocess.run([sys.executable, __file__, "--work", str(work), "--minutes", str(args.minutes), "--side", side], check=True)
-        run = work / side
-        subprocess.run([sys.executable, "-m", "fcnseg", "train", "--config", str(work / f"{side}.yaml"), "--out", str(run)], check=True)
-        subprocess.run([sys.executable, "-m", "fcnseg", "eval", "--checkpoint", str(run / "best.pt"), "--backend", "torch"], check=True)
+    run_sides(__file__, work, args.minutes)
 
 
 if __name__ == "__main__":

@@ -5,21 +5,20 @@ Writes a synthetic folder dataset (``--images`` grayscale PNGs of ``--size`` H W
 curves of ``--widths`` px, darker than a blotchy, noisy background; a "vessel" class; 0/1 masks,
 a classes file, no val split), plans a run of ``--minutes`` twice (the current rules; the same
 with THIN_UP_PX at 0, i.e. no scaling up), trains each and scores each best.pt with
-``fcnseg eval --backend torch`` (the views the run chose) on the carved val images.
+``fcnseg eval --backend torch`` (the views the run chose) on the carved val images
+(``rule_sides.py``).
 
-    PYTHONPATH=. .venv/bin/python experiments/thin_lines.py --work runs/thin-lines [--minutes 5]
+    PYTHONPATH=. .venv/bin/python experiments/thin_lines.py --work runs/thin-up [--minutes 5]
     PYTHONPATH=. .venv/bin/python experiments/thin_lines.py --work runs/cracks --size 320 480 --images 60 --widths 1 2
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
+from rule_sides import SIDES, plan_side, run_sides
 
 
 def make_data(root: Path, n: int, size: tuple[int, int], widths: tuple[int, int], seed: int = 7) -> None:
@@ -53,15 +52,6 @@ def make_data(root: Path, n: int, size: tuple[int, int], widths: tuple[int, int]
     (root / "classes.yaml").write_text(yaml.safe_dump({"classes": [{"name": "background", "value": 0}, {"name": "vessel", "value": 1}]}))
 
 
-def plan(root: Path, out: Path, minutes: float, rule: bool) -> None:
-    from fcnseg.cli import main
-    from fcnseg.plan import planner
-
-    if not rule:
-        planner.THIN_UP_PX = 0.0
-    main(["plan", "--data", "folder", "--data-root", str(root), "--max-minutes", str(minutes), "--out", str(out)])
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", required=True)
@@ -69,29 +59,17 @@ def main() -> None:
     ap.add_argument("--size", type=int, nargs=2, default=(384, 384), metavar=("H", "W"))
     ap.add_argument("--widths", type=int, nargs=2, default=(1, 3), metavar=("MIN", "MAX"), help="the lines' OpenCV thickness range")
     ap.add_argument("--minutes", type=float, default=5.0)
-    ap.add_argument("--sides", nargs="+", choices=("rule", "norule"), default=["rule", "norule"])
-    ap.add_argument("--side", choices=("rule", "norule"), help=argparse.SUPPRESS)  # one plan, in its own process
+    ap.add_argument("--sides", nargs="+", choices=SIDES, default=list(SIDES))
+    ap.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)  # one plan, in its own process
     args = ap.parse_args()
     work = Path(args.work)
     data = work / "data"
     if args.side:
-        plan(data, work / f"{args.side}.yaml", args.minutes, args.side == "rule")
+        plan_side(data, work / f"{args.side}.yaml", args.minutes, args.side, ("THIN_UP_PX",))
         return
     if not (data / "classes.yaml").is_file():
         make_data(data, args.images, tuple(args.size), tuple(args.widths))
-    scores = {}
-    for side in args.sides:
-        subprocess.run([sys.executable, __file__, "--work", str(work), "--minutes", str(args.minutes), "--side", side], check=True)
-        run = work / side
-        subprocess.run([sys.executable, "-m", "fcnseg", "train", "--config", str(work / f"{side}.yaml"), "--out", str(run)], check=True)
-        out = subprocess.run([sys.executable, "-m", "fcnseg", "eval", "--checkpoint", str(run / "best.pt"), "--backend", "torch", "--json"],
-                             check=True, capture_output=True, text=True).stdout
-        r = json.loads(out)
-        steps = json.loads((run / "metrics.json").read_text())["steps"]
-        scores[side] = {"mean_iu": round(100 * r["mean_iou"], 2), "vessel_iou": round(100 * r["per_class"]["vessel"]["iou"], 2),
-                        "tta": r["tta"], "crf": r["crf"], "steps": steps}
-        print(side, scores[side], flush=True)
-    (work / "scores.json").write_text(json.dumps(scores, indent=1))
+    run_sides(__file__, work, args.minutes, args.sides)
 
 
 if __name__ == "__main__":

@@ -55,8 +55,9 @@ THIN_MIN_PX = 3.0
 # lines decide half the mean IU), lines under THIN_UP_PX are scaled up toward it, at most MAX_UP
 # and not past MAX_SIDE_THIN: FCN-4s's stride-4 output draws no line much thinner than a cell, so
 # a 2-3 px line comes out too thick. Measured (docs/experiments/planner.md, two synthetic line
-# sets, 5 minutes, a CPU without native bf16): x2 gave +3.5 and +4.6 mean IU in one view, +2.2
-# and +3.7 with the test-time views and CRF chosen; ISBI EM's ~5 px membrane x1.5 was neutral
+# sets, 5 minutes, an AMD EPYC [AVX2 only: no AVX-512, no native bf16]): x2 gave +3.5 and +4.6
+# mean IU in one view, +2.2 and +3.7 with the test-time views and CRF chosen; ISBI EM's ~5 px
+# membrane x1.5 was neutral
 # (docs/experiments/isbi-em.md, row U), so an upscale under MIN_UP is not worth its cost
 THIN_UP_PX = 6.0
 MAX_UP = 2.0
@@ -312,10 +313,9 @@ def plan_config(fp: dict, probe: dict, max_minutes: float, *, workers: int = 2) 
     side_s = side_scale(h, w, bool(thin))  # the scale the side limits alone give
     size_txt = "no thin class"
     if thin:
-        size_txt = f"thin class(es) {', '.join(names[c] for c in thin)} (lines ~{line_width(fp, thin):.0f} px wide) keep >= 3/4 of their width"
-        if up > 1:
-            size_txt = (f"thin class(es) {', '.join(names[c] for c in thin)} (lines ~{line_width(fp, thin):.0f} px wide, half the classes or more): "
-                        f"the images scaled up {up:g}x, lines ~{line_width(fp, thin) * up:.0f} px, for FCN-4s's stride-4 output to draw them")
+        lines = f"thin class(es) {', '.join(names[c] for c in thin)} (lines ~{line_width(fp, thin):.0f} px wide"
+        size_txt = (f"{lines}, half the classes or more): the images scaled up {up:g}x, lines ~{line_width(fp, thin) * up:.0f} px, "
+                    "for FCN-4s's stride-4 output to draw them") if up > 1 else f"{lines}) keep >= 3/4 of their width"
         if side_s < thin_s:
             if s >= thin_s * 0.995:
                 size_txt += f"; the large images are scaled no lower than {thin_s:.3g} to keep them >= {THIN_MIN_PX:g} px"

@@ -127,7 +127,8 @@ def choose_test_time(ttas: list, crfs: list, score: Callable[[str | None, str | 
     best = run(ttas[0], crfs[0])
     unit_s = best["seconds"] / tta_units(ttas[0])  # seconds of one full-size view over the images
     # a view set starts only where the CRF still fits after it: on thin synthetic lines the CRF
-    # added 4-5 mean IU and three view sets had left it no time (docs/experiments/planner.md)
+    # added 4-5 mean IU and three view sets had left it no time (docs/experiments/planner.md;
+    # an AMD EPYC [AVX2 only: no AVX-512, no native bf16])
     reserve = CRF_UNITS if len(crfs) > 1 else 0.0
     for tta in ttas[1:]:
         consider(tta, crfs[0], tta_units(tta), reserve)
